@@ -1,0 +1,81 @@
+"""The catalog's row type and the adapter contract every dataset family implements."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+from dfprep.config import DatasetConfig
+from dfprep.errors import LayoutError
+
+REAL, FAKE = 0, 1
+SPLITS = ("train", "val", "test")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One input video as the catalog sees it, before any pixel is touched."""
+
+    video_id: str  # dataset/method/compression/stem, globally unique
+    path: str  # absolute path
+    dataset: str
+    method: str
+    compression: str
+    split: str  # train | val | test | unassigned
+    label: int  # 0 real, 1 fake
+    family_id: str  # video_id of the original this video derives from (itself for originals)
+    source_id: str | None = None  # identity whose face was inserted (fakes)
+    target_id: str | None = None  # identity of the person in the original footage
+    mask_path: str | None = None  # manipulation mask video when the dataset ships one
+    fold: str | None = None  # dataset-defined fold (DFDC part), for cross-validation
+    status: str = "found"  # found | missing (metadata names a file that is absent)
+    error: str = ""  # one-line reason when status != found
+
+    def to_row(self) -> dict[str, Any]:
+        """Plain dict for parquet/JSON output."""
+        return dataclasses.asdict(self)
+
+
+def make_video_id(dataset: str, method: str, compression: str, stem: str) -> str:
+    """The canonical id: dataset/method/compression/stem."""
+    return f"{dataset}/{method}/{compression}/{stem}"
+
+
+def list_videos(folder: Path) -> list[Path]:
+    """Video files directly inside `folder`, sorted; [] when the folder is absent."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+
+
+def absolute(path: Path) -> str:
+    """Absolute path string without resolving symlinks (keeps the user's layout visible)."""
+    return os.path.abspath(path)
+
+
+class DatasetAdapter(ABC):
+    """Turns one dataset family's folder layout into VideoRecords."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    layout: ClassVar[str]  # the expected tree, shown by `dfprep datasets`
+    labels: ClassVar[str]  # label/split convention, shown by `dfprep datasets`
+
+    @abstractmethod
+    def check_layout(self, root: Path, options: DatasetConfig) -> None:
+        """Raise LayoutError naming the expected and the found folders when root does not match."""
+
+    @abstractmethod
+    def records(self, root: Path, options: DatasetConfig) -> Iterator[VideoRecord]:
+        """Yield every video of the dataset, deterministically ordered."""
+
+    def layout_error(self, root: Path, expected: str) -> LayoutError:
+        """A LayoutError listing what was expected and what the root actually holds."""
+        found = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir()) if root.is_dir() else []
+        shown = ", ".join(found[:12]) + (" …" if len(found) > 12 else "") if found else "nothing"
+        return LayoutError(f"{root} is not a {self.name} root: expected {expected}; found {shown}")

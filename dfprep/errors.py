@@ -1,0 +1,17 @@
+"""User-facing errors: each carries a one-line reason the CLI prints before exiting non-zero."""
+
+
+class DfprepError(Exception):
+    """Base class for errors the CLI reports as a single line (no traceback)."""
+
+
+class ConfigError(DfprepError):
+    """A pipeline file or flag is invalid: names the file, key and expected type."""
+
+
+class LayoutError(DfprepError):
+    """A dataset root does not match the adapter's expected layout."""
+
+
+class ModelError(DfprepError):
+    """A landmark/detector model is missing, corrupt or unknown."""
