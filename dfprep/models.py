@@ -1,0 +1,149 @@
+"""Landmark/detector model registry: names → verified dlib model files, resolved before any work."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from dfprep import paths
+from dfprep.config import read_yaml
+from dfprep.errors import ModelError
+
+KINDS = ("shape_predictor", "cnn_detector", "face_descriptor")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One known model as listed in landmarks/models.yaml."""
+
+    name: str
+    kind: str
+    points: int
+    file: str
+    sha256: str | None
+    package: str | None
+    source: str
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model file found on disk, checked against the registry."""
+
+    name: str
+    kind: str
+    points: int
+    path: Path
+    sha256: str
+
+
+def manifest(folder: Path | None = None) -> list[ModelEntry]:
+    """The registry entries from landmarks/models.yaml."""
+    path = (folder or paths.landmarks_dir()) / "models.yaml"
+    if not path.is_file():
+        raise ModelError(f"landmark registry not found: {path}")
+    rows = read_yaml(path).get("models") or []
+    try:
+        return [ModelEntry(**{k: row.get(k) for k in ModelEntry.__dataclass_fields__}) for row in rows]
+    except (TypeError, AttributeError) as exc:
+        raise ModelError(f"{path}: malformed model entry ({exc})") from None
+
+
+@lru_cache(maxsize=64)
+def _sha256_cached(path: str, size: int, mtime: float) -> str:
+    """sha256 of a file, cached per (path, size, mtime) because predictors are ~100 MB."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a model file (cached while the file is unchanged)."""
+    stat = path.stat()
+    return _sha256_cached(str(path), stat.st_size, stat.st_mtime)
+
+
+def package_models_dir(package: str) -> Path | None:
+    """The models/ folder of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "models"
+
+
+def _candidates(entry: ModelEntry, folder: Path) -> list[Path]:
+    """Where an entry's file may be: the drop-in folder first, then its package."""
+    places = [folder / entry.file]
+    if entry.package:
+        package_dir = package_models_dir(entry.package)
+        if package_dir is not None:
+            places.append(package_dir / entry.file)
+    return places
+
+
+def _by_checksum(entries: list[ModelEntry], folder: Path) -> dict[str, Path]:
+    """Drop-in files (any name) whose sha256 matches a registry entry: name → path."""
+    pinned = {e.sha256: e.name for e in entries if e.sha256}
+    found: dict[str, Path] = {}
+    for path in sorted(folder.glob("*.dat")) if folder.is_dir() else []:
+        name = pinned.get(file_sha256(path))
+        if name and name not in found:
+            found[name] = path
+    return found
+
+
+def resolve_model(name_or_path: str, folder: Path | None = None) -> ResolvedModel:
+    """Find, checksum and describe a model given a registry name or a file path."""
+    folder = folder or paths.landmarks_dir()
+    entries = manifest(folder)
+    by_name = {e.name: e for e in entries}
+    if name_or_path not in by_name:
+        return _resolve_path(Path(name_or_path), entries)
+    entry = by_name[name_or_path]
+    path = next((p for p in _candidates(entry, folder) if p.is_file()), None)
+    if path is None:
+        path = _by_checksum(entries, folder).get(entry.name)
+    if path is None:
+        raise ModelError(f"model '{entry.name}' not found in {folder} (get it: {entry.source})")
+    digest = file_sha256(path)
+    if entry.sha256 and digest != entry.sha256:
+        raise ModelError(f"model '{entry.name}' at {path} is corrupt or a different file: sha256 {digest[:12]}… "
+                         f"expected {entry.sha256[:12]}…")
+    return ResolvedModel(entry.name, entry.kind, entry.points, path, digest)
+
+
+def _resolve_path(path: Path, entries: list[ModelEntry]) -> ResolvedModel:
+    """A model given by path: recognised by checksum, else by file name, else a shape predictor."""
+    if not path.is_file():
+        known = ", ".join(e.name for e in entries)
+        raise ModelError(f"model '{path}' is neither a known name ({known}) nor an existing file")
+    digest = file_sha256(path)
+    match = next((e for e in entries if e.sha256 == digest), None)
+    match = match or next((e for e in entries if e.file == path.name and not e.sha256), None)
+    if match is not None:
+        return ResolvedModel(match.name, match.kind, match.points, path, digest)
+    return ResolvedModel(path.stem, "shape_predictor", 0, path, digest)
+
+
+def load_check(model: ResolvedModel) -> int:
+    """Load the model with dlib (a corrupt file fails here, not mid-run); return its point count."""
+    import dlib
+    import numpy as np
+
+    loaders = {"shape_predictor": dlib.shape_predictor, "cnn_detector": dlib.cnn_face_detection_model_v1,
+               "face_descriptor": dlib.face_recognition_model_v1}
+    try:
+        loaded = loaders[model.kind](str(model.path))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+        raise ModelError(f"model '{model.name}' at {model.path} cannot be loaded by dlib ({first})") from None
+    if model.kind != "shape_predictor":
+        return 0
+    points = loaded(np.zeros((64, 64, 3), np.uint8), dlib.rectangle(8, 8, 56, 56)).num_parts
+    if model.points and points != model.points:
+        raise ModelError(f"model '{model.name}' at {model.path} predicts {points} points, expected {model.points}")
+    return points
