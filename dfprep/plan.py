@@ -1,0 +1,141 @@
+"""The shard plan: videos grouped into numbered work units of one split, persisted before work starts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from itertools import groupby
+from typing import Any, Iterable
+
+import pyarrow as pa
+
+from dfprep.catalog.base import VideoRecord
+from dfprep.config import PipelineConfig
+from dfprep.errors import DfprepError
+from dfprep.shards import Storage
+
+PLAN_TABLE = "plan.parquet"
+PLAN_META = "plan.json"
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """One output shard's worth of videos (a fixed, persisted group of one split)."""
+
+    name: str  # <split>-NNNNNN
+    records: tuple[VideoRecord, ...]
+    original_paths: tuple[str | None, ...]  # per record: the path of the original it is paired with
+
+
+def _family_order(record: VideoRecord) -> tuple[str, str, int, str]:
+    """Sort key: split, family, originals before fakes, id — so families stay together and in order."""
+    return record.split, record.family_id, record.label, record.video_id
+
+
+def build_units(records: Iterable[VideoRecord], videos_per_shard: int, first_number: dict[str, int] | None = None,
+                originals: dict[str, str] | None = None) -> list[WorkUnit]:
+    """Pack families into units of at most `videos_per_shard` videos, never mixing splits."""
+    ordered = sorted(records, key=_family_order)
+    originals = dict(originals or {})
+    originals.update({r.video_id: r.path for r in ordered if r.video_id == r.family_id})
+    numbers = dict(first_number or {})
+    units: list[WorkUnit] = []
+    for split, in_split in groupby(ordered, key=lambda r: r.split):
+        current: list[VideoRecord] = []
+        for _, family in groupby(in_split, key=lambda r: r.family_id):
+            members = list(family)
+            if current and len(current) + len(members) > videos_per_shard:
+                units.append(_unit(split, numbers, current, originals))
+                current = []
+            for record in members:
+                current.append(record)
+                if len(current) == videos_per_shard:
+                    units.append(_unit(split, numbers, current, originals))
+                    current = []
+        if current:
+            units.append(_unit(split, numbers, current, originals))
+    return units
+
+
+def _unit(split: str, numbers: dict[str, int], records: list[VideoRecord], originals: dict[str, str]) -> WorkUnit:
+    """Name the next unit of a split and pair each fake with its original's path."""
+    number = numbers.get(split, 0)
+    numbers[split] = number + 1
+    paths = tuple(originals.get(r.family_id) if r.label == 1 else None for r in records)
+    return WorkUnit(f"{split}-{number:06d}", tuple(records), paths)
+
+
+def units_to_table(units: Iterable[WorkUnit]) -> pa.Table:
+    """Flatten units into the persisted plan table (one row per video)."""
+    rows = []
+    for unit in units:
+        for position, (record, original) in enumerate(zip(unit.records, unit.original_paths)):
+            rows.append({"unit": unit.name, "position": position, **record.to_row(), "original_path": original})
+    return pa.Table.from_pylist(rows, schema=plan_schema())
+
+
+def plan_schema() -> pa.Schema:
+    """Explicit schema so empty or all-null columns keep their types."""
+    types = {"label": pa.int64(), "position": pa.int64()}
+    names = ["unit", "position"] + [f.name for f in fields(VideoRecord)] + ["original_path"]
+    return pa.schema([(n, types.get(n, pa.string())) for n in names])
+
+
+def units_from_table(table: pa.Table) -> list[WorkUnit]:
+    """Rebuild units from the persisted plan, in their original order."""
+    record_fields = [f.name for f in fields(VideoRecord)]
+    units: list[WorkUnit] = []
+    rows = sorted(table.to_pylist(), key=lambda r: (r["unit"], r["position"]))
+    for name, group in groupby(rows, key=lambda r: r["unit"]):
+        members = list(group)
+        records = tuple(VideoRecord(**{k: row[k] for k in record_fields}) for row in members)
+        units.append(WorkUnit(name, records, tuple(row["original_path"] for row in members)))
+    return units
+
+
+def load_or_create_plan(storage: Storage, records: Iterable[VideoRecord], config: PipelineConfig,
+                        overwrite: bool = False, extend: bool = False) -> tuple[list[WorkUnit], str]:
+    """Reuse the persisted plan (same config), extend it with new videos, or create it; returns (units, note)."""
+    meta = _read_meta(storage)
+    if meta is not None and not overwrite:
+        if meta["config_hash"] != config.output_hash():
+            raise DfprepError(
+                f"{storage.root} was made with a different config ({meta['config_hash'][:12]}, this run "
+                f"{config.output_hash()[:12]}): use --overwrite to start over, or another output folder")
+        units = units_from_table(storage.read_table(PLAN_TABLE))
+        if extend:
+            return _extend(storage, units, records, config)
+        return units, f"resuming the existing plan ({len(units)} shards)"
+    units = build_units(records, config.output.videos_per_shard)
+    _write_plan(storage, units, config)
+    return units, f"new plan: {len(units)} shards"
+
+
+def _extend(storage: Storage, units: list[WorkUnit], records: Iterable[VideoRecord],
+            config: PipelineConfig) -> tuple[list[WorkUnit], str]:
+    """Append newly found videos as new units, numbered after the existing ones."""
+    known = {r.video_id for unit in units for r in unit.records}
+    fresh = [r for r in records if r.video_id not in known]
+    numbers: dict[str, int] = {}
+    for unit in units:
+        split, number = unit.name.rsplit("-", 1)
+        numbers[split] = max(numbers.get(split, 0), int(number) + 1)
+    originals = {r.video_id: r.path for unit in units for r in unit.records if r.video_id == r.family_id}
+    added = build_units(fresh, config.output.videos_per_shard, numbers, originals)
+    _write_plan(storage, units + added, config)
+    return units + added, f"extended the plan: {len(fresh)} new videos in {len(added)} new shards"
+
+
+def _read_meta(storage: Storage) -> dict[str, Any] | None:
+    """The persisted plan's metadata, or None when this is a fresh output folder."""
+    if not storage.exists(PLAN_META) or not storage.exists(PLAN_TABLE):
+        return None
+    return json.loads(storage.read_bytes(PLAN_META))
+
+
+def _write_plan(storage: Storage, units: list[WorkUnit], config: PipelineConfig) -> None:
+    """Persist the plan table, then its metadata (the metadata marks the plan as complete)."""
+    storage.makedirs()
+    storage.write_table(PLAN_TABLE, units_to_table(units))
+    storage.write_json(PLAN_META, {"config_hash": config.output_hash(), "config": config.to_dict(),
+                                   "units": len(units), "videos": sum(len(u.records) for u in units)})

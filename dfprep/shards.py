@@ -1,0 +1,243 @@
+"""Sample encoding, safe keys, output storage and the shard commit protocol (tar → parquet → stats)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_MAX_SLUG = 120
+STATS_SUFFIX = "_stats.json"
+
+
+def video_slug(video_id: str) -> str:
+    """A key-safe form of a video id: no dots, slashes, NUL or `..`; a hash suffix keeps it unique."""
+    parts = [_UNSAFE.sub("_", part).strip("_") or "_" for part in video_id.split("/")]
+    slug = "-".join(parts)
+    if slug != video_id.replace("/", "-") or len(slug) > _MAX_SLUG:
+        digest = hashlib.sha1(video_id.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+        slug = f"{slug[:_MAX_SLUG]}-{digest}"
+    return slug
+
+
+def sample_key(video_id: str, frame: int, track_id: int | None = None) -> str:
+    """Stable, unique sample key: <video slug>-<frame>[-t<track>]."""
+    key = f"{video_slug(video_id)}-{frame:06d}"
+    return key if track_id is None else f"{key}-t{track_id}"
+
+
+def encode_image(rgb: np.ndarray, image_format: str, quality: int) -> bytes:
+    """Encode an RGB crop as jpg/png/webp bytes."""
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    params = {
+        "jpg": [cv2.IMWRITE_JPEG_QUALITY, quality],
+        "png": [cv2.IMWRITE_PNG_COMPRESSION, 3],
+        "webp": [cv2.IMWRITE_WEBP_QUALITY, quality],
+    }[image_format]
+    ok, buffer = cv2.imencode(f".{image_format}", bgr, params)
+    if not ok:
+        raise ValueError(f"cannot encode {image_format}")
+    return buffer.tobytes()
+
+
+def encode_npy(array: np.ndarray) -> bytes:
+    """Serialise an array as .npy (never pickled objects)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+@dataclass
+class Sample:
+    """One aligned face ready for a shard: members by extension, plus its index row."""
+
+    key: str
+    members: dict[str, bytes]  # extension (e.g. "jpg", "ldm.npy", "json") → payload
+    row: dict[str, Any]  # the per-shard parquet row
+
+    def size(self) -> int:
+        """Bytes this sample adds to a tar (payloads only)."""
+        return sum(len(v) for v in self.members.values())
+
+
+class Storage:
+    """The output folder on any pyarrow filesystem (local path, file://, s3://, gs://, hdfs://)."""
+
+    def __init__(self, uri: str, filesystem: pafs.FileSystem | None = None):
+        if filesystem is None:
+            if "://" in uri:
+                filesystem, uri = pafs.FileSystem.from_uri(uri)
+            else:
+                filesystem, uri = pafs.LocalFileSystem(), os.path.abspath(uri)
+        self.fs = filesystem
+        self.root = uri.rstrip("/") or "/"
+        self.is_local = isinstance(filesystem, pafs.LocalFileSystem)
+
+    def path(self, name: str) -> str:
+        """Full path of a file inside the output folder; refuses names that would escape it."""
+        if name.startswith("/") or "\0" in name or ".." in name.split("/"):
+            raise ValueError(f"refusing output name outside the output folder: {name!r}")
+        return f"{self.root}/{name}"
+
+    def makedirs(self, name: str = "") -> None:
+        """Create the output folder (or a sub-folder)."""
+        self.fs.create_dir(self.path(name) if name else self.root, recursive=True)
+
+    def exists(self, name: str) -> bool:
+        """Whether a file exists in the output folder."""
+        return self.fs.get_file_info(self.path(name)).type != pafs.FileType.NotFound
+
+    def listdir(self, name: str = "") -> list[str]:
+        """Names of the files directly inside the output folder (or a sub-folder)."""
+        selector = pafs.FileSelector(self.path(name) if name else self.root, allow_not_found=True)
+        return sorted(info.base_name for info in self.fs.get_file_info(selector) if info.type == pafs.FileType.File)
+
+    def size(self, name: str) -> int:
+        """File size in bytes (0 when absent)."""
+        info = self.fs.get_file_info(self.path(name))
+        return info.size or 0 if info.type == pafs.FileType.File else 0
+
+    def read_bytes(self, name: str) -> bytes:
+        """Whole file contents."""
+        with self.fs.open_input_stream(self.path(name)) as stream:
+            return stream.read()
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        """Write a small file in one go."""
+        with self.fs.open_output_stream(self.path(name)) as stream:
+            stream.write(data)
+
+    def upload(self, local: Path, name: str) -> None:
+        """Copy a staged local file to the output folder (local: a rename when possible)."""
+        if self.is_local:
+            shutil.move(str(local), self.path(name))
+        else:
+            pafs.copy_files(str(local), self.path(name), source_filesystem=pafs.LocalFileSystem(),
+                            destination_filesystem=self.fs)
+
+    def rename(self, source: str, target: str) -> None:
+        """Move a file within the output folder (atomic on local filesystems)."""
+        self.fs.move(self.path(source), self.path(target))
+
+    def delete(self, name: str) -> None:
+        """Remove a file if it exists."""
+        if self.exists(name):
+            self.fs.delete_file(self.path(name))
+
+    def write_json(self, name: str, payload: Any) -> None:
+        """Write JSON with stable formatting."""
+        self.write_bytes(name, json.dumps(payload, indent=1, sort_keys=True, default=str).encode())
+
+    def read_json(self, name: str) -> Any:
+        """Read a JSON file from the output folder."""
+        return json.loads(self.read_bytes(name))
+
+    def write_table(self, name: str, table: pa.Table) -> None:
+        """Write a parquet file."""
+        with self.fs.open_output_stream(self.path(name)) as stream:
+            pq.write_table(table, stream)
+
+    def read_table(self, name: str) -> pa.Table:
+        """Read a parquet file."""
+        with self.fs.open_input_file(self.path(name)) as handle:
+            return pq.read_table(handle)
+
+
+def _tar_member(name: str, payload: bytes) -> tarfile.TarInfo:
+    """A reproducible tar header: fixed mtime, owner and mode, so reruns give identical bytes."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(payload), 0, 0o444
+    info.uname = info.gname = ""
+    return info
+
+
+@dataclass
+class ShardWriter:
+    """Streams samples into a local staging tar; `commit` publishes tar, parquet, then stats."""
+
+    storage: Storage
+    name: str  # e.g. train-000003
+    staging: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="dfprep-")))
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    keys: set[str] = field(default_factory=set)
+    bytes_written: int = 0
+
+    def __post_init__(self) -> None:
+        self._tar_path = self.staging / f"{self.name}.tar"
+        self._tar = tarfile.open(self._tar_path, "w", format=tarfile.USTAR_FORMAT)
+
+    def add(self, sample: Sample) -> None:
+        """Append one sample's members; a duplicate key is a bug, never written twice."""
+        if sample.key in self.keys:
+            raise ValueError(f"duplicate sample key {sample.key}")
+        self.keys.add(sample.key)
+        for extension, payload in sample.members.items():
+            self._tar.addfile(_tar_member(f"{sample.key}.{extension}", payload), io.BytesIO(payload))
+        self.rows.append({"key": sample.key, **sample.row})
+        self.bytes_written += sample.size()
+
+    def commit(self, stats: dict[str, Any], row_schema: pa.Schema | None = None) -> dict[str, Any]:
+        """Publish: tar.tmp → tar (skipped when empty), parquet, then `_stats.json` as the commit marker."""
+        self._tar.close()
+        try:
+            if self.rows:
+                self.storage.upload(self._tar_path, f"{self.name}.tar.tmp")
+                self.storage.rename(f"{self.name}.tar.tmp", f"{self.name}.tar")
+                table = pa.Table.from_pylist(self.rows, schema=row_schema)
+                self.storage.write_table(f"{self.name}.parquet", table)
+            stats = {**stats, "shard": self.name, "samples": len(self.rows),
+                     "tar": f"{self.name}.tar" if self.rows else None, "tar_bytes": self._tar_size()}
+            self.storage.write_json(f"{self.name}{STATS_SUFFIX}", stats)
+            return stats
+        finally:
+            self.discard()
+
+    def _tar_size(self) -> int:
+        """Size of the published tar (0 when nothing was written)."""
+        return self.storage.size(f"{self.name}.tar") if self.rows else 0
+
+    def discard(self) -> None:
+        """Drop the staging folder (after commit, or when the unit failed)."""
+        if not self._tar.closed:
+            self._tar.close()
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def committed_units(storage: Storage, prefix: str = "") -> dict[str, dict[str, Any]]:
+    """Shard name → its stats for every unit whose commit marker exists."""
+    done = {}
+    for name in storage.listdir(prefix):
+        if name.endswith(STATS_SUFFIX):
+            unit = name[: -len(STATS_SUFFIX)]
+            done[unit] = storage.read_json(f"{prefix}/{name}" if prefix else name)
+    return done
+
+
+def remove_uncommitted(storage: Storage, unit_names: Iterable[str], committed: set[str], prefix: str = "") -> list[str]:
+    """Delete leftovers of units without a commit marker (.tmp, tar, parquet); returns what was removed."""
+    removed = []
+    present = set(storage.listdir(prefix))
+    for unit in unit_names:
+        if unit in committed:
+            continue
+        for suffix in (".tar.tmp", ".tar", ".parquet"):
+            name = f"{unit}{suffix}"
+            if name in present:
+                storage.delete(f"{prefix}/{name}" if prefix else name)
+                removed.append(name)
+    return removed

@@ -1,0 +1,61 @@
+"""Shard plan: one split per unit, families together, deterministic numbering, persisted and reused."""
+
+import pytest
+
+from dfprep.catalog.base import VideoRecord
+from dfprep.config import load_config
+from dfprep.errors import DfprepError
+from dfprep.plan import build_units, load_or_create_plan
+from dfprep.shards import Storage
+
+
+def _record(stem: str, split: str, label: int, family: str) -> VideoRecord:
+    vid = f"d/{'fake' if label else 'real'}/raw/{stem}"
+    return VideoRecord(vid, f"/data/{stem}.mp4", "d", "fake" if label else "real", "raw", split, label,
+                       f"d/real/raw/{family}")
+
+
+def _catalog():
+    records = []
+    for index in range(10):
+        split = ["train", "test"][index % 2]
+        records.append(_record(f"{index:03d}", split, 0, f"{index:03d}"))
+        records += [_record(f"{index:03d}_{m}", split, 1, f"{index:03d}") for m in range(3)]
+    return records
+
+
+def test_units_hold_one_split_and_keep_families_together():
+    units = build_units(reversed(_catalog()), videos_per_shard=8)
+    assert [u.name for u in units] == ["test-000000", "test-000001", "test-000002",
+                                       "train-000000", "train-000001", "train-000002"]
+    for unit in units:
+        assert len({r.split for r in unit.records}) == 1 and len(unit.records) <= 8
+        assert unit.name.startswith(unit.records[0].split)
+        families = [r.family_id for r in unit.records]
+        assert all(families.count(f) == 4 for f in set(families))  # whole families only
+        for record, original in zip(unit.records, unit.original_paths):
+            assert original == (f"/data/{record.family_id.split('/')[-1]}.mp4" if record.label else None)
+    assert sum(len(u.records) for u in units) == 40
+
+
+def test_plan_is_deterministic():
+    a = build_units(_catalog(), 8)
+    b = build_units(list(reversed(_catalog())), 8)
+    assert [(u.name, [r.video_id for r in u.records]) for u in a] == [(u.name, [r.video_id for r in u.records])
+                                                                      for u in b]
+
+
+def test_plan_is_persisted_reused_refused_and_extended(tmp_path):
+    storage = Storage(str(tmp_path))
+    config = load_config(None, {"output.videos_per_shard": 8})
+    units, note = load_or_create_plan(storage, _catalog()[:20], config)
+    assert note.startswith("new plan") and storage.exists("plan.parquet")
+    again, note = load_or_create_plan(storage, [], config)
+    assert note.startswith("resuming") and [u.records for u in again] == [u.records for u in units]
+    with pytest.raises(DfprepError, match="different config.*--overwrite"):
+        load_or_create_plan(storage, [], load_config(None, {"sampling.frames": 4}))
+    extended, note = load_or_create_plan(storage, _catalog(), config, extend=True)
+    assert "20 new videos" in note
+    assert [u.name for u in extended[: len(units)]] == [u.name for u in units]  # old units keep their numbers
+    assert len({u.name for u in extended}) == len(extended)
+    assert sum(len(u.records) for u in extended) == 40
