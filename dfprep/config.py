@@ -55,7 +55,7 @@ class DetectionConfig:
     detector: str = "hog"  # hog | cnn
     working_size: int = 640  # longer side of the frame the detector sees (0 = full size)
     upsample: int = 1
-    min_score: float = -0.5  # HOG/CNN score below which a detection is dropped
+    min_score: float = 0.0  # detector score below which a detection is dropped (dlib's own threshold)
     tracking: bool = True  # search near the previous box before a full-frame detection
     track_window: float = 2.0  # search window side = previous box side × this
     select: str = "largest"  # largest | all | centre
