@@ -1,0 +1,160 @@
+"""The `dfprep` command line: parse, build the config, call the library, print a summary."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from dfprep.errors import DfprepError
+
+
+def _fail_cleanly(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a DfprepError into a one-line message and exit code 2 (no traceback)."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except DfprepError as exc:
+            click.echo(f"dfprep: error: {exc}", err=True)
+            sys.exit(2)
+
+    wrapper.__name__ = function.__name__
+    wrapper.__doc__ = function.__doc__
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="dfprep")
+def cli() -> None:
+    """Deepfake-detection video datasets → WebDataset shards of aligned faces."""
+
+
+def _overrides(pairs: tuple[str, ...], **flags: Any) -> dict[str, Any]:
+    """--set section.key=value pairs plus the dedicated flags that were given."""
+    from dfprep.config import parse_override
+
+    values = dict(parse_override(p) for p in pairs)
+    values.update({k: v for k, v in flags.items() if v is not None})
+    return values
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.argument("root", required=False, type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the records and counts as JSON.")
+@click.option("--pipeline", help="Recipe whose dataset options apply (e.g. ffpp).")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
+@_fail_cleanly
+def datasets(name: str | None, root: str | None, as_json: bool, pipeline: str | None,
+             settings: tuple[str, ...]) -> None:
+    """List the dataset adapters, or catalog ROOT with adapter NAME (no pixels touched)."""
+    from dfprep.catalog import ADAPTERS, get_adapter, scan, summarize
+    from dfprep.config import load_config
+
+    if name is None:
+        for adapter_name in ADAPTERS:
+            adapter = get_adapter(adapter_name)
+            click.echo(f"{adapter_name:16s} {adapter.summary}\n{_indent(adapter.layout)}\n  labels: "
+                       f"{adapter.labels}\n")
+        return
+    if root is None:
+        adapter = get_adapter(name)
+        click.echo(f"{name}: {adapter.summary}\n{_indent(adapter.layout)}\n  labels: {adapter.labels}")
+        return
+    config = load_config(pipeline, _overrides(settings))
+    records = list(scan(name, root, config.dataset))
+    counts = summarize(records)
+    if as_json:
+        click.echo(json.dumps({"records": [r.to_row() for r in records], "counts": counts}, indent=1))
+        return
+    for record in records:
+        note = f"  [{record.status}: {record.error}]" if record.status != "found" else ""
+        click.echo(f"{record.split:10s} {'fake' if record.label else 'real'}  {record.video_id}{note}")
+    click.echo(json.dumps(counts))
+
+
+def _indent(text: str) -> str:
+    """Indent a multi-line block by two spaces."""
+    return "\n".join("  " + line for line in text.strip("\n").splitlines())
+
+
+@cli.command()
+@_fail_cleanly
+def models() -> None:
+    """Show the landmark/detector models the registry resolves, with their checksums."""
+    from dfprep.models import manifest, resolve_model
+
+    for entry in manifest():
+        try:
+            model = resolve_model(entry.name)
+            click.echo(f"{entry.name:10s} {entry.points:3d} pts  {model.sha256[:16]}…  {model.path}")
+        except DfprepError as exc:
+            click.echo(f"{entry.name:10s} {entry.points:3d} pts  unavailable: {exc}")
+
+
+@cli.command()
+@click.argument("dataset", required=False)
+@click.argument("root", required=False, type=click.Path())
+@click.option("-o", "--output", required=True, help="Output folder or pyarrow.fs URI (s3://, gs://, file://).")
+@click.option("--pipeline", help="Named recipe from pipelines/ (e.g. caddm-ffpp) or a .yaml path.")
+@click.option("--frames", type=int, help="Frames per video (uniform sampling).")
+@click.option("--workers", type=int, help="Ray workers (0 = in-process; default all CPUs).")
+@click.option("--address", help="Join a Ray cluster (auto = the running one).")
+@click.option("--videos-per-shard", type=int, help="Videos per output shard (work unit).")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override any config key.")
+@click.option("--overwrite", is_flag=True, help="Delete this folder's previous dfprep output and start over.")
+@click.option("--extend", is_flag=True, help="Add newly found videos as new shards.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_fail_cleanly
+def extract(dataset: str | None, root: str | None, output: str, pipeline: str | None, frames: int | None,
+            workers: int | None, address: str | None, videos_per_shard: int | None, settings: tuple[str, ...],
+            overwrite: bool, extend: bool, quiet: bool) -> None:
+    """Extract aligned faces from DATASET at ROOT into WebDataset shards under OUTPUT."""
+    from dfprep.catalog import scan
+    from dfprep.config import load_config
+    from dfprep.run import extract_run
+
+    overrides = _overrides(settings, **{"dataset.name": dataset, "dataset.root": root, "sampling.frames": frames,
+                                        "ray.workers": workers, "ray.address": address,
+                                        "output.videos_per_shard": videos_per_shard})
+    config = load_config(pipeline, overrides)
+    if not config.dataset.name or not config.dataset.root:
+        raise DfprepError("extract needs a DATASET and a ROOT (arguments, or dataset.name/root in the recipe)")
+    records = scan(config.dataset.name, config.dataset.root, config.dataset)
+    report = extract_run(records, config, output, overwrite=overwrite, extend=extend, quiet=quiet)
+    click.echo(format_summary(report))
+
+
+def format_summary(report: Any) -> str:
+    """The end-of-run table: outcomes, reasons, faces, shards, disk, wall time, stage breakdown."""
+    lines = [f"dfprep extract → {report.output}", f"  plan: {report.note}"]
+    if report.units_skipped == report.units_total and report.units_total:
+        lines.append("  nothing to do: every shard was already committed")
+    lines.append(f"  shards: {report.units_total} ({report.units_skipped} already committed)")
+    lines.append(f"  videos: {report.videos}   faces written: {report.faces}")
+    for status, count in sorted(report.statuses.items(), key=lambda kv: -kv[1]):
+        lines.append(f"    {status:13s} {count:7d}")
+    if report.reasons:
+        lines.append("  reasons (top 10):")
+        lines += [f"    {count:5d}  {reason}" for reason, count in report.reasons.most_common(10)]
+    if report.removed:
+        lines.append(f"  removed {len(report.removed)} uncommitted leftovers")
+    total = sum(report.timings.values()) or 1.0
+    stages = ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(report.timings.items(), key=lambda kv: -kv[1]))
+    lines.append(f"  disk: {report.disk_bytes / 1e6:.1f} MB   wall: {report.seconds:.1f} s")
+    if report.timings:
+        lines.append(f"  time by stage: {stages}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="dfprep")
+
+
+if __name__ == "__main__":
+    main()

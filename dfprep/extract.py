@@ -1,0 +1,273 @@
+"""Per-video extraction: plan → decode → detect/track → landmarks → align → encode, one status row."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from dfprep.align import AlignedFace, align_face
+from dfprep.catalog.base import VideoRecord
+from dfprep.config import PipelineConfig
+from dfprep.faces import Face, FaceAnalyzer
+from dfprep.models import ResolvedModel, load_check, resolve_model
+from dfprep.shards import Sample, encode_image, encode_npy, sample_key
+from dfprep.video import DecodedFrame, VideoError, VideoInfo, decode_frames, frame_plan, probe
+
+# Statuses, in the order the summary shows them.
+STATUSES = ("ok", "partial", "no_face", "decode_error", "unsupported", "timeout", "missing")
+STAGES = ("probe", "decode", "detect", "landmarks", "align", "encode")
+
+
+@dataclass
+class VideoResult:
+    """What one video produced: its status row for videos.parquet and stage timings."""
+
+    row: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExtractionModels:
+    """The model files an extraction needs, resolved and checked once before any work."""
+
+    predictor: ResolvedModel
+    cnn: ResolvedModel | None
+
+    @classmethod
+    def resolve(cls, config: PipelineConfig) -> "ExtractionModels":
+        """Resolve and load-check the configured models (a bad model fails here, not mid-run)."""
+        predictor = resolve_model(config.detection.landmarks)
+        load_check(predictor)
+        cnn = resolve_model("mmod") if config.detection.detector == "cnn" else None
+        if cnn is not None:
+            load_check(cnn)
+        return cls(predictor, cnn)
+
+    def checksums(self) -> dict[str, str]:
+        """name → sha256, stamped into dataset.json."""
+        models = [self.predictor] + ([self.cnn] if self.cnn else [])
+        return {m.name: m.sha256 for m in models}
+
+
+def plan_for_family(record: VideoRecord, info: VideoInfo, original_path: str | None,
+                    config: PipelineConfig, probe_cache: dict[str, VideoInfo]) -> tuple[list[int], str]:
+    """A fake reuses its original's frame indices when frame counts agree; else its own plan, and why."""
+    own = frame_plan(info, config.sampling)
+    if record.label == 0 or not config.sampling.pair_with_original:
+        return own, "own"
+    if not original_path or not Path(original_path).is_file():
+        return own, "own: original video absent"
+    try:
+        original = probe_cache.get(original_path) or probe(original_path)
+    except VideoError as exc:
+        return own, f"own: original unreadable ({exc})"
+    probe_cache[original_path] = original
+    if original.frame_count != info.frame_count:
+        return own, f"own: frame counts differ (fake {info.frame_count}, original {original.frame_count})"
+    return frame_plan(original, config.sampling), "paired"
+
+
+def neighbour_order(planned: int, reach: int, frame_count: int) -> list[int]:
+    """Frames to try when `planned` has no face: +1, -1, +2, -2, … within the video."""
+    order = []
+    for step in range(1, reach + 1):
+        order += [i for i in (planned + step, planned - step) if 0 <= i < frame_count]
+    return order
+
+
+class VideoExtractor:
+    """Turns one video into aligned-face samples; holds the dlib models so they load once per worker."""
+
+    def __init__(self, config: PipelineConfig, models: ExtractionModels):
+        self.config = config
+        cnn_path = models.cnn.path if models.cnn else None
+        self.analyzer = FaceAnalyzer(config.detection, models.predictor.path, cnn_path)
+        self.probe_cache: dict[str, VideoInfo] = {}
+
+    def extract(self, record: VideoRecord, original_path: str | None,
+                sink: Callable[[Sample], None]) -> VideoResult:
+        """Run the whole per-video pipeline; every outcome becomes a status row, never an exception."""
+        timings: Counter[str] = Counter()
+        row = base_row(record)
+        if record.status != "found":
+            return VideoResult({**row, "status": "missing", "error": record.error or "file not found"}, {})
+        started = time.monotonic()
+        try:
+            info = probe(record.path)
+            self.probe_cache[record.path] = info
+            plan, plan_note = plan_for_family(record, info, original_path, self.config, self.probe_cache)
+            timings["probe"] += time.monotonic() - started
+            row.update(frames_planned=len(plan), plan=plan_note, frame_count=info.frame_count, fps=info.fps)
+            deadline = started + self.config.sampling.video_timeout_s
+            per_frame = self._run_plan(record, info, plan, deadline, sink, timings)
+            status, error = outcome(per_frame, plan)
+            written = sum(per_frame.values())
+        except VideoError as exc:
+            status, error = exc.status, str(exc)
+            written = getattr(exc, "faces_written", 0)
+        row.update(status=status, error=error, faces_written=written)
+        return VideoResult(row, dict(timings))
+
+    def _run_plan(self, record: VideoRecord, info: VideoInfo, plan: list[int], deadline: float,
+                  sink: Callable[[Sample], None], timings: Counter[str]) -> dict[int, int]:
+        """Planned frames first, then neighbours of faceless ones; returns planned frame → faces written."""
+        self.analyzer.reset()
+        written: dict[int, int] = {}
+        try:
+            for frame in self._decode(record.path, plan, info, deadline, timings):
+                written[frame.index] = self._emit(record, frame, frame.index, sink, timings)
+            missing = [p for p in plan if not written.get(p)]
+            if missing and self.config.sampling.neighbour_retry > 0:
+                self._retry_neighbours(record, info, missing, deadline, sink, timings, written)
+        except VideoError as exc:
+            exc.faces_written = sum(written.values())  # type: ignore[attr-defined]
+            raise
+        return written
+
+    def _retry_neighbours(self, record: VideoRecord, info: VideoInfo, missing: list[int], deadline: float,
+                          sink: Callable[[Sample], None], timings: Counter[str], written: dict[int, int]) -> None:
+        """Second pass: each faceless planned frame takes its nearest neighbour (+1, -1, +2, …) with a face."""
+        reach = self.config.sampling.neighbour_retry
+        planned = set(written)
+        wanted = {p: [n for n in neighbour_order(p, reach, info.frame_count) if n not in planned] for p in missing}
+        needed = sorted({n for options in wanted.values() for n in options})
+        seen: set[int] = set()
+        with_faces: dict[int, tuple[DecodedFrame, list[Face]]] = {}
+        self.analyzer.reset()
+        for frame in self._decode(record.path, needed, info, deadline, timings):
+            seen.add(frame.index)
+            faces = self._detect(frame.image, timings)
+            if faces:
+                with_faces[frame.index] = (frame, faces)
+            for target in list(wanted):
+                choice = _first_with_face(wanted[target], seen, with_faces)
+                if choice is _UNDECIDED:
+                    continue
+                del wanted[target]
+                if choice is not None:
+                    chosen_frame, chosen_faces = with_faces.pop(choice)
+                    written[target] = self._write_faces(record, chosen_frame, target, chosen_faces, sink, timings)
+            still_useful = {n for options in wanted.values() for n in options}
+            with_faces = {i: v for i, v in with_faces.items() if i in still_useful}
+
+    def _decode(self, path: str, indices: list[int], info: VideoInfo, deadline: float,
+                timings: Counter[str]) -> Iterable[DecodedFrame]:
+        """Decoded frames, with decode time accounted separately from the work done on each frame."""
+        iterator = iter(decode_frames(path, indices, info, deadline=deadline))
+        while True:
+            started = time.monotonic()
+            frame = next(iterator, None)
+            timings["decode"] += time.monotonic() - started
+            if frame is None:
+                return
+            yield frame
+            if time.monotonic() > deadline:
+                raise VideoError("timeout", f"video took longer than {self.config.sampling.video_timeout_s:g}s")
+
+    def _detect(self, image: np.ndarray, timings: Counter[str]) -> list[Face]:
+        """Faces in one frame, with detector and landmark time accounted."""
+        before = dict(self.analyzer.timings)
+        faces = self.analyzer.analyze(image)
+        for stage in ("detect", "landmarks"):
+            timings[stage] += self.analyzer.timings.get(stage, 0.0) - before.get(stage, 0.0)
+        return faces
+
+    def _emit(self, record: VideoRecord, frame: DecodedFrame, planned: int, sink: Callable[[Sample], None],
+              timings: Counter[str]) -> int:
+        """Detect on a planned frame and write its faces; returns how many were written."""
+        return self._write_faces(record, frame, planned, self._detect(frame.image, timings), sink, timings)
+
+    def _write_faces(self, record: VideoRecord, frame: DecodedFrame, planned: int, faces: list[Face],
+                     sink: Callable[[Sample], None], timings: Counter[str]) -> int:
+        """Align, encode and hand each face of a frame to the sink."""
+        for face in faces:
+            started = time.monotonic()
+            aligned = align_face(frame.image, face.landmarks, face.box, self.config.alignment)
+            timings["align"] += time.monotonic() - started
+            started = time.monotonic()
+            sink(self._sample(record, frame, planned, face, aligned))
+            timings["encode"] += time.monotonic() - started
+        return len(faces)
+
+    def _sample(self, record: VideoRecord, frame: DecodedFrame, planned: int, face: Face,
+                aligned: AlignedFace) -> Sample:
+        """Encode one aligned face with its landmarks and metadata."""
+        output = self.config.output
+        track = face.track_id if self.config.detection.select == "all" else None
+        key = sample_key(record.video_id, frame.index, track)
+        meta = sample_meta(record, frame, planned, face, aligned, key, track)
+        members = {output.image_format: encode_image(aligned.crop, output.image_format, output.quality),
+                   "ldm.npy": encode_npy(aligned.landmarks.astype(np.float32))}
+        if aligned.context is not None:
+            members[f"context.{output.image_format}"] = encode_image(aligned.context, output.image_format,
+                                                                     output.quality)
+        members["json"] = json.dumps(meta, separators=(",", ":")).encode()
+        return Sample(key, members, index_row(record, frame, planned, face, meta))
+
+
+_UNDECIDED = -1
+
+
+def _first_with_face(options: list[int], seen: set[int], with_faces: dict[int, Any]) -> int | None:
+    """The preferred neighbour with a face, None if none has one, _UNDECIDED while a better one is pending."""
+    for option in options:
+        if option in with_faces:
+            return option
+        if option not in seen:
+            return _UNDECIDED
+    return None
+
+
+def outcome(written: dict[int, int], plan: list[int]) -> tuple[str, str]:
+    """Status and one-line reason from how many planned frames got a face."""
+    with_face = sum(1 for p in plan if written.get(p))
+    if not plan:
+        return "no_face", "video has no frames to sample"
+    if with_face == len(plan):
+        return "ok", ""
+    if with_face == 0:
+        return "no_face", f"no face found in any of {len(plan)} planned frames (or their neighbours)"
+    return "partial", f"no face in {len(plan) - with_face} of {len(plan)} planned frames (or their neighbours)"
+
+
+def base_row(record: VideoRecord) -> dict[str, Any]:
+    """The videos.parquet row before extraction fills in the outcome."""
+    return {**record.to_row(), "status": "", "error": "", "frames_planned": 0, "faces_written": 0,
+            "plan": "", "frame_count": 0, "fps": 0.0, "shard": ""}
+
+
+def sample_meta(record: VideoRecord, frame: DecodedFrame, planned: int, face: Face, aligned: AlignedFace,
+                key: str, track: int | None) -> dict[str, Any]:
+    """The `<key>.json` member: everything needed to trace a crop back to its video frame."""
+    meta = {
+        "key": key, "label": record.label, "video_id": record.video_id, "dataset": record.dataset,
+        "method": record.method, "split": record.split, "family_id": record.family_id,
+        "frame": frame.index, "planned_frame": planned, "pts": round(frame.pts_seconds, 6),
+        "bbox": [round(float(v), 2) for v in face.box], "score": round(float(face.score), 4),
+        "landmarks": np.round(face.landmarks, 2).tolist(), "matrix": np.round(aligned.matrix, 6).tolist(),
+        "track_id": face.track_id,
+    }
+    if aligned.context_matrix is not None:
+        meta["context_matrix"] = np.round(aligned.context_matrix, 6).tolist()
+    if record.label == 1 and record.family_id != record.video_id:
+        meta["pair_key"] = sample_key(record.family_id, frame.index, track)
+    return meta
+
+
+def index_row(record: VideoRecord, frame: DecodedFrame, planned: int, face: Face,
+              meta: dict[str, Any]) -> dict[str, Any]:
+    """The per-shard parquet row for one sample."""
+    x0, y0, x1, y1 = (float(v) for v in face.box)
+    return {
+        "video_id": record.video_id, "dataset": record.dataset, "method": record.method,
+        "split": record.split, "label": record.label, "family_id": record.family_id,
+        "frame": frame.index, "planned_frame": planned, "pts": float(frame.pts_seconds),
+        "track_id": int(face.track_id), "score": float(face.score),
+        "bbox_x0": x0, "bbox_y0": y0, "bbox_x1": x1, "bbox_y1": y1, "pair_key": meta.get("pair_key"),
+    }

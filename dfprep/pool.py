@@ -1,0 +1,121 @@
+"""Ray actor pool for extraction: each actor loads dlib once and processes whole work units."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from typing import Any
+
+from dfprep.config import PipelineConfig
+from dfprep.plan import WorkUnit
+from dfprep.shards import Storage
+
+# One thread per actor: parallelism comes from actors, not from OpenCV/OpenMP/BLAS inside them.
+SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+class ExtractWorker:
+    """Ray actor body: holds a VideoExtractor and reports per-video progress through a queue."""
+
+    def __init__(self, config: PipelineConfig, models: Any, queue: Any):
+        import cv2
+
+        from dfprep.extract import VideoExtractor
+        from dfprep.faults import fault_hook_from_env
+
+        cv2.setNumThreads(1)
+        self.extractor = VideoExtractor(config, models)
+        self.queue = queue
+        self.fault = fault_hook_from_env()
+
+    def run_unit(self, unit: WorkUnit, storage: Storage) -> dict[str, Any]:
+        """Process and commit one unit; each finished video is announced as (unit, position, row)."""
+        from dfprep.run import process_unit
+
+        positions = iter(range(len(unit.records)))
+        report = lambda row: self.queue.put_nowait((unit.name, next(positions), row))  # noqa: E731
+        return process_unit(unit, self.extractor, storage, report, self.fault)
+
+
+def connect(config: PipelineConfig, workers: int) -> None:
+    """Join the configured cluster (address / RAY_ADDRESS) or start a local one sized by `workers`."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": SINGLE_THREAD_ENV})
+
+
+class ActorPool:
+    """A fixed set of extraction actors fed from a queue of units, with at most k units in flight each."""
+
+    def __init__(self, config: PipelineConfig, models: Any, workers: int):
+        import ray
+        from ray.util.queue import Queue
+
+        connect(config, workers)
+        self.ray = ray
+        self.queue = Queue(maxsize=0)
+        self.size = max(1, workers)
+        self.in_flight = max(1, config.ray.in_flight_per_worker)
+        remote = ray.remote(num_cpus=1, max_restarts=config.ray.actor_restarts,
+                            max_task_retries=config.ray.task_retries)(ExtractWorker)
+        options = {"runtime_env": {"env_vars": {**SINGLE_THREAD_ENV, **_fault_env()}}}
+        self.actors = [remote.options(**options).remote(config, models, self.queue) for _ in range(self.size)]
+
+    def __enter__(self) -> "ActorPool":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)
+        self.ray.kill(self.queue.actor)
+
+    def run(self, units: list[WorkUnit], storage: Storage, progress: Any) -> dict[str, str]:
+        """Process every unit; returns unit → reason for units that failed even after retries."""
+        todo, pending, failures = deque(units), {}, {}
+        counted: set[tuple[str, int]] = set()
+        load = {index: 0 for index in range(self.size)}
+        while todo or pending:
+            self._submit(todo, pending, load, storage)
+            ready, _ = self.ray.wait(list(pending), num_returns=1, timeout=0.2)
+            self._drain(progress, counted)
+            for ref in ready:
+                unit, actor_index = pending.pop(ref)
+                load[actor_index] -= 1
+                try:
+                    self.ray.get(ref)
+                except Exception as exc:  # an infrastructure failure that outlived the retries
+                    failures[unit.name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+        time.sleep(0.05)
+        self._drain(progress, counted)
+        return failures
+
+    def _submit(self, todo: deque[WorkUnit], pending: dict[Any, Any], load: dict[int, int], storage: Storage) -> None:
+        """Top up each actor to `in_flight` units: never the whole plan at once."""
+        for index, actor in enumerate(self.actors):
+            while todo and load[index] < self.in_flight:
+                unit = todo.popleft()
+                pending[actor.run_unit.remote(unit, storage)] = (unit, index)
+                load[index] += 1
+
+    def _drain(self, progress: Any, counted: set[tuple[str, int]]) -> None:
+        """Forward per-video progress; a retried unit's videos are counted once."""
+        waiting = self.queue.qsize()
+        for unit_name, position, row in self.queue.get_nowait_batch(waiting) if waiting else []:
+            if (unit_name, position) not in counted:
+                counted.add((unit_name, position))
+                progress(row)
+
+
+def _fault_env() -> dict[str, str]:
+    """Pass a test's fault-injection spec through to the actors."""
+    from dfprep.faults import ENV
+
+    return {ENV: os.environ[ENV]} if os.environ.get(ENV) else {}

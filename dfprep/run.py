@@ -1,0 +1,231 @@
+"""Run an extraction: plan, skip committed shards, process the rest (in-process or on Ray), index, summarise."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import pyarrow as pa
+
+from dfprep import __version__
+from dfprep.catalog.base import VideoRecord
+from dfprep.config import PipelineConfig
+from dfprep.errors import DfprepError
+from dfprep.plan import PLAN_META, PLAN_TABLE, WorkUnit, load_or_create_plan
+from dfprep.shards import STATS_SUFFIX, ShardWriter, Storage, committed_units, remove_uncommitted
+
+VIDEOS_TABLE = "videos.parquet"
+DATASET_JSON = "dataset.json"
+_OUTPUT_FILE = re.compile(r"^(train|val|test|unassigned)-\d{6}(\.tar|\.tar\.tmp|\.parquet|_stats\.json)$")
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class RunReport:
+    """What a run did: the numbers its summary table shows."""
+
+    output: str
+    note: str
+    units_total: int
+    units_skipped: int
+    statuses: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+    videos: int = 0
+    faces: int = 0
+    disk_bytes: int = 0
+    seconds: float = 0.0
+    timings: Counter[str] = field(default_factory=Counter)
+    removed: list[str] = field(default_factory=list)
+
+
+def process_unit(unit: WorkUnit, extractor: Any, storage: Storage, progress: ProgressFn | None = None,
+                 fault: Callable[[str, int], None] | None = None) -> dict[str, Any]:
+    """Extract every video of a unit into one shard and commit it; returns the unit's stats."""
+    started = time.monotonic()
+    writer = ShardWriter(storage, unit.name)
+    rows: list[dict[str, Any]] = []
+    timings: Counter[str] = Counter()
+    try:
+        for position, (record, original) in enumerate(zip(unit.records, unit.original_paths)):
+            if fault is not None:
+                fault(unit.name, position)
+            result = extractor.extract(record, original, writer.add)
+            result.row["shard"] = unit.name if result.row["faces_written"] else ""
+            rows.append(result.row)
+            timings.update(result.timings)
+            if progress is not None:
+                progress(result.row)
+        stats = {"unit": unit.name, "videos": rows, "seconds": round(time.monotonic() - started, 3),
+                 "statuses": dict(Counter(r["status"] for r in rows)), "timings": dict(timings),
+                 "faces": sum(r["faces_written"] for r in rows)}
+        return writer.commit(stats)
+    except BaseException:
+        writer.discard()
+        raise
+
+
+def clean_output(storage: Storage) -> list[str]:
+    """--overwrite: delete dfprep's own files from the output folder (never anything else)."""
+    owned = {PLAN_META, PLAN_TABLE, VIDEOS_TABLE, DATASET_JSON}
+    removed = [n for n in storage.listdir() if n in owned or _OUTPUT_FILE.match(n)]
+    for name in removed:
+        storage.delete(name)
+    return removed
+
+
+def prepare(storage: Storage, records: Iterable[VideoRecord], config: PipelineConfig, overwrite: bool,
+            extend: bool) -> tuple[list[WorkUnit], dict[str, dict[str, Any]], list[str], str]:
+    """Plan (or reuse the plan), find committed units, remove orphans: what remains to do."""
+    removed = clean_output(storage) if overwrite else []
+    storage.makedirs()
+    units, note = load_or_create_plan(storage, records, config, overwrite=overwrite, extend=extend)
+    committed = committed_units(storage)
+    names = [u.name for u in units]
+    removed += remove_uncommitted(storage, names, set(committed))
+    removed += _remove_stray_temporaries(storage)
+    return units, committed, removed, note
+
+
+def _remove_stray_temporaries(storage: Storage) -> list[str]:
+    """`.tar.tmp` files are never valid after a run stops: remove any that remain."""
+    stray = [n for n in storage.listdir() if n.endswith(".tar.tmp")]
+    for name in stray:
+        storage.delete(name)
+    return stray
+
+
+def finalize(storage: Storage, units: list[WorkUnit], config: PipelineConfig,
+             model_checksums: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Rebuild videos.parquet and dataset.json from the committed units (the single source of truth)."""
+    committed = committed_units(storage)
+    rows = [row for unit in units if unit.name in committed for row in committed[unit.name]["videos"]]
+    if rows:
+        storage.write_table(VIDEOS_TABLE, pa.Table.from_pylist(rows))
+    storage.write_json(DATASET_JSON, {
+        "config": config.to_dict(), "config_hash": config.output_hash(), "versions": library_versions(),
+        "models": model_checksums, "shards": [u.name for u in units if u.name in committed],
+        "complete": all(u.name in committed for u in units),
+        "videos": len(rows), "samples": sum(committed[u]["samples"] for u in committed),
+    })
+    return committed
+
+
+def library_versions() -> dict[str, str]:
+    """Versions stamped into dataset.json so a shard set can be traced to its software."""
+    import av
+    import cv2
+    import dlib
+    import numpy
+
+    versions = {"dfprep": __version__, "av": av.__version__, "dlib": dlib.__version__, "opencv": cv2.__version__,
+                "numpy": numpy.__version__, "pyarrow": pa.__version__}
+    try:
+        import ray
+
+        versions["ray"] = ray.__version__
+    except ImportError:  # pragma: no cover - ray is a hard dependency, but keep the stamp robust
+        pass
+    return versions
+
+
+def normalised_reason(error: str) -> str:
+    """Group similar errors for the histogram: digits and paths folded."""
+    text = re.sub(r"/[^\s:,)]+", "<path>", error)
+    return re.sub(r"\d+", "N", text)[:120]
+
+
+def report_from(storage: Storage, units: list[WorkUnit], committed: dict[str, dict[str, Any]], note: str,
+                skipped: int, removed: list[str], seconds: float) -> RunReport:
+    """Aggregate committed unit stats into the run's summary numbers."""
+    report = RunReport(storage.root, note, len(units), skipped, removed=removed, seconds=seconds)
+    for unit in units:
+        stats = committed.get(unit.name)
+        if stats is None:
+            continue
+        report.timings.update(stats.get("timings", {}))
+        report.disk_bytes += stats.get("tar_bytes", 0)
+        for row in stats["videos"]:
+            report.videos += 1
+            report.faces += row["faces_written"]
+            report.statuses[row["status"]] += 1
+            if row["error"]:
+                report.reasons[normalised_reason(row["error"])] += 1
+    return report
+
+
+def worker_count(config: PipelineConfig) -> int:
+    """Workers to use: the configured number, else every CPU of this machine."""
+    return config.ray.workers if config.ray.workers is not None else (os.cpu_count() or 1)
+
+
+class Progress:
+    """A tqdm bar over videos (total and ETA) showing faces/s; silent with --quiet."""
+
+    def __init__(self, total: int, quiet: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="video", disable=quiet, dynamic_ncols=True, desc="extract")
+        self.faces = 0
+        self.started = time.monotonic()
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        """One video finished."""
+        self.faces += row["faces_written"]
+        rate = self.faces / max(time.monotonic() - self.started, 1e-6)
+        self.bar.set_postfix(faces=self.faces, faces_per_s=f"{rate:.1f}", refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        """Finish the bar."""
+        self.bar.close()
+
+
+def run_in_process(units: list[WorkUnit], config: PipelineConfig, models: Any, storage: Storage,
+                   progress: ProgressFn) -> None:
+    """--workers 0: every unit in this process, one after another (debuggable, no Ray)."""
+    from dfprep.extract import VideoExtractor
+
+    extractor = VideoExtractor(config, models)
+    for unit in units:
+        process_unit(unit, extractor, storage, progress)
+
+
+def extract_run(records: Iterable[VideoRecord], config: PipelineConfig, output: str, *, overwrite: bool = False,
+                extend: bool = False, quiet: bool = False, filesystem: Any = None) -> RunReport:
+    """The whole `dfprep extract`: resolve models, plan, run what is not committed, index, report."""
+    from dfprep.extract import ExtractionModels
+
+    started = time.monotonic()
+    models = ExtractionModels.resolve(config)
+    storage = Storage(output, filesystem)
+    units, committed, removed, note = prepare(storage, records, config, overwrite, extend)
+    todo = [u for u in units if u.name not in committed]
+    progress = Progress(sum(len(u.records) for u in todo), quiet)
+    try:
+        if todo and worker_count(config) == 0:
+            run_in_process(todo, config, models, storage, progress)
+        elif todo:
+            run_on_ray(todo, config, models, storage, progress)
+    finally:
+        progress.close()
+    committed = finalize(storage, units, config, models.checksums())
+    return report_from(storage, units, committed, note, len(units) - len(todo), removed,
+                       time.monotonic() - started)
+
+
+def run_on_ray(units: list[WorkUnit], config: PipelineConfig, models: Any, storage: Storage,
+               progress: ProgressFn) -> None:
+    """Units over a pool of stateful Ray actors: bounded in flight, retried, progress per video."""
+    from dfprep.pool import ActorPool
+
+    with ActorPool(config, models, worker_count(config)) as pool:
+        failures = pool.run(units, storage, progress)
+    if failures:
+        first = next(iter(failures.items()))
+        raise DfprepError(f"{len(failures)} shard(s) could not be processed after retries (first: {first[0]}: "
+                          f"{first[1]}); rerun the same command to complete them")
