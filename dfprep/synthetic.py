@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 # The astronaut's head inside skimage.data.astronaut() (512x512), and dlib's face box inside it.
+STORED_TURNS_PER_ROTATION = -1  # np.rot90 k per 90° of display rotation (checked by tests)
 HEAD_BOX = (115, 20, 325, 235)  # x0, y0, x1, y1 in the photo
 FACE_BOX_IN_PHOTO = (181, 76, 270, 166)  # measured on a pasted patch
 
@@ -79,13 +80,20 @@ def linear_motion(start: FacePlacement, end: FacePlacement) -> Callable[[int, in
 def write_clip(path: Path, width: int, height: int, frames: int,
                places: Callable[[int, int], list[FacePlacement]], fps: int = 25, rotation: int = 0,
                gop: int = 50, seed: int = 0, crf: int = 20,
-               frame_filter: Callable[[int, np.ndarray], np.ndarray] | None = None) -> Path:
-    """Encode an h264 mp4 whose frames come from `places`; `rotation` is stored as a display matrix."""
+               frame_filter: Callable[[int, np.ndarray], np.ndarray] | None = None,
+               store_turned: bool = False) -> Path:
+    """Encode an h264 mp4 whose frames come from `places`; `rotation` is stored as a display matrix.
+
+    With `store_turned` the frames are stored turned the other way, as phones record portrait video,
+    so a reader that honours the display matrix shows the upright rendered frames.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     base = background(width, height, seed)
+    turns = (rotation // 90) % 4 if store_turned else 0
+    coded_w, coded_h = (height, width) if turns % 2 else (width, height)
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = coded_w, coded_h, "yuv420p"
         stream.options = {"crf": str(crf), "g": str(gop), "preset": "veryfast", "bf": "2"}
         if rotation:
             stream.set_display_rotation(rotation)
@@ -93,6 +101,8 @@ def write_clip(path: Path, width: int, height: int, frames: int,
             frame = render_frame(width, height, places(index, frames), seed) if places else base
             if frame_filter is not None:
                 frame = frame_filter(index, frame)
+            if turns:
+                frame = np.ascontiguousarray(np.rot90(frame, STORED_TURNS_PER_ROTATION * turns))
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
