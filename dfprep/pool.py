@@ -16,9 +16,9 @@ SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_N
 
 
 class ExtractWorker:
-    """Ray actor body: holds a VideoExtractor and reports per-video progress through a queue."""
+    """Ray actor body: holds a VideoExtractor and reports per-video progress to the queue actor."""
 
-    def __init__(self, config: PipelineConfig, models: Any, queue: Any):
+    def __init__(self, config: PipelineConfig, models: Any):
         import cv2
 
         from dfprep.extract import VideoExtractor
@@ -26,15 +26,14 @@ class ExtractWorker:
 
         cv2.setNumThreads(1)
         self.extractor = VideoExtractor(config, models)
-        self.queue = queue
         self.fault = fault_hook_from_env()
 
-    def run_unit(self, unit: WorkUnit, storage: Storage) -> dict[str, Any]:
+    def run_unit(self, unit: WorkUnit, storage: Storage, queue: Any) -> dict[str, Any]:
         """Process and commit one unit; each finished video is announced as (unit, position, row)."""
         from dfprep.run import process_unit
 
         positions = iter(range(len(unit.records)))
-        report = lambda row: self.queue.put_nowait((unit.name, next(positions), row))  # noqa: E731
+        report = lambda row: queue.put_nowait.remote((unit.name, next(positions), row))  # noqa: E731
         return process_unit(unit, self.extractor, storage, report, self.fault)
 
 
@@ -67,7 +66,8 @@ class ActorPool:
         remote = ray.remote(num_cpus=1, max_restarts=config.ray.actor_restarts,
                             max_task_retries=config.ray.task_retries)(ExtractWorker)
         options = {"runtime_env": {"env_vars": {**SINGLE_THREAD_ENV, **_fault_env()}}}
-        self.actors = [remote.options(**options).remote(config, models, self.queue) for _ in range(self.size)]
+        # Constructor args stay plain values (no actor handles): Ray can then always restart an actor.
+        self.actors = [remote.options(**options).remote(config, models) for _ in range(self.size)]
 
     def __enter__(self) -> "ActorPool":
         return self
@@ -102,7 +102,7 @@ class ActorPool:
         for index, actor in enumerate(self.actors):
             while todo and load[index] < self.in_flight:
                 unit = todo.popleft()
-                pending[actor.run_unit.remote(unit, storage)] = (unit, index)
+                pending[actor.run_unit.remote(unit, storage, self.queue.actor)] = (unit, index)
                 load[index] += 1
 
     def _drain(self, progress: Any, counted: set[tuple[str, int]]) -> None:
