@@ -129,6 +129,36 @@ def extract(dataset: str | None, root: str | None, output: str, pipeline: str | 
     click.echo(format_summary(report))
 
 
+@cli.command()
+@click.option("-o", "--output", default="demo-out", show_default=True, help="Folder for the demo's artefacts.")
+@click.option("--workers", type=int, default=None, help="Ray workers (0 = in-process; default all CPUs).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_fail_cleanly
+def demo(output: str, workers: int | None, quiet: bool) -> None:
+    """Build a small labelled video set from a bundled real face and run the pipeline on it."""
+    from dfprep.catalog import scan
+    from dfprep.config import load_config
+    from dfprep.demo import build_demo_dataset
+    from dfprep.run import extract_run
+
+    root = Path(output).resolve()
+    click.echo(f"1/2 building demo videos from scikit-image's astronaut photo → {root / 'videos'}")
+    clips = build_demo_dataset(root / "videos")
+    click.echo(f"    {len(clips)} clips: real and crudely face-swapped fakes, train/val/test folders")
+    config = load_config("deepfakebench", {"dataset.name": "folder", "dataset.root": str(root / "videos"),
+                                           "sampling.frames": 8, "output.videos_per_shard": 4,
+                                           "ray.workers": workers})
+    click.echo("2/2 dfprep extract folder videos/ -o shards/  (recipe deepfakebench, 8 frames per video)")
+    report = extract_run(scan("folder", root / "videos", config.dataset), config, str(root / "shards"), quiet=quiet)
+    click.echo(format_summary(report))
+    click.echo(f"""
+Where things are:
+  {root / 'videos'}            the input videos (a `folder` dataset: <split>/<real|fake>/*.mp4)
+  {root / 'shards'}/*.tar      WebDataset shards: <key>.jpg aligned face, <key>.ldm.npy landmarks, <key>.json
+  {root / 'shards'}/videos.parquet   one row per input video with its status
+Next: dfprep extract ffpp /path/to/FaceForensics++ -o out/ffpp""")
+
+
 def format_summary(report: Any) -> str:
     """The end-of-run table: outcomes, reasons, faces, shards, disk, wall time, stage breakdown."""
     lines = [f"dfprep extract → {report.output}", f"  plan: {report.note}"]
