@@ -159,6 +159,30 @@ Where things are:
 Next: dfprep extract ffpp /path/to/FaceForensics++ -o out/ffpp""")
 
 
+@cli.command()
+@click.argument("outputs", nargs=-1, required=True)
+@click.option("--threshold", type=float, default=0.6, show_default=True, help="Same-person descriptor distance.")
+@click.option("--strict", is_flag=True, help="Exit with code 1 when any identity is shared.")
+@click.option("--json", "as_json", is_flag=True, help="Print the shared identities as JSON.")
+@_fail_cleanly
+def leakage(outputs: tuple[str, ...], threshold: float, strict: bool, as_json: bool) -> None:
+    """Identities shared across splits or datasets (needs extract with --set detection.identity=true)."""
+    from dfprep.identity import find_leaks, format_leaks, load_identities
+
+    videos, without = load_identities(outputs)
+    if not videos:
+        raise DfprepError("no video in these outputs has an identity descriptor: extract with "
+                          "--set detection.identity=true")
+    leaks = find_leaks(videos, threshold)
+    if as_json:
+        click.echo(json.dumps({"threshold": threshold, "videos": len(videos), "without_descriptor": without,
+                               "leaks": [leak.to_dict() for leak in leaks]}, indent=1))
+    else:
+        click.echo(format_leaks(leaks, len(videos), without, threshold))
+    if strict and leaks:
+        sys.exit(1)
+
+
 def format_summary(report: Any) -> str:
     """The end-of-run table: outcomes, reasons, faces, shards, disk, wall time, stage breakdown."""
     lines = [f"dfprep extract → {report.output}", f"  plan: {report.note}"]

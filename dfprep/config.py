@@ -60,6 +60,8 @@ class DetectionConfig:
     track_window: float = 2.0  # search window side = previous box side × this
     select: str = "largest"  # largest | all | centre
     landmarks: str = "dlib68"  # registry name or path of the shape predictor
+    identity: bool = False  # 128-D dlib face descriptor per track, median per video (for `dfprep leakage`)
+    identity_frames: int = 8  # descriptors computed per track (spread over the video)
 
 
 @dataclass(frozen=True)

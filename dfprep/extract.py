@@ -15,13 +15,14 @@ from dfprep.align import AlignedFace, align_face
 from dfprep.catalog.base import VideoRecord
 from dfprep.config import PipelineConfig
 from dfprep.faces import Face, FaceAnalyzer
+from dfprep.identity import IdentityCollector
 from dfprep.models import ResolvedModel, load_check, resolve_model
 from dfprep.shards import Sample, encode_image, encode_npy, sample_key
 from dfprep.video import DecodedFrame, VideoError, VideoInfo, decode_frames, frame_plan, probe
 
 # Statuses, in the order the summary shows them.
 STATUSES = ("ok", "partial", "no_face", "decode_error", "unsupported", "timeout", "missing")
-STAGES = ("probe", "decode", "detect", "landmarks", "align", "encode")
+STAGES = ("probe", "decode", "detect", "landmarks", "align", "encode", "identity")
 
 
 @dataclass
@@ -38,6 +39,7 @@ class ExtractionModels:
 
     predictor: ResolvedModel
     cnn: ResolvedModel | None
+    descriptor: ResolvedModel | None = None
 
     @classmethod
     def resolve(cls, config: PipelineConfig) -> "ExtractionModels":
@@ -45,14 +47,15 @@ class ExtractionModels:
         predictor = resolve_model(config.detection.landmarks)
         load_check(predictor)
         cnn = resolve_model("mmod") if config.detection.detector == "cnn" else None
-        if cnn is not None:
-            load_check(cnn)
-        return cls(predictor, cnn)
+        descriptor = resolve_model("resnet128") if config.detection.identity else None
+        for optional in (cnn, descriptor):
+            if optional is not None:
+                load_check(optional)
+        return cls(predictor, cnn, descriptor)
 
     def checksums(self) -> dict[str, str]:
         """name → sha256, stamped into dataset.json."""
-        models = [self.predictor] + ([self.cnn] if self.cnn else [])
-        return {m.name: m.sha256 for m in models}
+        return {m.name: m.sha256 for m in (self.predictor, self.cnn, self.descriptor) if m is not None}
 
 
 def plan_for_family(record: VideoRecord, info: VideoInfo, original_path: str | None,
@@ -88,6 +91,8 @@ class VideoExtractor:
         self.config = config
         cnn_path = models.cnn.path if models.cnn else None
         self.analyzer = FaceAnalyzer(config.detection, models.predictor.path, cnn_path)
+        self.identity = (IdentityCollector(models.descriptor.path, config.detection.identity_frames)
+                         if models.descriptor is not None else None)
         self.probe_cache: dict[str, VideoInfo] = {}
 
     def extract(self, record: VideoRecord, original_path: str | None,
@@ -112,12 +117,16 @@ class VideoExtractor:
             status, error = exc.status, str(exc)
             written = getattr(exc, "faces_written", 0)
         row.update(status=status, error=error, faces_written=written)
+        if self.identity is not None:
+            row["identity"], row["identity_faces"] = self.identity.video_identity()
         return VideoResult(row, dict(timings))
 
     def _run_plan(self, record: VideoRecord, info: VideoInfo, plan: list[int], deadline: float,
                   sink: Callable[[Sample], None], timings: Counter[str]) -> dict[int, int]:
         """Planned frames first, then neighbours of faceless ones; returns planned frame → faces written."""
         self.analyzer.reset()
+        if self.identity is not None:
+            self.identity.reset(len(plan))
         written: dict[int, int] = {}
         try:
             for frame in self._decode(record.path, plan, info, deadline, timings):
@@ -193,6 +202,10 @@ class VideoExtractor:
             started = time.monotonic()
             sink(self._sample(record, frame, planned, face, aligned))
             timings["encode"] += time.monotonic() - started
+            if self.identity is not None:
+                started = time.monotonic()
+                self.identity.observe(frame.image, face)
+                timings["identity"] += time.monotonic() - started
         return len(faces)
 
     def _sample(self, record: VideoRecord, frame: DecodedFrame, planned: int, face: Face,

@@ -105,7 +105,7 @@ def finalize(storage: Storage, units: list[WorkUnit], config: PipelineConfig,
     committed = committed_units(storage)
     rows = [row for unit in units if unit.name in committed for row in committed[unit.name]["videos"]]
     if rows:
-        storage.write_table(VIDEOS_TABLE, pa.Table.from_pylist(rows))
+        storage.write_table(VIDEOS_TABLE, rows_to_table(rows))
     storage.write_json(DATASET_JSON, {
         "config": config.to_dict(), "config_hash": config.output_hash(), "versions": library_versions(),
         "models": model_checksums, "shards": [u.name for u in units if u.name in committed],
@@ -113,6 +113,12 @@ def finalize(storage: Storage, units: list[WorkUnit], config: PipelineConfig,
         "videos": len(rows), "samples": sum(committed[u]["samples"] for u in committed),
     })
     return committed
+
+
+def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """A table over the union of the rows' columns (a failed video may lack optional columns)."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    return pa.Table.from_pylist([{key: row.get(key) for key in columns} for row in rows])
 
 
 def library_versions() -> dict[str, str]:

@@ -108,3 +108,11 @@ def write_clip(path: Path, width: int, height: int, frames: int,
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def lfw_face(index: int, size: int = 170) -> np.ndarray:
+    """Another person's face: a Labeled Faces in the Wild image bundled with scikit-image (0–99 are faces)."""
+    from skimage import data
+
+    gray = cv2.resize(data.lfw_subset()[index], (size, size), interpolation=cv2.INTER_CUBIC)
+    return cv2.cvtColor(np.clip(gray * 255, 0, 255).astype(np.uint8), cv2.COLOR_GRAY2RGB)
