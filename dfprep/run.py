@@ -15,6 +15,7 @@ from dfprep import __version__
 from dfprep.catalog.base import VideoRecord
 from dfprep.config import PipelineConfig
 from dfprep.errors import DfprepError
+from dfprep.guard import ATTEMPTS_DIR, AttemptLog, Watchdog, hard_limit
 from dfprep.plan import PLAN_META, PLAN_TABLE, WorkUnit, load_or_create_plan
 from dfprep.shards import STATS_SUFFIX, ShardWriter, Storage, committed_units, remove_uncommitted
 
@@ -48,13 +49,13 @@ def process_unit(unit: WorkUnit, extractor: Any, storage: Storage, progress: Pro
     """Extract every video of a unit into one shard and commit it; returns the unit's stats."""
     started = time.monotonic()
     writer = ShardWriter(storage, unit.name)
+    attempts = AttemptLog(storage, unit.name)
     rows: list[dict[str, Any]] = []
     timings: Counter[str] = Counter()
     try:
         for position, (record, original) in enumerate(zip(unit.records, unit.original_paths)):
-            if fault is not None:
-                fault(unit.name, position)
-            result = extractor.extract(record, original, writer.add)
+            result = _guarded_extract(extractor, record, original, writer, attempts, position,
+                                      lambda: fault(unit.name, position) if fault is not None else None)
             result.row["shard"] = unit.name if result.row["faces_written"] else ""
             rows.append(result.row)
             timings.update(result.timings)
@@ -63,16 +64,33 @@ def process_unit(unit: WorkUnit, extractor: Any, storage: Storage, progress: Pro
         stats = {"unit": unit.name, "videos": rows, "seconds": round(time.monotonic() - started, 3),
                  "statuses": dict(Counter(r["status"] for r in rows)), "timings": dict(timings),
                  "faces": sum(r["faces_written"] for r in rows)}
-        return writer.commit(stats)
+        committed = writer.commit(stats)
+        attempts.clear()
+        return committed
     except BaseException:
         writer.discard()
         raise
+
+
+def _guarded_extract(extractor: Any, record: VideoRecord, original: str | None, writer: ShardWriter,
+                     attempts: AttemptLog, position: int, fault: Callable[[], None]) -> Any:
+    """One video under its attempt marker and watchdog; a hung or poison video becomes a status row."""
+    from dfprep.extract import VideoResult, base_row
+
+    timeout_s = extractor.config.sampling.video_timeout_s
+    skip = attempts.begin(position, timeout_s)
+    if skip is not None:
+        return VideoResult({**base_row(record), "status": skip[0], "error": skip[1]}, {})
+    with Watchdog(attempts, position, hard_limit(timeout_s), record.video_id):
+        fault()
+        return extractor.extract(record, original, writer.add)
 
 
 def clean_output(storage: Storage) -> list[str]:
     """--overwrite: delete dfprep's own files from the output folder (never anything else)."""
     owned = {PLAN_META, PLAN_TABLE, VIDEOS_TABLE, DATASET_JSON}
     removed = [n for n in storage.listdir() if n in owned or _OUTPUT_FILE.match(n)]
+    removed += [f"{ATTEMPTS_DIR}/{n}" for n in storage.listdir(ATTEMPTS_DIR)]
     for name in removed:
         storage.delete(name)
     return removed
@@ -83,6 +101,7 @@ def prepare(storage: Storage, records: Iterable[VideoRecord], config: PipelineCo
     """Plan (or reuse the plan), find committed units, remove orphans: what remains to do."""
     removed = clean_output(storage) if overwrite else []
     storage.makedirs()
+    storage.makedirs(ATTEMPTS_DIR)
     units, note = load_or_create_plan(storage, records, config, overwrite=overwrite, extend=extend)
     committed = committed_units(storage)
     names = [u.name for u in units]
@@ -103,6 +122,8 @@ def finalize(storage: Storage, units: list[WorkUnit], config: PipelineConfig,
              model_checksums: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Rebuild videos.parquet and dataset.json from the committed units (the single source of truth)."""
     committed = committed_units(storage)
+    if not storage.listdir(ATTEMPTS_DIR):
+        storage.remove_dir(ATTEMPTS_DIR)
     rows = [row for unit in units if unit.name in committed for row in committed[unit.name]["videos"]]
     if rows:
         storage.write_table(VIDEOS_TABLE, rows_to_table(rows))
@@ -196,9 +217,12 @@ def run_in_process(units: list[WorkUnit], config: PipelineConfig, models: Any, s
     """--workers 0: every unit in this process, one after another (debuggable, no Ray)."""
     from dfprep.extract import VideoExtractor
 
+    from dfprep.faults import fault_hook_from_env
+
     extractor = VideoExtractor(config, models)
+    fault = fault_hook_from_env()
     for unit in units:
-        process_unit(unit, extractor, storage, progress)
+        process_unit(unit, extractor, storage, progress, fault)
 
 
 def extract_run(records: Iterable[VideoRecord], config: PipelineConfig, output: str, *, overwrite: bool = False,

@@ -130,6 +130,11 @@ class Storage:
             pafs.copy_files(str(local), self.path(name), source_filesystem=pafs.LocalFileSystem(),
                             destination_filesystem=self.fs)
 
+    def remove_dir(self, name: str) -> None:
+        """Remove an (empty) sub-folder if it exists."""
+        if self.fs.get_file_info(self.path(name)).type == pafs.FileType.Directory:
+            self.fs.delete_dir(self.path(name))
+
     def rename(self, source: str, target: str) -> None:
         """Move a file within the output folder (atomic on local filesystems)."""
         self.fs.move(self.path(source), self.path(target))
