@@ -183,6 +183,78 @@ def leakage(outputs: tuple[str, ...], threshold: float, strict: bool, as_json: b
         sys.exit(1)
 
 
+@cli.command()
+@click.argument("output")
+@click.argument("more_zoo", nargs=-1, metavar="")
+@click.option("--method", type=click.Choice(["landmarks", "cam"]), default="landmarks", show_default=True,
+              help="landmarks: model-free prior from the stored landmarks; cam: Grad-CAM fusion over --zoo.")
+@click.option("--name", default="", help="Folder under OUT/maps/ (default: the method).")
+@click.option("--zoo", multiple=True, metavar="A.pt [B.pt …]", help="Detector checkpoints for --method cam.")
+@click.option("--fusion", type=click.Choice(["mean", "max"]), default="mean", show_default=True)
+@click.option("--threshold", type=float, help="Zero map values <= this (default 0.3 for cam, 0 for landmarks).")
+@click.option("--layer", help="Module Grad-CAM reads (default: the architecture's last conv stage).")
+@click.option("--target", type=click.Choice(["fake", "label"]), default="fake", show_default=True,
+              help="Explain the fake logit, or each crop's ground-truth class.")
+@click.option("--weights", help="Landmark region weights, e.g. eyes=1,mouth=0.9,nose=0.7[,eyebrows=0.5].")
+@click.option("--blur-sigma", type=float, help="Landmark map smoothing in pixels (0 = sharp hulls).")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Crops per batch.")
+@click.option("--device", default="auto", show_default=True, help="CAM device in-process (auto, cpu, cuda).")
+@click.option("--workers", type=int, help="Ray workers (0 = in-process; default all CPUs).")
+@click.option("--address", help="Join a Ray cluster (auto = the running one).")
+@click.option("--overwrite", is_flag=True, help="Delete this map folder's previous maps and start over.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_fail_cleanly
+def maps(output: str, more_zoo: tuple[str, ...], method: str, name: str, zoo: tuple[str, ...], fusion: str,
+         threshold: float | None, layer: str | None, target: str, weights: str | None, blur_sigma: float | None,
+         batch_size: int, device: str, workers: int | None, address: str | None, overwrite: bool, quiet: bool) -> None:
+    """Primary-region maps for every face under OUTPUT, as companion shards in OUTPUT/maps/NAME/."""
+    from dfprep.maps import MapSettings, format_map_summary, maps_run
+    from dfprep.regions import parse_weights
+
+    if more_zoo and not zoo:
+        raise DfprepError(f"unexpected extra argument(s) {' '.join(more_zoo)}: checkpoints go after --zoo")
+    landmark_options = {"weights": tuple(parse_weights(weights).items()) if weights is not None else None,
+                        "blur_sigma": blur_sigma}
+    settings = MapSettings(method=method, name=name, zoo=zoo + more_zoo, fusion=fusion, threshold=threshold,
+                           layer=layer, target=target, batch_size=batch_size, device=device,
+                           **{k: v for k, v in landmark_options.items() if v is not None})
+    report = maps_run(output, settings, workers=workers, address=address, overwrite=overwrite, quiet=quiet)
+    click.echo(format_map_summary(report))
+
+
+@cli.command()
+@click.argument("output")
+@click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON.")
+@_fail_cleanly
+def stats(output: str, as_json: bool) -> None:
+    """Counts, face yield, failures by reason and disk of OUTPUT, from its indexes (never opens a tar)."""
+    from dfprep.stats import compute_stats, format_stats
+
+    numbers = compute_stats(output)
+    click.echo(json.dumps(numbers, indent=1) if as_json else format_stats(numbers))
+
+
+@cli.command()
+@click.argument("output")
+@click.option("-o", "--sheet", "sheet", required=True, type=click.Path(), help="PNG file to write.")
+@click.option("--n", "count", type=int, default=48, show_default=True, help="Faces to sample.")
+@click.option("--split", help="Only this split (default: all; ignored with --video).")
+@click.option("--maps", "map_name", help="Overlay companion maps OUT/maps/NAME as a heat map.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@click.option("--video", help="Every frame of this video_id, in time order (instead of sampling).")
+@click.option("--cols", type=int, help="Tiles per row (default: a roughly 4:3 grid).")
+@click.option("--tile", type=int, default=160, show_default=True, help="Tile size in pixels.")
+@_fail_cleanly
+def preview(output: str, sheet: str, count: int, split: str | None, map_name: str | None, seed: int,
+            video: str | None, cols: int | None, tile: int) -> None:
+    """Write a contact sheet of OUTPUT's crops: landmarks, label borders, captions, optional maps."""
+    from dfprep.preview import write_sheet
+
+    height, width = write_sheet(output, sheet, n=count, split=split, maps=map_name, seed=seed, video=video,
+                                cols=cols, tile=tile)
+    click.echo(f"wrote {sheet} ({width}x{height})")
+
+
 def format_summary(report: Any) -> str:
     """The end-of-run table: outcomes, reasons, faces, shards, disk, wall time, stage breakdown."""
     lines = [f"dfprep extract → {report.output}", f"  plan: {report.note}"]

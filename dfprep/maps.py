@@ -1,0 +1,525 @@
+"""`dfprep maps`: companion shards of primary-region maps — one per face shard, same keys, same order.
+
+Each committed face shard `OUT/<split>-NNNNNN.tar` gets `OUT/maps/<name>/<split>-NNNNNN.tar` holding one
+`<key>.prmap.png` per face, committed like extract's shards (tar.tmp → tar → parquet → `_stats.json`).
+`OUT/maps/<name>/manifest.json` records how the maps were made; a rerun with other settings is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import tarfile
+import time
+from dataclasses import dataclass, field, replace
+from itertools import islice
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import cv2
+import numpy as np
+
+from dfprep import __version__
+from dfprep.errors import DfprepError
+from dfprep.regions import (DEFAULT_BLUR_SIGMA, DEFAULT_WEIGHTS, FUSIONS, TARGETS, ZooCheckpoint, apply_threshold,
+                            check_weights, encode_map_png, landmark_prior_map)
+from dfprep.shards import STATS_SUFFIX, Sample, ShardWriter, Storage, committed_units, remove_uncommitted
+
+MAP_MEMBER = "prmap.png"
+MANIFEST = "manifest.json"
+METHODS = ("landmarks", "cam")
+IMAGE_TYPES = ("jpg", "png", "webp")
+DEFAULT_THRESHOLDS = {"landmarks": 0.0, "cam": 0.3}
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_MAP_FILE = re.compile(r"^(train|val|test|unassigned)-\d{6}(\.tar|\.tar\.tmp|\.parquet|_stats\.json)$")
+
+ReportFn = Callable[[str, int], None]  # (unit name, samples mapped so far in that unit)
+
+
+@dataclass(frozen=True)
+class MapSettings:
+    """How maps are made: the method and its options (what must not change between runs of one --name)."""
+
+    method: str = "landmarks"
+    name: str = ""  # folder under OUT/maps/; default: the method
+    weights: tuple[tuple[str, float], ...] = tuple(DEFAULT_WEIGHTS.items())
+    blur_sigma: float = DEFAULT_BLUR_SIGMA
+    zoo: tuple[str, ...] = ()  # checkpoint paths (cam)
+    fusion: str = "mean"
+    threshold: float | None = None  # default: 0.3 for cam (PRLE), 0 for landmarks (keep the soft edges)
+    layer: str | None = None
+    target: str = "fake"  # fake: explain the fake logit; label: explain each crop's ground-truth class
+    batch_size: int = 32
+    device: str = "auto"
+
+    def resolved(self) -> "MapSettings":
+        """Defaults filled in and every option checked, before any file is touched."""
+        if self.method not in METHODS:
+            raise DfprepError(f"unknown map method {self.method!r}: use one of {list(METHODS)}")
+        name = self.name or self.method
+        threshold = DEFAULT_THRESHOLDS[self.method] if self.threshold is None else float(self.threshold)
+        problems = [
+            (not _NAME.match(name), f"--name {name!r}: use letters, digits, '_' or '-'"),
+            (self.method == "cam" and not self.zoo, "--method cam needs checkpoints: --zoo A.pt [B.pt …]"),
+            (self.method == "landmarks" and bool(self.zoo), "--zoo is only used by --method cam"),
+            (self.fusion not in FUSIONS, f"--fusion {self.fusion!r}: use one of {list(FUSIONS)}"),
+            (self.target not in TARGETS, f"--target {self.target!r}: use one of {list(TARGETS)}"),
+            (not 0.0 <= threshold < 1.0, f"--threshold {threshold}: expected 0 <= threshold < 1"),
+            (self.batch_size < 1, f"--batch-size {self.batch_size}: expected >= 1"),
+            (self.blur_sigma < 0, f"--blur-sigma {self.blur_sigma}: expected >= 0"),
+        ]
+        for failed, reason in problems:
+            if failed:
+                raise DfprepError(reason)
+        weights = tuple(sorted(check_weights(dict(self.weights)).items()))
+        zoo = tuple(str(Path(path).resolve()) for path in self.zoo)  # actors may run in another directory
+        return replace(self, name=name, threshold=threshold, weights=weights, zoo=zoo)
+
+    def identity(self, checkpoints: list[ZooCheckpoint], layers: list[str], source_hash: str | None) -> dict[str, Any]:
+        """Everything that changes the maps (and nothing about how widely they run): compared on every rerun."""
+        cam = self.method == "cam"
+        return {
+            "method": self.method, "threshold": self.threshold, "source_config_hash": source_hash,
+            "weights": None if cam else dict(self.weights), "blur_sigma": None if cam else self.blur_sigma,
+            "zoo": [{"file": c.file, "sha256": c.sha256, "layer": layer} for c, layer in zip(checkpoints, layers)],
+            "fusion": self.fusion if cam else None, "target": self.target if cam else None,
+        }
+
+
+@dataclass(frozen=True)
+class MapUnit:
+    """One committed face shard and how many faces it holds: the unit of map work."""
+
+    name: str
+    samples: int
+
+
+@dataclass
+class MapReport:
+    """What a maps run did: the numbers its summary shows."""
+
+    output: str
+    name: str
+    method: str
+    units_total: int
+    units_skipped: int
+    maps_written: int = 0
+    maps_total: int = 0
+    seconds: float = 0.0
+    removed: list[str] = field(default_factory=list)
+    note: str = ""
+
+
+# ---------------------------------------------------------------- reading face shards
+
+
+@dataclass
+class FaceSample:
+    """The members of one face a map needs (image, landmarks, metadata), undecoded."""
+
+    key: str
+    members: dict[str, bytes]
+
+    def image(self) -> np.ndarray:
+        """The aligned crop as RGB uint8."""
+        payload = next((self.members[t] for t in IMAGE_TYPES if t in self.members), None)
+        image = None if payload is None else cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            raise DfprepError(f"sample {self.key}: no decodable face image ({'/'.join(IMAGE_TYPES)})")
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+    def landmarks(self) -> np.ndarray:
+        """`<key>.ldm.npy`, read without pickles."""
+        if "ldm.npy" not in self.members:
+            raise DfprepError(f"sample {self.key}: no ldm.npy landmarks member")
+        return np.load(io.BytesIO(self.members["ldm.npy"]), allow_pickle=False)
+
+    def label(self) -> int:
+        """0 = real, 1 = fake, from `<key>.json`."""
+        if "json" not in self.members:
+            raise DfprepError(f"sample {self.key}: no json member (needed for --target label)")
+        return int(json.loads(self.members["json"])["label"])
+
+
+def read_face_samples(faces: Storage, unit: str) -> Iterator[FaceSample]:
+    """A face shard's samples in tar order, streamed (members of one key are contiguous)."""
+    wanted = set(IMAGE_TYPES) | {"ldm.npy", "json"}
+    current: FaceSample | None = None
+    with faces.fs.open_input_stream(faces.path(f"{unit}.tar")) as stream, \
+            tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            key, _, extension = member.name.partition(".")
+            if current is None or key != current.key:
+                if current is not None:
+                    yield current
+                if not key or "/" in key or not extension:
+                    raise DfprepError(f"{unit}.tar: unexpected member name {member.name!r}")
+                current = FaceSample(key, {})
+            if extension in wanted and member.isfile():
+                current.members[extension] = tar.extractfile(member).read()  # type: ignore[union-attr]
+    if current is not None:
+        yield current
+
+
+def batched(samples: Iterable[FaceSample], size: int) -> Iterator[list[FaceSample]]:
+    """Consecutive groups of at most `size` samples, order kept."""
+    iterator = iter(samples)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+# ---------------------------------------------------------------- mappers: a batch of faces → maps
+
+
+class LandmarkMapper:
+    """The model-free prior: hulls of the stored landmarks, no detection, no model."""
+
+    def __init__(self, settings: MapSettings):
+        self.weights, self.sigma = dict(settings.weights), settings.blur_sigma
+        self.threshold, self.batch_size = float(settings.threshold or 0.0), settings.batch_size
+
+    def maps(self, batch: list[FaceSample]) -> list[np.ndarray]:
+        """One map per face; the crop size is read once per batch (one output, one alignment size)."""
+        size = batch[0].image().shape[:2]
+        maps = [landmark_prior_map(sample.landmarks(), size, self.weights, self.sigma) for sample in batch]
+        return [apply_threshold(m, self.threshold) for m in maps] if self.threshold > 0 else maps
+
+
+class CamMapper:
+    """PRLE's static localization: Grad-CAM of every zoo detector, fused and thresholded, batched."""
+
+    def __init__(self, settings: MapSettings, checkpoints: list[ZooCheckpoint]):
+        from dfprep.regions import CamZoo
+
+        self.zoo = CamZoo(checkpoints, settings.layer, settings.fusion, float(settings.threshold or 0.0),
+                          settings.device)
+        self.target, self.batch_size = settings.target, settings.batch_size
+
+    def maps(self, batch: list[FaceSample]) -> list[np.ndarray]:
+        """Maps for a batch, run through the zoo in runs of equally sized crops."""
+        crops = [sample.image() for sample in batch]
+        fake = [True if self.target == "fake" else sample.label() == 1 for sample in batch]
+        maps: list[np.ndarray] = []
+        start = 0
+        while start < len(crops):
+            end = start + 1
+            while end < len(crops) and crops[end].shape == crops[start].shape:
+                end += 1
+            maps += list(self.zoo.maps(np.stack(crops[start:end]), np.array(fake[start:end])))
+            start = end
+        return maps
+
+
+def make_mapper(settings: MapSettings, checkpoints: list[ZooCheckpoint]) -> LandmarkMapper | CamMapper:
+    """The mapper for the settings' method."""
+    return CamMapper(settings, checkpoints) if settings.method == "cam" else LandmarkMapper(settings)
+
+
+# ---------------------------------------------------------------- one unit: read, map, commit
+
+
+def map_unit(unit: MapUnit, faces: Storage, maps: Storage, mapper: Any,
+             report: ReportFn | None = None) -> dict[str, Any]:
+    """Map every face of one shard into its companion shard and commit it; returns the shard's stats."""
+    if unit.samples and not faces.exists(f"{unit.name}.tar"):
+        raise DfprepError(f"{unit.name}.tar is missing although its face shard is committed: delete "
+                          f"{unit.name}{STATS_SUFFIX} and re-run extract")
+    started = time.monotonic()
+    writer = ShardWriter(maps, unit.name)
+    size: list[int] | None = None
+    try:
+        samples = read_face_samples(faces, unit.name) if unit.samples else iter(())
+        for batch in batched(samples, mapper.batch_size):
+            for sample, region_map in zip(batch, mapper.maps(batch)):
+                writer.add(Sample(sample.key, {MAP_MEMBER: encode_map_png(region_map)}, map_row(region_map)))
+                size = size or list(region_map.shape)
+            if report is not None:
+                report(unit.name, len(writer.rows))
+        if len(writer.rows) != unit.samples:
+            raise DfprepError(f"{unit.name}.tar holds {len(writer.rows)} faces but its commit marker says "
+                              f"{unit.samples}: the face shard changed or is damaged")
+        return writer.commit({"unit": unit.name, "size": size, "seconds": round(time.monotonic() - started, 3)})
+    except BaseException:
+        writer.discard()
+        raise
+
+
+def map_row(region_map: np.ndarray) -> dict[str, float]:
+    """The per-shard parquet row: how much of the crop the map covers and how strongly."""
+    return {"coverage": round(float(np.count_nonzero(region_map)) / region_map.size, 5),
+            "peak": round(float(region_map.max()), 5)}
+
+
+# ---------------------------------------------------------------- the run: plan, refuse, resume, finalize
+
+
+def face_units(faces: Storage) -> list[MapUnit]:
+    """The committed face shards of OUT, in name order (uncommitted ones are not mapped)."""
+    committed = committed_units(faces)
+    if not committed:
+        raise DfprepError(f"no committed face shards in {faces.root}: run `dfprep extract … -o {faces.root}` first")
+    return [MapUnit(name, int(stats.get("samples", 0))) for name, stats in sorted(committed.items())]
+
+
+def source_summary(faces: Storage) -> dict[str, Any]:
+    """The face output's config hash, crop size and completeness, from its dataset.json (when present)."""
+    if not faces.exists("dataset.json"):
+        return {}
+    dataset = faces.read_json("dataset.json")
+    size = (dataset.get("config") or {}).get("alignment", {}).get("size")
+    return {"config_hash": dataset.get("config_hash"), "size": [size, size] if size else None,
+            "complete": dataset.get("complete")}
+
+
+def settings_hash(identity: dict[str, Any]) -> str:
+    """sha256 of the map identity, stamped into the manifest."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def check_manifest(maps: Storage, identity: dict[str, Any], name: str) -> None:
+    """Refuse to add maps made differently to a folder that already holds some (one line, with the way out)."""
+    if not maps.exists(MANIFEST):
+        return
+    previous = maps.read_json(MANIFEST).get("identity", {})
+    changed = sorted(k for k in identity if previous.get(k) != identity[k])
+    if changed:
+        raise DfprepError(f"{maps.root} holds maps made with different settings ({', '.join(changed)} changed); "
+                          f"rerun with the same settings, --overwrite to redo them, or another --name than {name!r}")
+
+
+def clean_maps(maps: Storage) -> list[str]:
+    """--overwrite: delete this map folder's own files (never anything else)."""
+    removed = [n for n in maps.listdir() if n == MANIFEST or _MAP_FILE.match(n)]
+    for name in removed:
+        maps.delete(name)
+    return removed
+
+
+def remove_stale(maps: Storage, units: list[MapUnit]) -> list[str]:
+    """Committed map shards whose face shard is gone or holds another number of faces are redone."""
+    expected = {u.name: u.samples for u in units}
+    removed = []
+    for name, stats in committed_units(maps).items():
+        if expected.get(name) == stats.get("samples"):
+            continue
+        for suffix in (STATS_SUFFIX, ".tar", ".parquet"):
+            if maps.exists(f"{name}{suffix}"):
+                maps.delete(f"{name}{suffix}")
+                removed.append(f"{name}{suffix}")
+    return removed
+
+
+def prepare_maps(maps: Storage, manifest: dict[str, Any], units: list[MapUnit], overwrite: bool) -> list[str]:
+    """Refuse or clean, persist the manifest before any shard, then drop stale shards and leftovers."""
+    removed = clean_maps(maps) if overwrite else []
+    maps.makedirs()
+    check_manifest(maps, manifest["identity"], manifest["name"])
+    maps.write_json(MANIFEST, {**manifest, "complete": False})
+    removed += remove_stale(maps, units)
+    removed += remove_uncommitted(maps, [u.name for u in units], set(committed_units(maps)))
+    stray = [n for n in maps.listdir() if n.endswith(".tar.tmp")]
+    for name in stray:
+        maps.delete(name)
+    return removed + stray
+
+
+def manifest_base(settings: MapSettings, checkpoints: list[ZooCheckpoint], layers: list[str],
+                  source: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's fixed part: identity (compared on reruns) plus the fields a reader looks for."""
+    identity = settings.identity(checkpoints, layers, source.get("config_hash"))
+    return {"name": settings.name, "identity": identity, "settings_hash": settings_hash(identity),
+            "size": source.get("size"), "dfprep_version": __version__, "batch_size": settings.batch_size,
+            **{k: identity[k] for k in ("method", "zoo", "fusion", "threshold", "weights", "blur_sigma", "target")}}
+
+
+def finalize_maps(maps: Storage, manifest: dict[str, Any], units: list[MapUnit]) -> dict[str, dict[str, Any]]:
+    """Rewrite the manifest from the committed shards (the single source of truth)."""
+    committed = committed_units(maps)
+    sizes = [committed[u.name]["size"] for u in units if committed.get(u.name, {}).get("size")]
+    maps.write_json(MANIFEST, {**manifest, "size": manifest["size"] or (sizes[0] if sizes else None),
+                               "shards": [u.name for u in units if u.name in committed],
+                               "maps": sum(committed[u.name]["samples"] for u in units if u.name in committed),
+                               "complete": all(u.name in committed for u in units)})
+    return committed
+
+
+def zoo_layers(settings: MapSettings, checkpoints: list[ZooCheckpoint]) -> list[str]:
+    """Load every zoo checkpoint once on the driver: a bad one fails here, before any work."""
+    from dfprep.regions import load_detector
+
+    return [load_detector(checkpoint, settings.layer)[2] for checkpoint in checkpoints]
+
+
+def maps_run(output: str, settings: MapSettings, *, workers: int | None = None, address: str | None = None,
+             overwrite: bool = False, quiet: bool = False, filesystem: Any = None) -> MapReport:
+    """The whole `dfprep maps`: check, refuse or resume, map what is not committed, write the manifest."""
+    started = time.monotonic()
+    settings = settings.resolved()
+    faces = Storage(output, filesystem)
+    units = face_units(faces)
+    checkpoints = [ZooCheckpoint.read(path) for path in settings.zoo]
+    layers = zoo_layers(settings, checkpoints) if checkpoints else []
+    source = source_summary(faces)
+    maps = Storage(faces.path(f"maps/{settings.name}"), faces.fs)
+    manifest = manifest_base(settings, checkpoints, layers, source)
+    removed = prepare_maps(maps, manifest, units, overwrite)
+    committed = committed_units(maps)
+    todo = [u for u in units if u.name not in committed]
+    progress = MapProgress(sum(u.samples for u in todo), quiet)
+    try:
+        if todo and workers == 0:
+            run_in_process(todo, settings, checkpoints, faces, maps, progress)
+        elif todo:
+            run_on_ray(todo, settings, checkpoints, faces, maps, progress, workers, address)
+    finally:
+        progress.close()
+    committed = finalize_maps(maps, manifest, units)
+    note = "" if source.get("complete", True) else "the face output is incomplete: rerun maps after extract finishes"
+    return MapReport(maps.root, settings.name, settings.method, len(units), len(units) - len(todo),
+                     sum(committed[u.name]["samples"] for u in todo if u.name in committed),
+                     sum(committed[u.name]["samples"] for u in units if u.name in committed),
+                     time.monotonic() - started, removed, note)
+
+
+# ---------------------------------------------------------------- execution: in-process or Ray actors
+
+
+class MapProgress:
+    """A tqdm bar over faces (total and ETA) showing maps/s; a retried unit is counted once."""
+
+    def __init__(self, total: int, quiet: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="map", disable=quiet, dynamic_ncols=True, desc="maps")
+        self.done: dict[str, int] = {}
+        self.started = time.monotonic()
+
+    def __call__(self, unit: str, mapped: int) -> None:
+        """`mapped` faces of `unit` are done (cumulative, so a redone unit never double-counts)."""
+        gained = mapped - self.done.get(unit, 0)
+        if gained > 0:
+            self.done[unit] = mapped
+            self.bar.update(gained)
+            rate = sum(self.done.values()) / max(time.monotonic() - self.started, 1e-6)
+            self.bar.set_postfix(maps_per_s=f"{rate:.1f}", refresh=False)
+
+    def close(self) -> None:
+        """Finish the bar."""
+        self.bar.close()
+
+
+def run_in_process(units: list[MapUnit], settings: MapSettings, checkpoints: list[ZooCheckpoint], faces: Storage,
+                   maps: Storage, progress: ReportFn) -> None:
+    """--workers 0: every unit in this process, one after another."""
+    mapper = make_mapper(settings, checkpoints)
+    for unit in units:
+        map_unit(unit, faces, maps, mapper, progress)
+
+
+class MapWorker:
+    """Ray actor body: builds its mapper (models loaded once) and maps whole units.
+
+    Constructor arguments are plain values (checkpoint paths and their sha256, never the weights through
+    the object store), so Ray can always restart an actor; on a cluster the zoo must sit on a shared path.
+    """
+
+    def __init__(self, settings: MapSettings, zoo_sha256: list[str]):
+        cv2.setNumThreads(1)
+        checkpoints = [ZooCheckpoint.read(path, digest) for path, digest in zip(settings.zoo, zoo_sha256)]
+        self.mapper = make_mapper(settings, checkpoints)
+
+    def run_unit(self, unit: MapUnit, faces: Storage, maps: Storage, queue: Any) -> dict[str, Any]:
+        """Map and commit one unit, announcing (unit, mapped so far) after each batch."""
+        return map_unit(unit, faces, maps, self.mapper, lambda name, done: queue.put_nowait.remote((name, done)))
+
+
+def actor_plan(settings: MapSettings, workers: int, gpus: float) -> tuple[int, dict[str, Any]]:
+    """How many actors and what each asks for: CAM takes one GPU each when the cluster has GPUs."""
+    if settings.method == "cam" and gpus >= 1:
+        return int(gpus), {"num_cpus": 1, "num_gpus": 1}
+    return max(1, workers), {"num_cpus": 1}
+
+
+def run_on_ray(units: list[MapUnit], settings: MapSettings, checkpoints: list[ZooCheckpoint], faces: Storage,
+               maps: Storage, progress: ReportFn, workers: int | None, address: str | None) -> None:
+    """Units over a pool of map actors: bounded in flight, retried, progress per batch."""
+    import ray
+    from ray.util.queue import Queue
+
+    from dfprep.config import load_config
+    from dfprep.pool import SINGLE_THREAD_ENV, connect
+    from dfprep.run import worker_count
+
+    config = load_config(None, {"ray.workers": workers, "ray.address": address})
+    connect(config, worker_count(config))
+    count, resources = actor_plan(settings, worker_count(config), ray.cluster_resources().get("GPU", 0))
+    remote = ray.remote(max_restarts=config.ray.actor_restarts, max_task_retries=config.ray.task_retries,
+                        **resources)(MapWorker)
+    digests = [checkpoint.sha256 for checkpoint in checkpoints]
+    queue = Queue(maxsize=0)
+    actors = [remote.options(runtime_env={"env_vars": SINGLE_THREAD_ENV}).remote(settings, digests)
+              for _ in range(count)]
+    try:
+        failures = drive_actors(actors, units, faces, maps, queue, progress, max(1, config.ray.in_flight_per_worker))
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+        ray.kill(queue.actor)
+    if failures:
+        first = next(iter(failures.items()))
+        raise DfprepError(f"{len(failures)} map shard(s) failed after retries (first: {first[0]}: {first[1]}); "
+                          f"rerun the same command to complete them")
+
+
+def drive_actors(actors: list[Any], units: list[MapUnit], faces: Storage, maps: Storage, queue: Any,
+                 progress: ReportFn, in_flight: int) -> dict[str, str]:
+    """Feed units to actors (at most `in_flight` each), forward progress; returns unit → failure reason."""
+    import ray
+
+    todo, pending, failures = list(reversed(units)), {}, {}
+    load = [0] * len(actors)
+    while todo or pending:
+        for index, actor in enumerate(actors):
+            while todo and load[index] < in_flight:
+                unit = todo.pop()
+                pending[actor.run_unit.remote(unit, faces, maps, queue.actor)] = (unit, index)
+                load[index] += 1
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.2)
+        forward_progress(queue, progress)
+        for ref in ready:
+            unit, index = pending.pop(ref)
+            load[index] -= 1
+            try:
+                ray.get(ref)
+            except DfprepError as exc:  # a problem with the data itself: retrying cannot help
+                raise DfprepError(str(getattr(exc, "cause", None) or exc).splitlines()[0]) from None
+            except Exception as exc:  # an infrastructure failure that outlived the retries
+                failures[unit.name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+    time.sleep(0.05)
+    forward_progress(queue, progress)
+    return failures
+
+
+def forward_progress(queue: Any, progress: ReportFn) -> None:
+    """Drain the actors' (unit, mapped) messages into the bar."""
+    waiting = queue.qsize()
+    for unit, mapped in queue.get_nowait_batch(waiting) if waiting else []:
+        progress(unit, mapped)
+
+
+def format_map_summary(report: MapReport) -> str:
+    """The end-of-run lines: shards, maps written, wall time, throughput."""
+    rate = report.maps_written / report.seconds if report.seconds > 0 else 0.0
+    lines = [f"dfprep maps ({report.method}) → {report.output}"]
+    if report.units_skipped == report.units_total:
+        lines.append("  nothing to do: every map shard was already committed")
+    lines.append(f"  shards: {report.units_total} ({report.units_skipped} already committed)")
+    lines.append(f"  maps written: {report.maps_written} (total {report.maps_total})")
+    if report.removed:
+        lines.append(f"  removed {len(report.removed)} stale, uncommitted or overwritten map files")
+    lines.append(f"  wall: {report.seconds:.1f} s   {rate:.1f} maps/s")
+    if report.note:
+        lines.append(f"  note: {report.note}")
+    return "\n".join(lines)

@@ -1,0 +1,332 @@
+"""Primary-region maps: a model-free landmark prior, and PRLE's Grad-CAM fusion over a zoo of trained detectors.
+
+A map is an (H, W) float32 array in [0, 1] indexed like its crop (``map[row, col] ↔ crop[row, col]``),
+stored as an 8-bit grayscale PNG. The landmark prior needs only numpy and OpenCV; everything under
+"Grad-CAM" imports torch lazily, so ``import dfprep.regions`` works without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import cv2
+import numpy as np
+
+from dfprep.errors import DfprepError
+
+# 68-point (iBUG 300-W) indices of each facial part; a region's weight applies to all of its parts.
+REGION_PARTS_68: dict[str, tuple[tuple[int, ...], ...]] = {
+    "eyes": (tuple(range(36, 42)), tuple(range(42, 48))),
+    "eyebrows": (tuple(range(17, 22)), tuple(range(22, 27))),
+    "nose": (tuple(range(27, 36)),),
+    "mouth": (tuple(range(48, 68)),),
+}
+DEFAULT_WEIGHTS: dict[str, float] = {"eyes": 1.0, "mouth": 0.9, "nose": 0.7}
+DEFAULT_BLUR_SIGMA = 4.0  # pixels, for a 256-px crop: softens hull edges without bridging the parts
+FUSIONS = ("mean", "max")
+TARGETS = ("fake", "label")
+
+
+class RegionMapError(DfprepError):
+    """A map cannot be built as asked: bad weights, too few landmarks, an unusable detector checkpoint."""
+
+
+# ---------------------------------------------------------------- landmark prior
+
+
+def check_weights(weights: Mapping[str, float]) -> dict[str, float]:
+    """Region weights must name known parts and lie in [0, 1], so the map stays in [0, 1]."""
+    unknown = sorted(set(weights) - set(REGION_PARTS_68))
+    if unknown:
+        raise RegionMapError(f"unknown region(s) {unknown}: use {sorted(REGION_PARTS_68)}")
+    bad = {name: value for name, value in weights.items() if not 0.0 <= float(value) <= 1.0}
+    if bad:
+        raise RegionMapError(f"region weights must lie in [0, 1], got {bad}")
+    return {name: float(value) for name, value in weights.items()}
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """`eyes=1,mouth=0.9,nose=0.7` → a checked weight dict (the CLI's --weights)."""
+    weights = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise RegionMapError(f"--weights: expected REGION=WEIGHT items, got {item!r}")
+    return check_weights(weights)
+
+
+def landmark_prior_map(landmarks: np.ndarray, size: tuple[int, int], weights: Mapping[str, float] = DEFAULT_WEIGHTS,
+                       blur_sigma: float = DEFAULT_BLUR_SIGMA) -> np.ndarray:
+    """Filled hulls of the weighted facial parts, each smoothed on its own, max where they overlap; float32 in [0, 1].
+
+    Works from the landmarks stored with the crop (68 points, or 81 whose first 68 are iBUG's): nothing is
+    re-detected. Each region is blurred separately and rescaled to peak at its weight, so a small region
+    (the eyes) keeps its weight instead of being diluted below a large one (the mouth).
+    """
+    points = np.asarray(landmarks, dtype=np.float32)
+    if points.ndim != 2 or points.shape[1] != 2 or points.shape[0] < 68:
+        raise RegionMapError(f"landmark prior needs (68+, 2) iBUG landmarks, got shape {points.shape}")
+    canvas = np.zeros(size, np.float32)
+    for name, weight in check_weights(weights).items():
+        parts = [points[list(part)] for part in REGION_PARTS_68[name]]
+        window = _region_window(parts, size, blur_sigma) if weight > 0 else None
+        if window is None:
+            continue
+        top, left, bottom, right = window
+        region = np.zeros((bottom - top, right - left), np.float32)
+        for part in parts:
+            _fill_hull(region, part - np.array([left, top], np.float32), 1.0)
+        view = canvas[top:bottom, left:right]
+        np.maximum(view, weight * smooth_keeping_peak(region, blur_sigma), out=view)
+    return canvas
+
+
+def _region_window(parts: list[np.ndarray], size: tuple[int, int], sigma: float) -> tuple[int, int, int, int] | None:
+    """Rows/columns a region can touch once blurred (its box plus the kernel radius), clipped to the crop.
+
+    Drawing and blurring only there gives the same pixels as doing it on the whole crop, several times faster.
+    """
+    finite = np.concatenate([p[np.isfinite(p).all(axis=1)] for p in parts])
+    if len(finite) < 3:
+        return None
+    margin = int(np.ceil(4 * sigma)) + 2 if sigma > 0 else 1  # OpenCV's float kernel reaches 4σ
+    left, top = np.floor(finite.min(axis=0)).astype(int) - margin
+    right, bottom = np.ceil(finite.max(axis=0)).astype(int) + margin + 1
+    top, left = max(top, 0), max(left, 0)
+    bottom, right = min(bottom, size[0]), min(right, size[1])
+    return (top, left, bottom, right) if bottom > top and right > left else None
+
+
+def _fill_hull(canvas: np.ndarray, points: np.ndarray, value: float) -> None:
+    """Paint the convex hull of (x, y) points (x = column, y = row); non-finite points are ignored."""
+    finite = points[np.isfinite(points).all(axis=1)]
+    if len(finite) < 3:
+        return
+    hull = cv2.convexHull(np.round(finite * 16).astype(np.int32))  # 4 fractional bits: sub-pixel outlines
+    cv2.fillConvexPoly(canvas, hull, float(value), lineType=cv2.LINE_8, shift=4)
+
+
+def smooth_keeping_peak(canvas: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur that preserves the map's maximum (so a region's weight survives smoothing)."""
+    peak = float(canvas.max())
+    if sigma <= 0 or peak <= 0:
+        return canvas
+    blurred = cv2.GaussianBlur(canvas, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_CONSTANT)
+    top = float(blurred.max())
+    if top > 0:
+        blurred *= peak / top
+    return np.clip(blurred, 0.0, 1.0, out=blurred)
+
+
+# ---------------------------------------------------------------- map algebra (PRLE's static localization)
+
+
+def normalise_min_max(cams: np.ndarray) -> np.ndarray:
+    """Per-image ReLU then min–max to [0, 1] over the last two axes; a flat map becomes all zeros."""
+    cams = np.maximum(np.asarray(cams, dtype=np.float32), 0.0)
+    low = cams.min(axis=(-2, -1), keepdims=True)
+    span = cams.max(axis=(-2, -1), keepdims=True) - low
+    return np.where(span > 0, (cams - low) / np.where(span > 0, span, 1.0), 0.0).astype(np.float32)
+
+
+def fuse_maps(maps: np.ndarray | Sequence[np.ndarray], fusion: str = "mean") -> np.ndarray:
+    """Pixel-wise fusion of one crop's maps from several detectors (axis 0): their mean or their max."""
+    stack = np.asarray(maps, dtype=np.float32)
+    if fusion == "mean":
+        return stack.mean(axis=0)
+    if fusion == "max":
+        return stack.max(axis=0)
+    raise RegionMapError(f"unknown fusion {fusion!r}: use one of {list(FUSIONS)}")
+
+
+def apply_threshold(region_map: np.ndarray, threshold: float) -> np.ndarray:
+    """Zero every value ≤ threshold (PRLE keeps only the confidently salient pixels); the rest is unchanged."""
+    return np.where(region_map > threshold, region_map, 0.0).astype(np.float32)
+
+
+def encode_map_png(region_map: np.ndarray) -> bytes:
+    """A [0, 1] float map as the 8-bit grayscale PNG the shards carry (value · 255, rounded)."""
+    levels = np.rint(np.clip(np.asarray(region_map, dtype=np.float32), 0.0, 1.0) * 255).astype(np.uint8)
+    ok, buffer = cv2.imencode(".png", levels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise RegionMapError("cannot encode a region map as PNG")
+    return buffer.tobytes()
+
+
+def decode_map_png(payload: bytes) -> np.ndarray:
+    """The inverse of encode_map_png: (H, W) float32 in [0, 1]."""
+    levels = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if levels is None:
+        raise RegionMapError("cannot decode a region map PNG")
+    return levels.astype(np.float32) / 255.0
+
+
+# ---------------------------------------------------------------- Grad-CAM over a detector zoo (torch, lazily)
+
+# The last convolutional stage of each reference architecture (dfprep.torch.models).
+DEFAULT_CAM_LAYERS = {"tiny_cnn": "features", "resnet18": "stages", "resnet34": "stages",
+                      "efficientnet_small": "features"}
+
+
+@dataclass(frozen=True)
+class ZooCheckpoint:
+    """One zoo member as plain data: file name, checksum and raw bytes (loaded with weights_only=True)."""
+
+    file: str
+    sha256: str
+    payload: bytes
+
+    @classmethod
+    def read(cls, path: str | Path, expected_sha256: str | None = None) -> "ZooCheckpoint":
+        """Read a checkpoint file and fingerprint it; a worker checks it sees the file the driver saw."""
+        try:
+            payload = Path(path).read_bytes()
+        except OSError as exc:
+            raise RegionMapError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
+        digest = hashlib.sha256(payload).hexdigest()
+        if expected_sha256 is not None and digest != expected_sha256:
+            raise RegionMapError(f"checkpoint {path} changed during the run (sha256 {digest[:12]}…, "
+                                 f"expected {expected_sha256[:12]}…)")
+        return cls(Path(path).name, digest, payload)
+
+
+def load_detector(checkpoint: ZooCheckpoint, layer: str | None = None) -> tuple[Any, dict[str, Any], str]:
+    """The checkpoint's model (weights checked against its architecture, eval mode), its config, its CAM layer."""
+    import torch
+
+    from dfprep.torch.models import ModelBuildError, build_model
+
+    try:
+        payload = torch.load(io.BytesIO(checkpoint.payload), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is "not a dfprep checkpoint"
+        raise RegionMapError(f"{checkpoint.file}: not a loadable checkpoint ({type(exc).__name__})") from exc
+    if not isinstance(payload, dict) or not {"model_name", "state_dict"} <= set(payload):
+        raise RegionMapError(f"{checkpoint.file}: not a dfprep checkpoint (needs 'model_name' and 'state_dict')")
+    config = payload.get("config") or {}
+    try:
+        model = build_model(payload["model_name"], **config.get("model_kwargs", {}))
+    except ModelBuildError as exc:
+        raise RegionMapError(f"{checkpoint.file}: {exc}") from exc
+    check_state_dict(checkpoint.file, payload["model_name"], model.state_dict(), payload["state_dict"])
+    model.load_state_dict(payload["state_dict"])
+    model.eval().requires_grad_(False)
+    return model, config, resolve_cam_layer(model, payload["model_name"], layer, checkpoint.file)
+
+
+def check_state_dict(file: str, model_name: str, expected: Mapping[str, Any], found: Mapping[str, Any]) -> None:
+    """Refuse, in one line, weights that do not fit the architecture the checkpoint declares."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    reshaped = [k for k in expected if k in found and tuple(expected[k].shape) != tuple(found[k].shape)]
+    if missing or unexpected or reshaped:
+        detail = "; ".join(f"{label} {len(keys)} (e.g. {keys[0]})" for label, keys in
+                           (("missing", missing), ("unexpected", unexpected), ("wrong shape", reshaped)) if keys)
+        raise RegionMapError(f"{file}: state_dict does not match its declared architecture {model_name!r}: {detail}")
+
+
+def resolve_cam_layer(model: Any, model_name: str, layer: str | None, file: str) -> str:
+    """The module Grad-CAM reads: as asked, else the architecture's last conv stage, else the last Conv2d."""
+    import torch
+
+    modules = dict(model.named_modules())
+    if layer is not None:
+        if layer not in modules or layer == "":
+            sample = ", ".join(name for name in list(modules)[1:6])
+            raise RegionMapError(f"{file}: no module named {layer!r} in {model_name} (modules include {sample}, …)")
+        return layer
+    if model_name in DEFAULT_CAM_LAYERS and DEFAULT_CAM_LAYERS[model_name] in modules:
+        return DEFAULT_CAM_LAYERS[model_name]
+    convolutions = [name for name, module in modules.items() if isinstance(module, torch.nn.Conv2d)]
+    if not convolutions:
+        raise RegionMapError(f"{file}: {model_name} has no Conv2d layer for Grad-CAM; pass --layer")
+    return convolutions[-1]
+
+
+def grad_cam(model: Any, layer: str, images: Any, targets: Any) -> Any:
+    """Raw Grad-CAM (B, h, w): ReLU(Σ_c mean(∂score/∂A_c) · A_c) at `layer`, score = target · fake logit.
+
+    `targets` is (B,) of +1 (explain "fake") or -1 (explain "real"). A forward hook captures the layer's
+    activation and hands the rest of the network a copy, so in-place ops downstream cannot alter it.
+    """
+    import torch
+
+    from dfprep.torch.models import fake_logit
+
+    captured: dict[str, Any] = {}
+
+    def keep_activation(module: Any, inputs: Any, output: Any) -> Any:
+        if not isinstance(output, torch.Tensor) or output.dim() != 4:
+            raise RegionMapError(f"Grad-CAM layer {layer!r} must output a (B, C, h, w) tensor")
+        captured["activation"] = output
+        return output.clone()
+
+    handle = dict(model.named_modules())[layer].register_forward_hook(keep_activation)
+    try:
+        with torch.enable_grad():
+            logits = fake_logit(model(images.detach().requires_grad_(True)))
+            activation = captured["activation"]
+            (gradient,) = torch.autograd.grad((logits * targets).sum(), activation, allow_unused=True)
+    finally:
+        handle.remove()
+    if gradient is None:
+        raise RegionMapError(f"Grad-CAM layer {layer!r} does not feed the model's logit: pick another --layer")
+    weights = gradient.mean(dim=(2, 3), keepdim=True)
+    return torch.relu((weights * activation.detach()).sum(dim=1))
+
+
+class CamZoo:
+    """Loaded detectors that turn a batch of crops into fused, thresholded primary-region maps."""
+
+    def __init__(self, checkpoints: Sequence[ZooCheckpoint], layer: str | None = None, fusion: str = "mean",
+                 threshold: float = 0.3, device: str = "auto"):
+        import torch
+
+        if fusion not in FUSIONS:
+            raise RegionMapError(f"unknown fusion {fusion!r}: use one of {list(FUSIONS)}")
+        name = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        self.device = torch.device(name)
+        self.detectors = [self._prepare(checkpoint, layer) for checkpoint in checkpoints]
+        self.fusion, self.threshold = fusion, threshold
+
+    def _prepare(self, checkpoint: ZooCheckpoint, layer: str | None) -> tuple[Any, str, Any, Any]:
+        """Model on the device, its CAM layer, and the mean/std it was trained with."""
+        import torch
+
+        model, config, resolved = load_detector(checkpoint, layer)
+        mean = torch.tensor(config.get("mean", (0.5, 0.5, 0.5)), dtype=torch.float32, device=self.device)
+        std = torch.tensor(config.get("std", (0.5, 0.5, 0.5)), dtype=torch.float32, device=self.device)
+        return model.to(self.device), resolved, mean[:, None, None], std[:, None, None]
+
+    def maps(self, crops: np.ndarray, fake_targets: np.ndarray) -> np.ndarray:
+        """(B, H, W, 3) RGB uint8 crops + (B,) bool "explain fake" → (B, H, W) float32 maps in [0, 1]."""
+        import torch
+
+        pixels = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device).permute(0, 3, 1, 2).float() / 255
+        signs = torch.from_numpy(np.where(fake_targets, 1.0, -1.0).astype(np.float32)).to(self.device)
+        per_model = [self._one_detector(detector, pixels, signs, crops.shape[1:3]) for detector in self.detectors]
+        return apply_threshold(fuse_maps(per_model, self.fusion), self.threshold)
+
+    def _one_detector(self, detector: tuple[Any, str, Any, Any], pixels: Any, signs: Any,
+                      size: tuple[int, int]) -> np.ndarray:
+        """One detector's maps: Grad-CAM, per-image min–max, bilinear resize to the crop size."""
+        import torch.nn.functional as F
+
+        model, layer, mean, std = detector
+        cams = normalise_min_max(grad_cam(model, layer, (pixels - mean) / std, signs).cpu().numpy())
+        resized = F.interpolate(torch_from(cams)[:, None], size=tuple(size), mode="bilinear", align_corners=False)
+        return np.clip(resized[:, 0].numpy(), 0.0, 1.0)
+
+
+def torch_from(array: np.ndarray) -> Any:
+    """A CPU tensor sharing the array's memory."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(array))

@@ -1,0 +1,271 @@
+"""`dfprep stats`: what an output folder holds, from its indexes alone (never opens a tar).
+
+Everything comes from `videos.parquet`, `dataset.json`, `plan.json` and one listing of the folder (tar sizes),
+so the report costs the same on a 100-video test run and on a 100k-video DFDC output in object storage.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from dfprep.errors import DfprepError
+from dfprep.plan import PLAN_META
+from dfprep.run import DATASET_JSON, VIDEOS_TABLE, normalised_reason
+from dfprep.shards import STATS_SUFFIX, Storage, committed_units
+
+SHARD_NAME = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-\d{6}$")
+TOP_REASONS = 20
+VIDEO_COLUMNS = ("video_id", "dataset", "method", "split", "label", "status", "error", "frames_planned",
+                 "faces_written", "shard")
+LABEL_NAMES = {0: "real", 1: "fake"}
+
+
+def as_storage(out: str | Storage) -> Storage:
+    """Accept a path, a pyarrow.fs URI or an already opened Storage."""
+    return out if isinstance(out, Storage) else Storage(out)
+
+
+def load_video_rows(storage: Storage) -> list[dict[str, Any]]:
+    """videos.parquet rows (only the columns reports need); from commit markers while no index exists yet."""
+    if storage.exists(VIDEOS_TABLE):
+        table = storage.read_table(VIDEOS_TABLE)
+        rows = table.select([c for c in VIDEO_COLUMNS if c in table.column_names]).to_pylist()
+    else:
+        rows = [row for stats in committed_units(storage).values() for row in stats.get("videos", [])]
+    if not rows and not storage.exists(DATASET_JSON):
+        raise DfprepError(f"{storage.root} is not a dfprep output (no {VIDEOS_TABLE}, {DATASET_JSON} or shards)")
+    return [{c: row.get(c) for c in VIDEO_COLUMNS} for row in rows]
+
+
+def _read_json_or_empty(storage: Storage, name: str) -> dict[str, Any]:
+    """A small JSON file of the output, or {} when it is absent (an interrupted first run)."""
+    return storage.read_json(name) if storage.exists(name) else {}
+
+
+def file_sizes(storage: Storage, folder: str = "", recursive: bool = False) -> dict[str, int]:
+    """Relative file name → size from one listing call (cheap on object stores)."""
+    base = storage.path(folder) if folder else storage.root
+    selector = pafs.FileSelector(base, allow_not_found=True, recursive=recursive)
+    infos = storage.fs.get_file_info(selector)
+    return {info.path[len(base) + 1:]: info.size or 0 for info in infos if info.type == pafs.FileType.File}
+
+
+def shard_split(name: str) -> str | None:
+    """The split a shard name carries (`train-000003` → train); None for other files."""
+    match = SHARD_NAME.match(name)
+    return match.group("split") if match else None
+
+
+def _yield(planned: int, written: int) -> float | None:
+    """Faces written per planned frame (None when nothing was planned)."""
+    return round(written / planned, 4) if planned else None
+
+
+def video_groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Videos, planned frames and faces per (dataset, method, split, label)."""
+    totals: dict[tuple, Counter[str]] = {}
+    for row in rows:
+        key = (row["dataset"] or "", row["method"] or "", row["split"] or "", row["label"])
+        counter = totals.setdefault(key, Counter())
+        counter.update(videos=1, planned=row["frames_planned"] or 0, faces=row["faces_written"] or 0)
+    return [{"dataset": d, "method": m, "split": s, "label": LABEL_NAMES.get(lab, str(lab)), **dict(c)}
+            for (d, m, s, lab), c in sorted(totals.items(), key=lambda kv: tuple(map(str, kv[0])))]
+
+
+def yield_by_method(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Face yield per (dataset, method): which manipulation loses faces."""
+    totals: dict[tuple[str, str], Counter[str]] = {}
+    for row in rows:
+        counter = totals.setdefault((row["dataset"] or "", row["method"] or ""), Counter())
+        counter.update(videos=1, planned=row["frames_planned"] or 0, faces=row["faces_written"] or 0)
+    return [{"dataset": d, "method": m, "videos": c["videos"], "planned": c["planned"], "faces": c["faces"],
+             "yield": _yield(c["planned"], c["faces"])} for (d, m), c in sorted(totals.items())]
+
+
+def split_summary(rows: list[dict[str, Any]], sizes: dict[str, int]) -> list[dict[str, Any]]:
+    """Per split: videos (real/fake), faces, shards and disk (sum of its tar sizes)."""
+    summary: dict[str, Counter[str]] = {}
+    for row in rows:
+        counter = summary.setdefault(row["split"] or "", Counter())
+        counter.update(videos=1, faces=row["faces_written"] or 0, **{LABEL_NAMES.get(row["label"], "other"): 1})
+    for name, size in sizes.items():
+        split = shard_split(name[:-4]) if name.endswith(".tar") else None
+        if split is not None:
+            summary.setdefault(split, Counter()).update(shards=1, disk_bytes=size)
+    columns = ("videos", "real", "fake", "faces", "shards", "disk_bytes")
+    return [{"split": split, **{c: counter[c] for c in columns}} for split, counter in sorted(summary.items())]
+
+
+def failure_reasons(rows: list[dict[str, Any]], top: int = TOP_REASONS) -> list[dict[str, Any]]:
+    """The most common (status, normalised error) pairs: what to fix first."""
+    reasons = Counter((row["status"], normalised_reason(row["error"])) for row in rows if row["error"])
+    return [{"status": status, "reason": reason, "videos": count}
+            for (status, reason), count in reasons.most_common(top)]
+
+
+def frames_per_video(rows: list[dict[str, Any]]) -> list[dict[str, int]]:
+    """How many videos ended with each number of faces (0 = a video that gave nothing)."""
+    counts = Counter(row["faces_written"] or 0 for row in rows)
+    return [{"faces": faces, "videos": videos} for faces, videos in sorted(counts.items())]
+
+
+def shard_state(storage: Storage, sizes: dict[str, int], dataset: dict[str, Any]) -> dict[str, Any]:
+    """Planned vs committed shards and whether the output is complete (every planned shard committed)."""
+    committed = sum(1 for n in sizes if n.endswith(STATS_SUFFIX) and shard_split(n[: -len(STATS_SUFFIX)]))
+    plan = _read_json_or_empty(storage, PLAN_META)
+    planned = int(plan.get("units", len(dataset.get("shards", []))))
+    temporaries = sum(1 for n in sizes if n.endswith(".tar.tmp"))
+    complete = bool(dataset.get("complete")) and committed >= planned and not temporaries
+    return {"planned": planned, "committed": committed, "tars": sum(1 for n in sizes if n.endswith(".tar")),
+            "temporaries": temporaries, "complete": complete}
+
+
+def map_summary(storage: Storage) -> list[dict[str, Any]]:
+    """Companion map sets under maps/<name>/: shards and bytes each."""
+    totals: dict[str, Counter[str]] = {}
+    for name, size in file_sizes(storage, "maps", recursive=True).items():
+        folder, _, base = name.rpartition("/")
+        if base.endswith(".tar") and folder and "/" not in folder:
+            totals.setdefault(folder, Counter()).update(shards=1, disk_bytes=size)
+    return [{"name": name, "shards": c["shards"], "disk_bytes": c["disk_bytes"]} for name, c in sorted(totals.items())]
+
+
+def compute_stats(out: str | Storage) -> dict[str, Any]:
+    """Every number `dfprep stats` reports, as plain JSON-ready data."""
+    storage = as_storage(out)
+    if storage.fs.get_file_info(storage.root).type != pafs.FileType.Directory:
+        raise DfprepError(f"{storage.root}: no such output folder")
+    rows = load_video_rows(storage)
+    dataset = _read_json_or_empty(storage, DATASET_JSON)
+    sizes = file_sizes(storage)
+    planned = sum(r["frames_planned"] or 0 for r in rows)
+    faces = sum(r["faces_written"] or 0 for r in rows)
+    return {
+        "output": storage.root, "config_hash": dataset.get("config_hash"), "versions": dataset.get("versions", {}),
+        "models": dataset.get("models", {}), "shards": shard_state(storage, sizes, dataset),
+        "totals": {"videos": len(rows), "planned": planned, "faces": faces, "yield": _yield(planned, faces),
+                   "disk_bytes": sum(s for n, s in sizes.items() if n.endswith(".tar"))},
+        "splits": split_summary(rows, sizes), "videos": video_groups(rows), "yield_by_method": yield_by_method(rows),
+        "statuses": dict(Counter(r["status"] for r in rows).most_common()), "reasons": failure_reasons(rows),
+        "frames_per_video": frames_per_video(rows), "maps": map_summary(storage),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- text report
+
+
+def human_bytes(size: int) -> str:
+    """1536 → '1.5 KB': disk sizes a person can read."""
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{size} B"
+
+
+def _percent(ratio: float | None) -> str:
+    """A yield as a percentage ('–' when nothing was planned)."""
+    return "-" if ratio is None else f"{100 * ratio:.1f}%"
+
+
+def text_table(headers: list[str], rows: list[list[Any]], indent: str = "  ") -> list[str]:
+    """Aligned columns: text left, numbers (and percentages, sizes) right."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    numeric = [all(isinstance(row[i], (int, float)) or _looks_numeric(str(row[i])) for row in rows) and bool(rows)
+               for i in range(len(headers))]
+
+    def line(values: list[str]) -> str:
+        """One padded row."""
+        parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
+        return (indent + "  ".join(parts)).rstrip()
+
+    return [line(headers)] + [line(r) for r in cells]
+
+
+def _looks_numeric(text: str) -> bool:
+    """'12', '97.5%', '1.4 MB' and '-' align right like numbers."""
+    return bool(re.fullmatch(r"-|[\d.,]+( ?(%|B|KB|MB|GB|TB))?", text))
+
+
+def display_bins(bins: list[dict[str, int]], most: int = 24) -> list[tuple[str, int]]:
+    """Face-count bins for display: one per value, or equal-width ranges when there are too many values."""
+    if len(bins) <= most:
+        return [(str(b["faces"]), b["videos"]) for b in bins]
+    low, high = bins[0]["faces"], bins[-1]["faces"]
+    step = -(-(high - low + 1) // most)
+    ranges = Counter()
+    for b in bins:
+        ranges[(b["faces"] - low) // step] += b["videos"]
+    return [(f"{low + i * step}-{min(high, low + (i + 1) * step - 1)}", ranges[i]) for i in sorted(ranges)]
+
+
+def histogram_lines(bins: list[dict[str, int]], width: int = 40, indent: str = "  ") -> list[str]:
+    """A text histogram of frames per video: one bar per face count (or range)."""
+    shown = display_bins(bins)
+    if not shown:
+        return [f"{indent}(no videos)"]
+    peak = max(count for _, count in shown)
+    label_width = max(len(label) for label, _ in shown)
+    count_width = max(len(str(count)) for _, count in shown)
+    return [f"{indent}{label:>{label_width}} faces  {count:>{count_width}} videos  "
+            f"{'#' * max(1, round(width * count / peak))}" for label, count in shown]
+
+
+def _header_lines(stats: dict[str, Any]) -> list[str]:
+    """Where, whether complete, which config and software made it, and the totals."""
+    shards, totals = stats["shards"], stats["totals"]
+    state = "yes" if shards["complete"] else "NO"
+    versions = ", ".join(f"{k} {v}" for k, v in sorted(stats["versions"].items())) or "unknown (no dataset.json)"
+    return [f"dfprep stats  {stats['output']}",
+            f"  complete:  {state} ({shards['committed']}/{shards['planned']} planned shards committed, "
+            f"{shards['tars']} tars" + (f", {shards['temporaries']} leftover .tar.tmp" if shards["temporaries"] else "")
+            + ")",
+            f"  config:    {stats['config_hash'] or 'unknown'}",
+            f"  versions:  {versions}",
+            f"  videos:    {totals['videos']}   faces: {totals['faces']} of {totals['planned']} planned "
+            f"({_percent(totals['yield'])})   disk: {human_bytes(totals['disk_bytes'])}"]
+
+
+def _section_tables(stats: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """The report's titled tables, in reading order."""
+    splits = [[s["split"], s["videos"], s["real"], s["fake"], s["faces"], s["shards"], human_bytes(s["disk_bytes"])]
+              for s in stats["splits"]]
+    groups = [[g["dataset"], g["method"], g["split"], g["label"], g["videos"], g["faces"], g["planned"],
+               _percent(g["faces"] / g["planned"] if g["planned"] else None)] for g in stats["videos"]]
+    methods = [[m["dataset"], m["method"], m["videos"], m["faces"], m["planned"], _percent(m["yield"])]
+               for m in stats["yield_by_method"]]
+    total = sum(stats["statuses"].values()) or 1
+    statuses = [[s, n, f"{100 * n / total:.1f}%"] for s, n in stats["statuses"].items()]
+    sections = [("Splits", text_table(["split", "videos", "real", "fake", "faces", "shards", "disk"], splits)),
+                ("Videos by dataset / method / split / label",
+                 text_table(["dataset", "method", "split", "label", "videos", "faces", "planned", "yield"], groups)),
+                ("Face yield by method", text_table(["dataset", "method", "videos", "faces", "planned", "yield"],
+                                                    methods)),
+                ("Statuses", text_table(["status", "videos", "share"], statuses))]
+    return sections + _failure_and_extra_tables(stats)
+
+
+def _failure_and_extra_tables(stats: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """Failure reasons, the frames-per-video histogram and companion maps (when any)."""
+    reasons = [[r["videos"], r["status"], r["reason"]] for r in stats["reasons"]]
+    sections = [(f"Failure reasons (top {TOP_REASONS})",
+                 text_table(["videos", "status", "reason"], reasons) if reasons else ["  none"]),
+                ("Faces per video", histogram_lines(stats["frames_per_video"]))]
+    if stats["maps"]:
+        maps = [[m["name"], m["shards"], human_bytes(m["disk_bytes"])] for m in stats["maps"]]
+        sections.append(("Companion maps", text_table(["maps", "shards", "disk"], maps)))
+    return sections
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    """The human-readable report of `compute_stats`: a header, then aligned tables."""
+    lines = _header_lines(stats)
+    for title, body in _section_tables(stats):
+        lines += ["", title] + body
+    return "\n".join(lines)
