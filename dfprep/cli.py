@@ -105,14 +105,16 @@ def models() -> None:
 @click.option("--workers", type=int, help="Ray workers (0 = in-process; default all CPUs).")
 @click.option("--address", help="Join a Ray cluster (auto = the running one).")
 @click.option("--videos-per-shard", type=int, help="Videos per output shard (work unit).")
+@click.option("--maps", "inline_maps", multiple=True, type=click.Choice(["landmarks"]),
+              help="Also compute these region maps in the same command (companion shards).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override any config key.")
 @click.option("--overwrite", is_flag=True, help="Delete this folder's previous dfprep output and start over.")
 @click.option("--extend", is_flag=True, help="Add newly found videos as new shards.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_fail_cleanly
 def extract(dataset: str | None, root: str | None, output: str, pipeline: str | None, frames: int | None,
-            workers: int | None, address: str | None, videos_per_shard: int | None, settings: tuple[str, ...],
-            overwrite: bool, extend: bool, quiet: bool) -> None:
+            workers: int | None, address: str | None, videos_per_shard: int | None, inline_maps: tuple[str, ...],
+            settings: tuple[str, ...], overwrite: bool, extend: bool, quiet: bool) -> None:
     """Extract aligned faces from DATASET at ROOT into WebDataset shards under OUTPUT."""
     from dfprep.catalog import scan
     from dfprep.config import load_config
@@ -120,7 +122,8 @@ def extract(dataset: str | None, root: str | None, output: str, pipeline: str | 
 
     overrides = _overrides(settings, **{"dataset.name": dataset, "dataset.root": root, "sampling.frames": frames,
                                         "ray.workers": workers, "ray.address": address,
-                                        "output.videos_per_shard": videos_per_shard})
+                                        "output.videos_per_shard": videos_per_shard,
+                                        "output.maps": list(inline_maps) or None})
     config = load_config(pipeline, overrides)
     if not config.dataset.name or not config.dataset.root:
         raise DfprepError("extract needs a DATASET and a ROOT (arguments, or dataset.name/root in the recipe)")
@@ -274,6 +277,7 @@ def format_summary(report: Any) -> str:
     lines.append(f"  disk: {report.disk_bytes / 1e6:.1f} MB   wall: {report.seconds:.1f} s")
     if report.timings:
         lines.append(f"  time by stage: {stages}")
+    lines += [f"  {line}" for line in report.maps]
     return "\n".join(lines)
 
 

@@ -42,6 +42,7 @@ class RunReport:
     seconds: float = 0.0
     timings: Counter[str] = field(default_factory=Counter)
     removed: list[str] = field(default_factory=list)
+    maps: list[str] = field(default_factory=list)
 
 
 def process_unit(unit: WorkUnit, extractor: Any, storage: Storage, progress: ProgressFn | None = None,
@@ -244,8 +245,22 @@ def extract_run(records: Iterable[VideoRecord], config: PipelineConfig, output: 
     finally:
         progress.close()
     committed = finalize(storage, units, config, models.checksums())
-    return report_from(storage, units, committed, note, len(units) - len(todo), removed,
-                       time.monotonic() - started)
+    report = report_from(storage, units, committed, note, len(units) - len(todo), removed, 0.0)
+    report.maps = inline_maps(config, output, filesystem, quiet)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def inline_maps(config: PipelineConfig, output: str, filesystem: Any, quiet: bool) -> list[str]:
+    """`output.maps`: region maps computed in the same command, as companion shards (resumable like maps)."""
+    from dfprep.maps import MapSettings, maps_run
+
+    lines = []
+    for method in config.output.maps:
+        map_report = maps_run(output, MapSettings(method=method), workers=worker_count(config),
+                              address=config.ray.address, quiet=quiet, filesystem=filesystem)
+        lines.append(f"{method} maps: {map_report.maps_total} in {map_report.output}/maps/{map_report.name}")
+    return lines
 
 
 def run_on_ray(units: list[WorkUnit], config: PipelineConfig, models: Any, storage: Storage,

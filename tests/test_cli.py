@@ -61,3 +61,17 @@ def test_demo_builds_and_extracts(tmp_path):
     assert "videos: 16   faces written: 128" in result.output
     rows = pq.read_table(tmp_path / "demo/shards/videos.parquet").to_pylist()
     assert {r["split"] for r in rows} == {"train", "val", "test"} and {r["label"] for r in rows} == {0, 1}
+
+
+def test_extract_with_inline_landmark_maps(folder_dataset, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["extract", "folder", str(folder_dataset), "-o", str(out), "--workers", "0",
+                                      "--frames", "2", "--quiet", "--maps", "landmarks"])
+    assert result.exit_code == 0, result.output
+    assert "landmarks maps: 12" in result.output
+    face_keys = [k for p in sorted(out.glob("*.parquet")) if "-" in p.stem
+                 for k in pq.read_table(p).column("key").to_pylist()]
+    map_keys = [k for p in sorted((out / "maps/landmarks").glob("*.parquet"))
+                for k in pq.read_table(p).column("key").to_pylist()]
+    assert map_keys == face_keys and len(face_keys) == 12
+    assert json.loads((out / "maps/landmarks/manifest.json").read_text())["complete"]
