@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -127,9 +128,13 @@ def extract(dataset: str | None, root: str | None, output: str, pipeline: str | 
     config = load_config(pipeline, overrides)
     if not config.dataset.name or not config.dataset.root:
         raise DfprepError("extract needs a DATASET and a ROOT (arguments, or dataset.name/root in the recipe)")
-    records = scan(config.dataset.name, config.dataset.root, config.dataset)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        records = list(scan(config.dataset.name, config.dataset.root, config.dataset))
     report = extract_run(records, config, output, overwrite=overwrite, extend=extend, quiet=quiet)
     click.echo(format_summary(report))
+    for warning in caught:
+        click.echo(f"  catalog warning: {warning.message}")
 
 
 @cli.command()
