@@ -161,6 +161,12 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def _one_line(exc: BaseException) -> str:
+    """The first line of an exception's message, with its type when the message is empty."""
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
 def normalised_reason(error: str) -> str:
     """Group similar errors for the histogram: digits and paths folded."""
     text = re.sub(r"/[^\s:,)]+", "<path>", error)
@@ -242,6 +248,9 @@ def extract_run(records: Iterable[VideoRecord], config: PipelineConfig, output: 
             run_in_process(todo, config, models, storage, progress)
         elif todo:
             run_on_ray(todo, config, models, storage, progress)
+    except OSError as exc:
+        raise DfprepError(f"writing to {storage.root} failed ({_one_line(exc)}); committed shards are safe: "
+                          "fix the output and rerun the same command to continue") from None
     finally:
         progress.close()
     committed = finalize(storage, units, config, models.checksums())
