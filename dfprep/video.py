@@ -3,15 +3,18 @@
 Frame index = position in presentation order, counted from the first frame. Packets are ranked by
 their presentation timestamp (a demux-only scan, no decoding), which lets the decoder seek to a
 keyframe, skip non-reference frames between planned ones, and still name every frame exactly.
+A seek counts only if the demuxer lands on a keyframe at or before the target; otherwise decoding
+falls back to plain sequential order, which is always exact.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import os
 import time
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import av
 import cv2
@@ -91,6 +94,7 @@ class PacketIndex:
     pts: np.ndarray  # sorted presentation timestamps: position = frame index; empty when unusable
     keyframes: tuple[int, ...]  # frame indices of keyframes, ascending
     complete: bool  # the scan reached the end of the stream
+    keyframe_dts: tuple[int | None, ...] = ()  # decode timestamp of each keyframe (same order)
 
     def index_of(self, pts: int | None) -> int | None:
         """Frame index of an exact presentation timestamp, None when unknown."""
@@ -98,6 +102,13 @@ class PacketIndex:
             return None
         position = int(np.searchsorted(self.pts, pts))
         return position if position < len(self.pts) and self.pts[position] == pts else None
+
+    def seek_timestamps(self, keyframe: int) -> list[int]:
+        """Timestamps to seek to for a keyframe: its pts, then its dts (demuxers differ in which they match)."""
+        position = bisect.bisect_left(self.keyframes, keyframe)
+        dts = self.keyframe_dts[position] if position < len(self.keyframe_dts) else None
+        pts = int(self.pts[keyframe])
+        return [pts] if dts is None or dts == pts else [pts, int(dts)]
 
     def keyframe_at_or_before(self, index: int) -> int | None:
         """The keyframe a decode reaching `index` can start from (None: before the first keyframe)."""
@@ -142,7 +153,9 @@ def _open_lean(name: str) -> av.container.InputContainer:
     """av.open without the trial decode stream-info probing does (a whole HD frame per open)."""
     try:
         return av.open(name, "r", metadata_errors="ignore", stream_options=[{"skip_frame": "all"}] * 8)
-    except ValueError:  # formats that only reveal their streams while probing (MPEG-TS/PS)
+    except ValueError as exc:  # formats that only reveal their streams while probing (MPEG-TS/PS)
+        if isinstance(exc, av.FFmpegError):
+            raise
         return av.open(name, "r", metadata_errors="ignore")
 
 
@@ -160,6 +173,7 @@ def scan_packets(path: str | os.PathLike[str], stop_after: int | None = None) ->
     """Rank packets by presentation time (demux only); stop a margin past frame `stop_after` if given."""
     timestamps: list[int | None] = []
     keyframe_positions: list[int] = []
+    keyframe_dts: list[int | None] = []
     complete = True
     with open_video(path) as container:
         stream = video_stream(container)
@@ -169,16 +183,18 @@ def scan_packets(path: str | os.PathLike[str], stop_after: int | None = None) ->
                     continue
                 if packet.is_keyframe:
                     keyframe_positions.append(len(timestamps))
+                    keyframe_dts.append(packet.dts)
                 timestamps.append(packet.pts)
                 if stop_after is not None and len(timestamps) > stop_after + REORDER_MARGIN:
                     complete = False
                     break
         except av.FFmpegError:
             complete = False  # damaged tail: the decoder reports it when it gets there
-    return _packet_index(timestamps, keyframe_positions, complete)
+    return _packet_index(timestamps, keyframe_positions, keyframe_dts, complete)
 
 
-def _packet_index(timestamps: list[int | None], keyframe_positions: list[int], complete: bool) -> PacketIndex:
+def _packet_index(timestamps: list[int | None], keyframe_positions: list[int], keyframe_dts: list[int | None],
+                  complete: bool) -> PacketIndex:
     """Sort timestamps into presentation order; missing or repeated timestamps rank nothing."""
     usable = all(pts is not None for pts in timestamps)
     ordered = np.sort(np.asarray(timestamps if usable else [], dtype=np.int64))
@@ -187,8 +203,8 @@ def _packet_index(timestamps: list[int | None], keyframe_positions: list[int], c
     if not usable:  # decode order then stands in for presentation order (exact without B-frames)
         return PacketIndex(len(timestamps), ordered, tuple(keyframe_positions), complete)
     keyframe_pts = np.asarray([timestamps[p] for p in keyframe_positions], dtype=np.int64)
-    keyframes = tuple(sorted(int(i) for i in np.searchsorted(ordered, keyframe_pts)))
-    return PacketIndex(len(timestamps), ordered, keyframes, complete)
+    ranked = sorted(zip((int(i) for i in np.searchsorted(ordered, keyframe_pts)), keyframe_dts))
+    return PacketIndex(len(timestamps), ordered, tuple(r for r, _ in ranked), complete, tuple(d for _, d in ranked))
 
 
 def keyframe_gap(keyframes: Sequence[int], frame_count: int) -> int:
@@ -314,12 +330,12 @@ class _LandingMissed(Exception):
     """A seek landed past the first frame of its run; an earlier keyframe must be tried."""
 
 
-def decode_runs(wanted: Sequence[int], packets: PacketIndex | None) -> list[tuple[int | None, list[int]]]:
-    """Group sorted frame indices into sequential runs; a run opens with a keyframe seek when that skips enough.
+class _SeekUnreliable(Exception):
+    """The demuxer cannot be made to land on a keyframe: decode sequentially instead."""
 
-    A run's first element is the keyframe to seek to, or None to keep decoding from where the decoder is
-    (the start of the video for the first run). Without a packet index nothing is seekable.
-    """
+
+def decode_runs(wanted: Sequence[int], packets: PacketIndex | None) -> list[tuple[int | None, list[int]]]:
+    """Split sorted indices into runs (keyframe to seek to, or None to decode on; indices): seek where it pays."""
     runs: list[tuple[int | None, list[int]]] = []
     position = -1  # last frame the decoder will have produced
     for index in wanted:
@@ -347,12 +363,12 @@ def _frame_index(frame: av.VideoFrame, packets: PacketIndex | None, previous: in
     return previous + 1 if index is None else index
 
 
-def _run_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+def _run_frames(demuxed: Iterable[av.Packet], codec: av.video.codeccontext.VideoCodecContext,
                 packets: PacketIndex | None, targets: list[int], first: int, after_seek: bool,
                 deadline: float | None, skip_nonref: bool) -> Iterator[tuple[int, av.VideoFrame]]:
     """Decode on from the current position, yielding (index, frame) for each target, stopping at the last."""
-    codec, wanted, pending, index = stream.codec_context, set(targets), 0, first - 1
-    for packet in container.demux(stream):
+    wanted, pending, index = set(targets), 0, first - 1
+    for packet in demuxed:
         _check_deadline(deadline, index)
         if skip_nonref:  # packets is set whenever skipping is on
             needed = packet.size == 0 or packets.index_of(packet.pts) in wanted  # type: ignore[union-attr]
@@ -373,22 +389,53 @@ def _run_frames(container: av.container.InputContainer, stream: av.video.stream.
     raise VideoError("decode_error", f"video ended after frame {index}, before planned frame {targets[pending]}")
 
 
+def _land_on_keyframe(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                      packets: PacketIndex, start: int) -> Iterator[av.Packet] | None:
+    """Seek to keyframe `start`: the packets from there if the demuxer landed on a keyframe no later than it."""
+    for timestamp in packets.seek_timestamps(start):  # mp4/mkv land by pts; MPEG-TS needs the dts
+        try:
+            container.seek(timestamp, stream=stream, backward=True)  # also flushes the decoder
+        except av.FFmpegError:
+            raise _SeekUnreliable() from None
+        demuxed = container.demux(stream)
+        landing = next(demuxed, None)
+        rank = packets.index_of(landing.pts) if landing is not None else None
+        if landing is not None and landing.is_keyframe and rank is not None and rank <= start:
+            return itertools.chain([landing], demuxed)
+    return None
+
+
 def _seek_run(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
               packets: PacketIndex | None, key: int | None, targets: list[int], deadline: float | None,
               skip_nonref: bool) -> Iterator[tuple[int, av.VideoFrame]]:
-    """One run: seek to its keyframe (earlier ones if the demuxer lands late), then decode on."""
+    """One run: seek to its keyframe (up to two earlier ones if the demuxer lands badly), then decode on."""
+    codec = stream.codec_context
     if key is None or packets is None:
-        yield from _run_frames(container, stream, packets, targets, 0, False, deadline, skip_nonref)
+        yield from _run_frames(container.demux(stream), codec, packets, targets, 0, False, deadline, skip_nonref)
         return
     candidates = packets.keyframes[:bisect.bisect_right(packets.keyframes, key)]
-    for start in reversed(candidates):
-        container.seek(int(packets.pts[start]), stream=stream, backward=True)  # also flushes the decoder
+    for start in reversed(candidates[-3:]):
+        landed = _land_on_keyframe(container, stream, packets, start)
+        if landed is None:
+            continue
         try:
-            yield from _run_frames(container, stream, packets, targets, start, True, deadline, skip_nonref)
+            yield from _run_frames(landed, codec, packets, targets, start, True, deadline, skip_nonref)
             return
         except _LandingMissed:
             continue
-    raise VideoError("decode_error", f"cannot reach frame {targets[0]} by seeking")
+    raise _SeekUnreliable()
+
+
+def _prime_decoder(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> None:
+    """Show the decoder the first packet before a seek skips it: its SEI and parameter sets set decoder state."""
+    # e.g. FFmpeg's H.264 decoder emulates x264 < 151's 4:4:4 bug by encoder build, read from that SEI;
+    # without it a seek into such a stream (FF++ Deepfakes videos) decodes to garbage.
+    codec = stream.codec_context
+    codec.skip_frame = "ALL"  # parse headers, decode no pixels
+    for packet in container.demux(stream):
+        codec.decode(packet)
+        break
+    codec.skip_frame = "DEFAULT"
 
 
 def _upright_rgb(frame: av.VideoFrame, rotation: int) -> np.ndarray:
@@ -397,14 +444,32 @@ def _upright_rgb(frame: av.VideoFrame, rotation: int) -> np.ndarray:
     return cv2.rotate(image, _UPRIGHT[rotation]) if rotation in _UPRIGHT else image
 
 
+def _decode_planned(path: str | os.PathLike[str], wanted: list[int], info: VideoInfo, packets: PacketIndex | None,
+                    deadline: float | None, threads: int, skip_nonref: bool,
+                    seek: bool) -> Iterator[DecodedFrame]:
+    """One pass over the video: runs of sequential decoding, joined by keyframe seeks when `seek`."""
+    with open_video(path) as container:
+        stream = video_stream(container)
+        stream.codec_context.thread_type = "AUTO"
+        stream.codec_context.thread_count = threads
+        runs = decode_runs(wanted, packets if seek else None)
+        try:
+            if runs[0][0] is not None:  # the very first thing is a seek
+                _prime_decoder(container, stream)
+            for key, targets in runs:
+                for index, frame in _seek_run(container, stream, packets, key, targets, deadline, skip_nonref):
+                    seconds = float(frame.time) if frame.time is not None else index / info.fps
+                    yield DecodedFrame(index, seconds, _upright_rgb(frame, info.rotation))
+        except av.FFmpegError as exc:
+            raise VideoError("decode_error", f"cannot decode: {_reason(exc)}") from None
+
+
 def decode_frames(path: str | os.PathLike[str], indices: Sequence[int], info: VideoInfo,
                   deadline: float | None = None, threads: int = 0, *, skip_nonref: bool = True,
                   seek: bool = True) -> Iterator[DecodedFrame]:
-    """Yield the requested frames in index order, upright RGB, decoding no further than the last one.
-
-    `skip_nonref` drops non-reference frames between requested ones (exact for NONREF_SKIP_CODECS) and
-    `seek` jumps to keyframes across long gaps; both rank frames by packet timestamps.
-    """
+    """Yield the requested frames in index order, upright RGB, decoding no further than the last one."""
+    # skip_nonref: drop non-reference frames between requested ones (exact for NONREF_SKIP_CODECS);
+    # seek: jump to a keyframe across long gaps. Both name frames by packet-timestamp rank.
     wanted = sorted({int(i) for i in indices})
     if not wanted:
         return
@@ -415,15 +480,11 @@ def decode_frames(path: str | os.PathLike[str], indices: Sequence[int], info: Vi
     packets = scan_packets(path, stop_after=wanted[-1]) if (skip_nonref or seek) else None
     if packets is not None and not len(packets.pts):
         packets, skip_nonref = None, False  # timestamps missing or repeated: count frames instead
-    with open_video(path) as container:
-        stream = video_stream(container)
-        stream.codec_context.thread_type = "AUTO"
-        stream.codec_context.thread_count = threads
-        runs = decode_runs(wanted, packets if seek else None)
-        try:
-            for key, targets in runs:
-                for index, frame in _seek_run(container, stream, packets, key, targets, deadline, skip_nonref):
-                    seconds = float(frame.time) if frame.time is not None else index / info.fps
-                    yield DecodedFrame(index, seconds, _upright_rgb(frame, info.rotation))
-        except av.FFmpegError as exc:
-            raise VideoError("decode_error", f"cannot decode: {_reason(exc)}") from None
+    delivered = -1
+    try:
+        for frame in _decode_planned(path, wanted, info, packets, deadline, threads, skip_nonref, seek):
+            delivered = frame.index
+            yield frame
+    except _SeekUnreliable:  # start again from the first frame, without seeking, for what is left
+        rest = [i for i in wanted if i > delivered]
+        yield from _decode_planned(path, rest, info, packets, deadline, threads, skip_nonref, False)

@@ -182,3 +182,22 @@ def test_a_video_that_kills_its_worker_every_time_is_skipped_after_two_tries(fol
     poisoned = [r for r in rows.values() if r["shard"] == "" and r["status"] == "decode_error"]
     assert len(poisoned) == 1 and "died 2 times" in poisoned[0]["error"]
     _check_complete(out, 8)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_kill_at_random_moments_never_loses_or_duplicates(folder_dataset, tmp_path, seed):
+    import random
+
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "dfprep", "extract", "folder", str(folder_dataset), "-o", str(out),
+               "--workers", "0", "--quiet", "--frames", "3", "--videos-per-shard", "1"]
+    delay = random.Random(seed).uniform(0.5, 4.0)
+    for _ in range(2):  # two kills at the same random moment of two successive runs
+        process = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    _check_complete(out, 8)
