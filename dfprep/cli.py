@@ -286,6 +286,17 @@ def format_summary(report: Any) -> str:
     return "\n".join(lines)
 
 
+def _add_torch_commands() -> None:
+    """`train` and `evaluate` live under dfprep.torch; their module imports without torch installed."""
+    from dfprep.torch.commands import evaluate_command, train_command
+
+    cli.add_command(train_command, "train")
+    cli.add_command(evaluate_command, "evaluate")
+
+
+_add_torch_commands()
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="dfprep")

@@ -268,7 +268,7 @@ def inline_maps(config: PipelineConfig, output: str, filesystem: Any, quiet: boo
     for method in config.output.maps:
         map_report = maps_run(output, MapSettings(method=method), workers=worker_count(config),
                               address=config.ray.address, quiet=quiet, filesystem=filesystem)
-        lines.append(f"{method} maps: {map_report.maps_total} in {map_report.output}/maps/{map_report.name}")
+        lines.append(f"{method} maps: {map_report.maps_total} in {map_report.output}")
     return lines
 
 

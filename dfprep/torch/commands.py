@@ -1,0 +1,100 @@
+"""`dfprep train` and `dfprep evaluate` as click commands; torch is imported only inside the command bodies.
+
+This module imports without torch, so the CLI can always list these commands; running one without torch
+installed prints the install hint and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+import click
+
+from dfprep.errors import DfprepError
+from dfprep.torch._require import INSTALL_HINT
+
+
+def _one_line_errors(function: Callable[..., Any]) -> Callable[..., Any]:
+    """A DfprepError or a missing torch becomes one 'dfprep: error:' line and exit status 2."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        """The command body, with user errors reported on one line."""
+        try:
+            return function(*args, **kwargs)
+        except (DfprepError, ImportError) as exc:
+            if isinstance(exc, ImportError) and str(exc) != INSTALL_HINT:
+                raise
+            click.echo(f"dfprep: error: {exc}", err=True)
+            sys.exit(2)
+
+    wrapper.__name__, wrapper.__doc__ = function.__name__, function.__doc__
+    return wrapper
+
+
+@click.command("train")
+@click.argument("outs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", "run_dir", required=True, type=click.Path(file_okay=False),
+              help="Run folder: checkpoints, model.pt, metrics.jsonl/csv.")
+@click.option("--model", default="tiny_cnn", show_default=True,
+              help="tiny_cnn, resnet18, resnet34, efficientnet_small, or package.module:factory.")
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Constant learning rate.")
+@click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default="adam", show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="DataLoader workers.")
+@click.option("--region-erasing", is_flag=True, help="PRLE primary-region erasing (needs --maps).")
+@click.option("--maps", help="Companion map shards to stream (OUT/maps/NAME), e.g. landmarks.")
+@click.option("--balance", type=click.Choice(["none", "over", "under"]), default="none", show_default=True,
+              help="Resample so real:fake ≈ 1:1.")
+@click.option("--max-steps-per-epoch", type=click.IntRange(min=1), help="Cap optimizer steps per epoch.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA with AMP when available), cpu, cuda:N.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Continue from the run folder's last checkpoint, or start over.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_one_line_errors
+def train_command(outs: tuple[str, ...], run_dir: str, model: str, epochs: int, batch_size: int, lr: float,
+                  optimizer: str, workers: int, region_erasing: bool, maps: str | None, balance: str,
+                  max_steps_per_epoch: int | None, device: str, seed: int, resume: bool, quiet: bool) -> None:
+    """Train a real/fake detector on the train split of one or more OUT folders."""
+    from dfprep.torch.train import train
+
+    rows = train(list(outs), run_dir, resume=resume, progress=not quiet, model=model, epochs=epochs,
+                 batch_size=batch_size, lr=lr, optimizer=optimizer, workers=workers, region_erasing=region_erasing,
+                 maps=maps, seed=seed, device=device, max_steps_per_epoch=max_steps_per_epoch,
+                 balance=False if balance == "none" else balance)
+    click.echo(format_epochs(rows))
+    click.echo(f"model: {run_dir}/model.pt")
+
+
+def format_epochs(rows: list[dict[str, Any]]) -> str:
+    """The end-of-run summary: one line per epoch."""
+    lines = ["epoch  steps  train_loss  val_frame_auc  val_video_auc"]
+    for row in rows:
+        frame_auc, video_auc = row.get("val_frame_auc"), row.get("val_video_auc")
+        lines.append(f"{row['epoch']:<5d}  {row['steps']:<5d}  {row['train_loss']:<10.4f}  "
+                     f"{'-' if frame_auc is None else f'{frame_auc:.4f}':<13}  "
+                     f"{'-' if video_auc is None else f'{video_auc:.4f}'}")
+    return "\n".join(lines)
+
+
+@click.command("evaluate")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.argument("outs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--split", default="test", show_default=True)
+@click.option("--aggregate", type=click.Choice(["mean", "max", "confident"]), default="mean", show_default=True,
+              help="How frame scores become a video score.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the rows as JSON here.")
+@_one_line_errors
+def evaluate_command(checkpoint: str, outs: tuple[str, ...], split: str, aggregate: str, batch_size: int,
+                     workers: int, device: str, json_path: str | None) -> None:
+    """Frame/video AUC, ACC and EER of CHECKPOINT on each OUT folder (the cross-dataset table)."""
+    from dfprep.torch.evaluate import evaluate, format_table
+
+    rows = evaluate(checkpoint, list(outs), split=split, batch_size=batch_size, aggregate=aggregate,
+                    workers=workers, device=device, json_path=json_path)
+    click.echo(format_table(rows))

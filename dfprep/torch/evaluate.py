@@ -1,0 +1,164 @@
+"""Score a checkpoint on one or more OUT folders: frame and video AUC, ACC, EER — the cross-dataset table.
+
+Videos listed in an OUT's videos.parquet for the split but without any face sample (no face found,
+undecodable file) still count at the video level with score 0.5, and are reported as
+``videos_without_faces``: dropping them would flatter a detector on hard data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from dfprep.shards import Storage
+from dfprep.torch._require import require_torch
+from dfprep.torch.data import FaceShards
+from dfprep.torch.metrics import AGGREGATES, NO_FACE_SCORE, accuracy, auc, eer, video_scores
+from dfprep.torch.models import build_model, fake_logit
+from dfprep.torch.transforms import Normalize
+
+torch = require_torch()
+
+VIDEOS_TABLE = "videos.parquet"
+DEFAULT_MEAN = DEFAULT_STD = (0.5, 0.5, 0.5)
+TABLE_COLUMNS = ("dataset", "frames", "videos", "frame_auc", "video_auc", "acc", "eer", "videos_without_faces")
+
+
+@dataclass
+class FrameScores:
+    """Fake probabilities of every frame streamed, with their labels and videos."""
+
+    scores: np.ndarray
+    labels: np.ndarray
+    video_ids: list[str]
+    datasets: list[str]
+
+
+def pick_device(name: str = "auto") -> Any:
+    """'auto' → CUDA when available, else CPU; anything else as torch names it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A dfprep checkpoint, loaded with weights_only=True (tensors and plain types only, never arbitrary pickles)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_detector(path: str | os.PathLike[str], device: Any) -> tuple[Any, dict[str, Any]]:
+    """The checkpoint's model, weights loaded, in eval mode on `device`, and the checkpoint itself."""
+    payload = load_checkpoint(path)
+    model = build_model(payload["model_name"], **payload["config"].get("model_kwargs", {}))
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device).eval(), payload
+
+
+def normalizer(config: dict[str, Any]) -> Normalize:
+    """The normalisation the model was trained with."""
+    return Normalize(config.get("mean", DEFAULT_MEAN), config.get("std", DEFAULT_STD))
+
+
+@torch.no_grad()
+def score_frames(model: Any, loader: Any, device: Any) -> FrameScores:
+    """Run the model over a loader of FaceShards batches; sigmoid of the fake logit per frame."""
+    scores, labels, video_ids, datasets = [], [], [], []
+    use_amp = device.type == "cuda"
+    for batch in loader:
+        images = batch["image"].to(device, non_blocking=True)
+        with torch.autocast(device.type, enabled=use_amp):
+            logits = fake_logit(model(images))
+        scores.append(torch.sigmoid(logits.float()).cpu().numpy())
+        labels.append(batch["label"].numpy())
+        video_ids += list(batch["video_id"])
+        datasets += list(batch["dataset"])
+    if not scores:
+        return FrameScores(np.zeros(0), np.zeros(0, np.int64), [], [])
+    return FrameScores(np.concatenate(scores), np.concatenate(labels), video_ids, datasets)
+
+
+def listed_videos(out: str, split: str) -> dict[str, int]:
+    """video_id → label of every video videos.parquet lists for the split ({} when the table is absent)."""
+    storage = Storage(out)
+    if not storage.exists(VIDEOS_TABLE):
+        return {}
+    table = storage.read_table(VIDEOS_TABLE).select(["video_id", "label", "split"]).to_pylist()
+    return {row["video_id"]: int(row["label"]) for row in table if row["split"] == split}
+
+
+def dataset_name(out: str, frames: FrameScores) -> str:
+    """The dataset column: the samples' own dataset name, else the folder's name."""
+    names = Counter(name for name in frames.datasets if name)
+    return names.most_common(1)[0][0] if names else Path(out).name
+
+
+def _finite(value: float) -> float | None:
+    """NaN (metric undefined: one class only) as None, so JSON stays valid."""
+    return None if math.isnan(value) else round(value, 6)
+
+
+def score_table_row(out: str, frames: FrameScores, split: str, aggregate: str) -> dict[str, Any]:
+    """One OUT's row: frame metrics, then video AUC with face-less videos at 0.5."""
+    videos = video_scores(frames.video_ids, frames.labels, frames.scores, aggregate)
+    missing = {vid: label for vid, label in listed_videos(out, split).items() if vid not in videos}
+    for video_id, label in missing.items():
+        videos[video_id] = (label, NO_FACE_SCORE)
+    video_labels = [label for label, _ in videos.values()]
+    video_values = [score for _, score in videos.values()]
+    return {
+        "dataset": dataset_name(out, frames), "out": out, "split": split, "aggregate": aggregate,
+        "frames": int(frames.scores.size), "videos": len(videos),
+        "frame_auc": _finite(auc(frames.labels, frames.scores)),
+        "video_auc": _finite(auc(video_labels, video_values)),
+        "acc": _finite(accuracy(frames.labels, frames.scores)), "eer": _finite(eer(frames.labels, frames.scores)),
+        "video_acc": _finite(accuracy(video_labels, video_values)),
+        "video_eer": _finite(eer(video_labels, video_values)),
+        "videos_without_faces": len(missing),
+    }
+
+
+def frame_loader(out: str | Sequence[str], split: str, config: dict[str, Any], batch_size: int, workers: int,
+                 maps: str | None = None) -> Any:
+    """A fixed-order DataLoader over one split, normalised the way the model was trained."""
+    dataset = FaceShards(out, split=split, maps=maps, transform=normalizer(config))
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                                       pin_memory=torch.cuda.is_available())
+
+
+def evaluate(checkpoint: str | os.PathLike[str], out_dirs: Sequence[str], split: str = "test", batch_size: int = 64,
+             aggregate: str = "mean", workers: int = 0, device: str = "auto",
+             json_path: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+    """Score one checkpoint on every OUT folder; one row per OUT (optionally also written as JSON)."""
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
+    target = pick_device(device)
+    model, payload = load_detector(checkpoint, target)
+    rows = []
+    for out in out_dirs:
+        loader = frame_loader(str(out), split, payload["config"], batch_size, workers)
+        rows.append(score_table_row(str(out), score_frames(model, loader, target), split, aggregate))
+    if json_path is not None:
+        Path(json_path).write_text(json.dumps({"checkpoint": str(checkpoint), "rows": rows}, indent=1) + "\n")
+    return rows
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = TABLE_COLUMNS) -> str:
+    """A fixed-width text table of the result rows ('-' where a metric is undefined)."""
+    def cell(value: Any) -> str:
+        """One value as printed."""
+        if value is None:
+            return "-"
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    cells = [[cell(row.get(column)) for column in columns] for row in rows]
+    widths = [max([len(column)] + [len(line[i]) for line in cells]) for i, column in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in cells]
+    return "\n".join(lines)
