@@ -11,7 +11,8 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[demo]'
+	$(BIN)/pip install --quiet 'torch==2.13.0'
+	$(BIN)/pip install --quiet -e '.[demo,torch]'
 
 install-test: $(BIN)/python
 	$(BIN)/pip install --quiet 'torch==2.13.0'

@@ -143,29 +143,10 @@ def extract(dataset: str | None, root: str | None, output: str, pipeline: str | 
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_fail_cleanly
 def demo(output: str, workers: int | None, quiet: bool) -> None:
-    """Build a small labelled video set from a bundled real face and run the pipeline on it."""
-    from dfprep.catalog import scan
-    from dfprep.config import load_config
-    from dfprep.demo import build_demo_dataset
-    from dfprep.run import extract_run
+    """Build a small labelled video set from a bundled real face and run the whole pipeline on it."""
+    from dfprep.demo import run_demo
 
-    root = Path(output).resolve()
-    click.echo(f"1/2 building demo videos from scikit-image's astronaut photo → {root / 'videos'}")
-    clips = build_demo_dataset(root / "videos")
-    click.echo(f"    {len(clips)} clips: real and crudely face-swapped fakes, train/val/test folders")
-    config = load_config("deepfakebench", {"dataset.name": "folder", "dataset.root": str(root / "videos"),
-                                           "sampling.frames": 8, "output.videos_per_shard": 4,
-                                           "ray.workers": workers})
-    click.echo("2/2 dfprep extract folder videos/ -o shards/  (recipe deepfakebench, 8 frames per video)")
-    report = extract_run(scan("folder", root / "videos", config.dataset), config, str(root / "shards"), quiet=quiet)
-    click.echo(format_summary(report))
-    click.echo(f"""
-Where things are:
-  {root / 'videos'}            the input videos (a `folder` dataset: <split>/<real|fake>/*.mp4)
-  {root / 'shards'}/*.tar      WebDataset shards: <key>.jpg aligned face, <key>.ldm.npy landmarks, <key>.json
-  {root / 'shards'}/videos.parquet   one row per input video with its status
-Next: dfprep extract ffpp /path/to/FaceForensics++ -o out/ffpp""")
-
+    run_demo(Path(output).resolve(), workers, quiet, click.echo)
 
 @cli.command()
 @click.argument("outputs", nargs=-1, required=True)

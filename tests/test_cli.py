@@ -58,7 +58,9 @@ def test_extract_command_end_to_end(folder_dataset, tmp_path):
 def test_demo_builds_and_extracts(tmp_path):
     result = CliRunner().invoke(cli, ["demo", "-o", str(tmp_path / "demo"), "--workers", "0", "--quiet"])
     assert result.exit_code == 0, result.output
-    assert "videos: 16   faces written: 128" in result.output
+    assert "videos: 16   faces written: 128" in result.output and "landmarks maps: 128" in result.output
+    assert "6/6 dfprep evaluate" in result.output and (tmp_path / "demo/runs/tiny/model.pt").is_file()
+    assert (tmp_path / "demo/sheet.png").stat().st_size > 10_000
     rows = pq.read_table(tmp_path / "demo/shards/videos.parquet").to_pylist()
     assert {r["split"] for r in rows} == {"train", "val", "test"} and {r["label"] for r in rows} == {0, 1}
 
