@@ -87,8 +87,9 @@ def neighbour_order(planned: int, reach: int, frame_count: int) -> list[int]:
 class VideoExtractor:
     """Turns one video into aligned-face samples; holds the dlib models so they load once per worker."""
 
-    def __init__(self, config: PipelineConfig, models: ExtractionModels):
+    def __init__(self, config: PipelineConfig, models: ExtractionModels, decode_threads: int = 0):
         self.config = config
+        self.decode_threads = decode_threads  # 0 = FFmpeg's choice (all cores): right when running alone
         cnn_path = models.cnn.path if models.cnn else None
         self.analyzer = FaceAnalyzer(config.detection, models.predictor.path, cnn_path)
         self.identity = (IdentityCollector(models.descriptor.path, config.detection.identity_frames)
@@ -168,7 +169,7 @@ class VideoExtractor:
     def _decode(self, path: str, indices: list[int], info: VideoInfo, deadline: float,
                 timings: Counter[str]) -> Iterable[DecodedFrame]:
         """Decoded frames, with decode time accounted separately from the work done on each frame."""
-        iterator = iter(decode_frames(path, indices, info, deadline=deadline))
+        iterator = iter(decode_frames(path, indices, info, deadline=deadline, threads=self.decode_threads))
         while True:
             started = time.monotonic()
             frame = next(iterator, None)

@@ -25,7 +25,7 @@ class ExtractWorker:
         from dfprep.faults import fault_hook_from_env
 
         cv2.setNumThreads(1)
-        self.extractor = VideoExtractor(config, models)
+        self.extractor = VideoExtractor(config, models, decode_threads=config.ray.decode_threads)
         self.fault = fault_hook_from_env()
 
     def run_unit(self, unit: WorkUnit, storage: Storage, queue: Any) -> dict[str, Any]:
