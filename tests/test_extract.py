@@ -150,3 +150,21 @@ def test_context_crop_for_caddm(clips):
     assert set(sample.members) == {"jpg", "ldm.npy", "context.jpg", "json"}
     crop = cv2.imdecode(np.frombuffer(sample.members["jpg"], np.uint8), cv2.IMREAD_COLOR)
     assert crop.shape == (224, 224, 3) and "context_matrix" in json.loads(sample.members["json"])
+
+
+def test_memory_stays_flat_with_video_length(tmp_path, config8):
+    import tracemalloc
+
+    motion = linear_motion(FacePlacement(20, 20, 0.9), FacePlacement(200, 100, 0.9))
+    peaks = {}
+    extractor = VideoExtractor(config8, ExtractionModels.resolve(config8))
+    for frames in (40, 400):
+        path = write_clip(tmp_path / f"len{frames}.mp4", 480, 360, frames, motion, gop=50, crf=30)
+        tracemalloc.start()
+        row = extractor.extract(_record(path), None, lambda sample: None).row
+        peaks[frames] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert row["status"] == "ok" and row["faces_written"] == 8
+    frame_bytes = 480 * 360 * 3
+    assert peaks[400] < 6 * frame_bytes, peaks  # a handful of frames, never the video
+    assert peaks[400] < peaks[40] * 1.5 + frame_bytes, peaks
