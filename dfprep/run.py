@@ -17,7 +17,7 @@ from dfprep.config import PipelineConfig
 from dfprep.errors import DfprepError
 from dfprep.guard import ATTEMPTS_DIR, AttemptLog, Watchdog, hard_limit
 from dfprep.plan import PLAN_META, PLAN_TABLE, WorkUnit, load_or_create_plan
-from dfprep.shards import STATS_SUFFIX, ShardWriter, Storage, committed_units, remove_uncommitted
+from dfprep.shards import ShardWriter, Storage, committed_units, remove_uncommitted
 
 VIDEOS_TABLE = "videos.parquet"
 DATASET_JSON = "dataset.json"

@@ -46,6 +46,15 @@ def make_video_id(dataset: str, method: str, compression: str, stem: str) -> str
     return f"{dataset}/{method}/{compression}/{stem}"
 
 
+def video_on_disk(dataset: str, path: Path, method: str, compression: str, split: str, label: int, *,
+                  stem: str | None = None, family_id: str | None = None, **identities: Any) -> VideoRecord:
+    """A record for a file the adapter found: id from dataset/method/compression/stem, own family by default."""
+    video_id = make_video_id(dataset, method, compression, stem if stem is not None else path.stem)
+    return VideoRecord(video_id=video_id, path=absolute(path), dataset=dataset, method=method,
+                       compression=compression, split=split, label=label, family_id=family_id or video_id,
+                       **identities)
+
+
 def list_videos(folder: Path) -> list[Path]:
     """Video files directly inside `folder`, sorted; [] when the folder is absent."""
     if not folder.is_dir():

@@ -14,6 +14,7 @@ from dfprep.catalog.base import (
     absolute,
     list_videos,
     make_video_id,
+    video_on_disk,
 )
 from dfprep.config import DatasetConfig
 from dfprep.errors import LayoutError
@@ -111,20 +112,13 @@ class DeeperForensicsAdapter(DatasetAdapter):
 
     def fake_record(self, path: Path, perturbation: str, splits: dict[str, str], compression: str) -> VideoRecord:
         """A DF-VAE fake: footage from an FF++ youtube video, face from a DeeperForensics actor."""
-        video_id = make_video_id(self.name, FAKE_METHOD, perturbation, path.stem)
         pair = split_name(path.stem)
-        return VideoRecord(
-            video_id=video_id,
-            path=absolute(path),
-            dataset=self.name,
-            method=FAKE_METHOD,
-            compression=perturbation,
-            split=splits.get(path.stem, UNASSIGNED),
-            label=FAKE,
-            family_id=make_video_id(self.name, REAL_METHOD, compression, pair[0]) if pair else video_id,
-            source_id=pair[1] if pair else None,
-            target_id=pair[0] if pair else None,
-        )
+        split = splits.get(path.stem, UNASSIGNED)
+        if pair is None:
+            return video_on_disk(self.name, path, FAKE_METHOD, perturbation, split, FAKE)
+        return video_on_disk(self.name, path, FAKE_METHOD, perturbation, split, FAKE,
+                             family_id=make_video_id(self.name, REAL_METHOD, compression, pair[0]),
+                             source_id=pair[1], target_id=pair[0])
 
     def real_records(self, fakes: list[VideoRecord], ffpp_root: Path, compression: str) -> Iterator[VideoRecord]:
         """One real per FF++ original any fake targets; absent originals are reported as missing."""

@@ -16,6 +16,7 @@ from dfprep.catalog.base import (
     absolute,
     list_videos,
     make_video_id,
+    video_on_disk,
 )
 from dfprep.config import DatasetConfig
 from dfprep.errors import LayoutError
@@ -152,19 +153,9 @@ class FaceForensicsAdapter(DatasetAdapter):
         self, path: Path, method: str, compression: str, splits: PairSplits, options: DatasetConfig
     ) -> VideoRecord:
         """An original is its own family; its split comes from its pair (DFD actors: dfd_split)."""
-        video_id = make_video_id(self.name, method, compression, path.stem)
         split = options.dfd_split if method == DFD_ORIGINALS else splits.of_original(path.stem)
-        return VideoRecord(
-            video_id=video_id,
-            path=absolute(path),
-            dataset=self.name,
-            method=method,
-            compression=compression,
-            split=split,
-            label=REAL,
-            family_id=video_id,
-            target_id=original_identity(method, path.stem),
-        )
+        return video_on_disk(self.name, path, method, compression, split, REAL,
+                             target_id=original_identity(method, path.stem))
 
     def fake_record(
         self,
@@ -176,27 +167,15 @@ class FaceForensicsAdapter(DatasetAdapter):
         mask: Path | None,
     ) -> VideoRecord:
         """A fake points at its original's id (same compression) even when that file is absent."""
-        video_id = make_video_id(self.name, method, compression, path.stem)
         lineage = parse_lineage(method, path.stem)
         if method == DFD_FAKES:
             split = options.dfd_split
         else:
             split = splits.of_pair(lineage.target_id, lineage.source_id) if lineage else UNASSIGNED
-        family_id = (
-            make_video_id(self.name, lineage.original_method, compression, lineage.original_stem)
-            if lineage
-            else video_id
-        )
-        return VideoRecord(
-            video_id=video_id,
-            path=absolute(path),
-            dataset=self.name,
-            method=method,
-            compression=compression,
-            split=split,
-            label=FAKE,
-            family_id=family_id,
-            source_id=lineage.source_id if lineage else None,
-            target_id=lineage.target_id if lineage else None,
-            mask_path=absolute(mask) if mask else None,
-        )
+        if lineage is None:
+            return video_on_disk(self.name, path, method, compression, split, FAKE,
+                                 mask_path=absolute(mask) if mask else None)
+        family_id = make_video_id(self.name, lineage.original_method, compression, lineage.original_stem)
+        return video_on_disk(self.name, path, method, compression, split, FAKE, family_id=family_id,
+                             source_id=lineage.source_id, target_id=lineage.target_id,
+                             mask_path=absolute(mask) if mask else None)

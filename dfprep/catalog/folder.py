@@ -15,8 +15,7 @@ from dfprep.catalog.base import (
     VIDEO_EXTENSIONS,
     DatasetAdapter,
     VideoRecord,
-    absolute,
-    make_video_id,
+    video_on_disk,
 )
 from dfprep.config import DatasetConfig
 from dfprep.errors import LayoutError
@@ -184,17 +183,7 @@ or: <root>/labels.csv (or root = any .csv)       header path,label[,split]; path
 
     def record(self, path: Path, method: str, stem: str, split: str, label: int) -> VideoRecord:
         """A found video that is its own family (the folder layout carries no pairing)."""
-        video_id = make_video_id(self.name, method, COMPRESSION, stem)
-        return VideoRecord(
-            video_id=video_id,
-            path=absolute(path),
-            dataset=self.name,
-            method=method,
-            compression=COMPRESSION,
-            split=split,
-            label=label,
-            family_id=video_id,
-        )
+        return video_on_disk(self.name, path, method, COMPRESSION, split, label, stem=stem)
 
     @staticmethod
     def missing(record: VideoRecord, error: str) -> VideoRecord:

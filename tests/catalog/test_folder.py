@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from dfprep.catalog import scan
-from dfprep.catalog.base import VideoRecord
 from dfprep.config import DatasetConfig
 from dfprep.errors import LayoutError
 
