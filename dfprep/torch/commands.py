@@ -53,17 +53,19 @@ def _one_line_errors(function: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue from the run folder's last checkpoint, or start over.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--skip-bad-shards", is_flag=True, help="Skip truncated/corrupt shards with a warning instead of stopping.")
 @_one_line_errors
 def train_command(outs: tuple[str, ...], run_dir: str, model: str, epochs: int, batch_size: int, lr: float,
                   optimizer: str, workers: int, region_erasing: bool, maps: str | None, balance: str,
-                  max_steps_per_epoch: int | None, device: str, seed: int, resume: bool, quiet: bool) -> None:
+                  max_steps_per_epoch: int | None, device: str, seed: int, resume: bool, quiet: bool,
+                  skip_bad_shards: bool) -> None:
     """Train a real/fake detector on the train split of one or more OUT folders."""
     from dfprep.torch.train import train
 
     rows = train(list(outs), run_dir, resume=resume, progress=not quiet, model=model, epochs=epochs,
                  batch_size=batch_size, lr=lr, optimizer=optimizer, workers=workers, region_erasing=region_erasing,
                  maps=maps, seed=seed, device=device, max_steps_per_epoch=max_steps_per_epoch,
-                 balance=False if balance == "none" else balance)
+                 balance=False if balance == "none" else balance, skip_bad_shards=skip_bad_shards)
     click.echo(format_epochs(rows))
     click.echo(f"model: {run_dir}/model.pt")
 
@@ -89,12 +91,13 @@ def format_epochs(rows: list[dict[str, Any]]) -> str:
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the rows as JSON here.")
+@click.option("--skip-bad-shards", is_flag=True, help="Skip truncated/corrupt shards with a warning instead of stopping.")
 @_one_line_errors
 def evaluate_command(checkpoint: str, outs: tuple[str, ...], split: str, aggregate: str, batch_size: int,
-                     workers: int, device: str, json_path: str | None) -> None:
+                     workers: int, device: str, json_path: str | None, skip_bad_shards: bool) -> None:
     """Frame/video AUC, ACC and EER of CHECKPOINT on each OUT folder (the cross-dataset table)."""
     from dfprep.torch.evaluate import evaluate, format_table
 
     rows = evaluate(checkpoint, list(outs), split=split, batch_size=batch_size, aggregate=aggregate,
-                    workers=workers, device=device, json_path=json_path)
+                    workers=workers, device=device, json_path=json_path, skip_bad_shards=skip_bad_shards)
     click.echo(format_table(rows))

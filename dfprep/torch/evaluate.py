@@ -125,16 +125,16 @@ def score_table_row(out: str, frames: FrameScores, split: str, aggregate: str) -
 
 
 def frame_loader(out: str | Sequence[str], split: str, config: dict[str, Any], batch_size: int, workers: int,
-                 maps: str | None = None) -> Any:
+                 maps: str | None = None, skip_bad_shards: bool = False) -> Any:
     """A fixed-order DataLoader over one split, normalised the way the model was trained."""
-    dataset = FaceShards(out, split=split, maps=maps, transform=normalizer(config))
+    dataset = FaceShards(out, split=split, maps=maps, transform=normalizer(config), skip_bad_shards=skip_bad_shards)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                                        pin_memory=torch.cuda.is_available())
 
 
 def evaluate(checkpoint: str | os.PathLike[str], out_dirs: Sequence[str], split: str = "test", batch_size: int = 64,
              aggregate: str = "mean", workers: int = 0, device: str = "auto",
-             json_path: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+             json_path: str | os.PathLike[str] | None = None, skip_bad_shards: bool = False) -> list[dict[str, Any]]:
     """Score one checkpoint on every OUT folder; one row per OUT (optionally also written as JSON)."""
     if aggregate not in AGGREGATES:
         raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
@@ -142,7 +142,8 @@ def evaluate(checkpoint: str | os.PathLike[str], out_dirs: Sequence[str], split:
     model, payload = load_detector(checkpoint, target)
     rows = []
     for out in out_dirs:
-        loader = frame_loader(str(out), split, payload["config"], batch_size, workers)
+        loader = frame_loader(str(out), split, payload["config"], batch_size, workers,
+                              skip_bad_shards=skip_bad_shards)
         rows.append(score_table_row(str(out), score_frames(model, loader, target), split, aggregate))
     if json_path is not None:
         Path(json_path).write_text(json.dumps({"checkpoint": str(checkpoint), "rows": rows}, indent=1) + "\n")

@@ -65,6 +65,7 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     shuffle_buffer: int = 1000
     balance: bool | str = False
+    skip_bad_shards: bool = False  # a truncated/corrupt shard is skipped with a warning instead of stopping
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
 
@@ -108,7 +109,8 @@ def train_transform(config: TrainConfig) -> Compose:
 def train_stream(config: TrainConfig) -> FaceShards:
     """The shuffled, seeded training split of every OUT folder."""
     return FaceShards(list(config.out_dirs), split="train", maps=config.maps, shuffle=config.shuffle_buffer,
-                      seed=config.seed, balance=config.balance, transform=train_transform(config))
+                      seed=config.seed, balance=config.balance, transform=train_transform(config),
+                      skip_bad_shards=config.skip_bad_shards)
 
 
 def has_split(out_dirs: Sequence[str], split: str) -> bool:
@@ -199,7 +201,8 @@ def run_epoch(model: Any, loader: Any, optimizer: Any, scaler: Any, device: Any,
 
 def validate(model: Any, config: TrainConfig, device: Any) -> dict[str, Any]:
     """Frame and video AUC on the val split."""
-    loader = frame_loader(list(config.out_dirs), "val", config.to_dict(), config.batch_size, config.workers)
+    loader = frame_loader(list(config.out_dirs), "val", config.to_dict(), config.batch_size, config.workers,
+                          skip_bad_shards=config.skip_bad_shards)
     frames = score_frames(model, loader, device)
     videos = video_scores(frames.video_ids, frames.labels, frames.scores)
     value = auc(frames.labels, frames.scores)
