@@ -45,9 +45,9 @@ def connect(config: PipelineConfig, workers: int) -> None:
         return
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
     else:
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
                  runtime_env={"env_vars": SINGLE_THREAD_ENV})
 
 
