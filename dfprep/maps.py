@@ -446,67 +446,21 @@ def run_on_ray(units: list[MapUnit], settings: MapSettings, checkpoints: list[Zo
                maps: Storage, progress: ReportFn, workers: int | None, address: str | None) -> None:
     """Units over a pool of map actors: bounded in flight, retried, progress per batch."""
     import ray
-    from ray.util.queue import Queue
 
     from dfprep.config import load_config
-    from dfprep.pool import SINGLE_THREAD_ENV, connect
+    from dfprep.pool import ActorPool, connect
     from dfprep.run import worker_count
 
     config = load_config(None, {"ray.workers": workers, "ray.address": address})
     connect(config, worker_count(config))
     count, resources = actor_plan(settings, worker_count(config), ray.cluster_resources().get("GPU", 0))
-    remote = ray.remote(max_restarts=config.ray.actor_restarts, max_task_retries=config.ray.task_retries,
-                        **resources)(MapWorker)
     digests = [checkpoint.sha256 for checkpoint in checkpoints]
-    queue = Queue(maxsize=0)
-    actors = [remote.options(runtime_env={"env_vars": SINGLE_THREAD_ENV}).remote(settings, digests)
-              for _ in range(count)]
-    try:
-        failures = drive_actors(actors, units, faces, maps, queue, progress, max(1, config.ray.in_flight_per_worker))
-    finally:
-        for actor in actors:
-            ray.kill(actor)
-        ray.kill(queue.actor)
+    with ActorPool(MapWorker, (settings, digests), count, config, resources) as pool:
+        failures = pool.run(units, (faces, maps), lambda message: progress(*message))
     if failures:
         first = next(iter(failures.items()))
         raise DfprepError(f"{len(failures)} map shard(s) failed after retries (first: {first[0]}: {first[1]}); "
                           f"rerun the same command to complete them")
-
-
-def drive_actors(actors: list[Any], units: list[MapUnit], faces: Storage, maps: Storage, queue: Any,
-                 progress: ReportFn, in_flight: int) -> dict[str, str]:
-    """Feed units to actors (at most `in_flight` each), forward progress; returns unit → failure reason."""
-    import ray
-
-    todo, pending, failures = list(reversed(units)), {}, {}
-    load = [0] * len(actors)
-    while todo or pending:
-        for index, actor in enumerate(actors):
-            while todo and load[index] < in_flight:
-                unit = todo.pop()
-                pending[actor.run_unit.remote(unit, faces, maps, queue.actor)] = (unit, index)
-                load[index] += 1
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.2)
-        forward_progress(queue, progress)
-        for ref in ready:
-            unit, index = pending.pop(ref)
-            load[index] -= 1
-            try:
-                ray.get(ref)
-            except DfprepError as exc:  # a problem with the data itself: retrying cannot help
-                raise DfprepError(str(getattr(exc, "cause", None) or exc).splitlines()[0]) from None
-            except Exception as exc:  # an infrastructure failure that outlived the retries
-                failures[unit.name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
-    time.sleep(0.05)
-    forward_progress(queue, progress)
-    return failures
-
-
-def forward_progress(queue: Any, progress: ReportFn) -> None:
-    """Drain the actors' (unit, mapped) messages into the bar."""
-    waiting = queue.qsize()
-    for unit, mapped in queue.get_nowait_batch(waiting) if waiting else []:
-        progress(unit, mapped)
 
 
 def format_map_summary(report: MapReport) -> str:

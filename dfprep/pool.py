@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 from dfprep.config import PipelineConfig
+from dfprep.errors import DfprepError
 from dfprep.plan import WorkUnit
 from dfprep.shards import Storage
 
@@ -52,22 +53,26 @@ def connect(config: PipelineConfig, workers: int) -> None:
 
 
 class ActorPool:
-    """A fixed set of extraction actors fed from a queue of units, with at most k units in flight each."""
+    """A fixed set of stateful Ray actors fed whole units, at most k in flight each, messages via a queue.
 
-    def __init__(self, config: PipelineConfig, models: Any, workers: int):
+    `worker` is any class with `run_unit(unit, *task_args, queue)`; it reports progress by putting
+    messages on the queue actor, which `run` hands to `on_message` as they arrive.
+    """
+
+    def __init__(self, worker: type, args: tuple[Any, ...], count: int, config: PipelineConfig,
+                 resources: dict[str, Any] | None = None):
         import ray
         from ray.util.queue import Queue
 
-        connect(config, workers)
+        connect(config, count)
         self.ray = ray
         self.queue = Queue(maxsize=0)
-        self.size = max(1, workers)
         self.in_flight = max(1, config.ray.in_flight_per_worker)
-        remote = ray.remote(num_cpus=1, max_restarts=config.ray.actor_restarts,
-                            max_task_retries=config.ray.task_retries)(ExtractWorker)
+        remote = ray.remote(max_restarts=config.ray.actor_restarts, max_task_retries=config.ray.task_retries,
+                            **(resources or {"num_cpus": 1}))(worker)
         options = {"runtime_env": {"env_vars": {**SINGLE_THREAD_ENV, **_fault_env()}}}
         # Constructor args stay plain values (no actor handles): Ray can then always restart an actor.
-        self.actors = [remote.options(**options).remote(config, models) for _ in range(self.size)]
+        self.actors = [remote.options(**options).remote(*args) for _ in range(max(1, count))]
 
     def __enter__(self) -> "ActorPool":
         return self
@@ -77,41 +82,41 @@ class ActorPool:
             self.ray.kill(actor)
         self.ray.kill(self.queue.actor)
 
-    def run(self, units: list[WorkUnit], storage: Storage, progress: Any) -> dict[str, str]:
+    def run(self, units: list[Any], task_args: tuple[Any, ...], on_message: Callable[[Any], None]) -> dict[str, str]:
         """Process every unit; returns unit → reason for units that failed even after retries."""
         todo, pending, failures = deque(units), {}, {}
-        counted: set[tuple[str, int]] = set()
-        load = {index: 0 for index in range(self.size)}
+        load = {index: 0 for index in range(len(self.actors))}
         while todo or pending:
-            self._submit(todo, pending, load, storage)
+            self._submit(todo, pending, load, task_args)
             ready, _ = self.ray.wait(list(pending), num_returns=1, timeout=0.2)
-            self._drain(progress, counted)
+            self._drain(on_message)
             for ref in ready:
                 unit, actor_index = pending.pop(ref)
                 load[actor_index] -= 1
                 try:
                     self.ray.get(ref)
+                except DfprepError as exc:  # a problem with the data itself: retrying cannot help
+                    raise DfprepError(str(getattr(exc, "cause", None) or exc).splitlines()[0]) from None
                 except Exception as exc:  # an infrastructure failure that outlived the retries
                     failures[unit.name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
         time.sleep(0.05)
-        self._drain(progress, counted)
+        self._drain(on_message)
         return failures
 
-    def _submit(self, todo: deque[WorkUnit], pending: dict[Any, Any], load: dict[int, int], storage: Storage) -> None:
+    def _submit(self, todo: deque[Any], pending: dict[Any, Any], load: dict[int, int],
+                task_args: tuple[Any, ...]) -> None:
         """Top up each actor to `in_flight` units: never the whole plan at once."""
         for index, actor in enumerate(self.actors):
             while todo and load[index] < self.in_flight:
                 unit = todo.popleft()
-                pending[actor.run_unit.remote(unit, storage, self.queue.actor)] = (unit, index)
+                pending[actor.run_unit.remote(unit, *task_args, self.queue.actor)] = (unit, index)
                 load[index] += 1
 
-    def _drain(self, progress: Any, counted: set[tuple[str, int]]) -> None:
-        """Forward per-video progress; a retried unit's videos are counted once."""
+    def _drain(self, on_message: Callable[[Any], None]) -> None:
+        """Hand the actors' queued messages over, in arrival order."""
         waiting = self.queue.qsize()
-        for unit_name, position, row in self.queue.get_nowait_batch(waiting) if waiting else []:
-            if (unit_name, position) not in counted:
-                counted.add((unit_name, position))
-                progress(row)
+        for message in self.queue.get_nowait_batch(waiting) if waiting else []:
+            on_message(message)
 
 
 def _fault_env() -> dict[str, str]:

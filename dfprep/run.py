@@ -275,10 +275,19 @@ def inline_maps(config: PipelineConfig, output: str, filesystem: Any, quiet: boo
 def run_on_ray(units: list[WorkUnit], config: PipelineConfig, models: Any, storage: Storage,
                progress: ProgressFn) -> None:
     """Units over a pool of stateful Ray actors: bounded in flight, retried, progress per video."""
-    from dfprep.pool import ActorPool
+    from dfprep.pool import ActorPool, ExtractWorker
 
-    with ActorPool(config, models, worker_count(config)) as pool:
-        failures = pool.run(units, storage, progress)
+    counted: set[tuple[str, int]] = set()
+
+    def video_done(message: tuple[str, int, dict[str, Any]]) -> None:
+        """Count each video once, even when Ray redid its unit after a worker died."""
+        unit_name, position, row = message
+        if (unit_name, position) not in counted:
+            counted.add((unit_name, position))
+            progress(row)
+
+    with ActorPool(ExtractWorker, (config, models), worker_count(config), config) as pool:
+        failures = pool.run(units, (storage,), video_done)
     if failures:
         first = next(iter(failures.items()))
         raise DfprepError(f"{len(failures)} shard(s) could not be processed after retries (first: {first[0]}: "

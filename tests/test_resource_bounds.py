@@ -38,7 +38,7 @@ class _Method:
     def __init__(self, log: list, actor: int):
         self.log, self.actor = log, actor
 
-    def remote(self, unit, storage, queue):
+    def remote(self, unit, *task_args):
         self.log.append((self.actor, unit.name))
         return f"ref-{unit.name}"
 
@@ -55,9 +55,9 @@ def test_the_pool_keeps_at_most_k_units_in_flight_per_actor():
     todo = deque(WorkUnit(f"train-{i:06d}", (), ()) for i in range(100))
     pending: dict = {}
     load = {0: 0, 1: 0}
-    pool._submit(todo, pending, load, storage=None)
+    pool._submit(todo, pending, load, (None,))
     assert len(pending) == 4 and len(todo) == 96 and load == {0: 2, 1: 2}
     load[1] -= 1  # one unit of actor 1 finished
     pending.pop("ref-train-000002", None)
-    pool._submit(todo, pending, load, storage=None)
+    pool._submit(todo, pending, load, (None,))
     assert load == {0: 2, 1: 2} and len(todo) == 95 and log[-1] == (1, "train-000004")
