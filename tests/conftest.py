@@ -47,3 +47,12 @@ def folder_dataset(tmp_path_factory) -> Path:
     write_clip(root / "real" / "empty_room.mp4", 320, 240, 16, lambda i, n: [], gop=8)
     (root / "fake" / "broken.mp4").write_text("this is not a video")
     return root
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray instance (2 CPUs) per test module that asks for it, shut down after the module."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()

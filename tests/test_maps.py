@@ -276,15 +276,6 @@ def test_face_shards_stream_the_maps_joined_by_key(out):
                for s in samples)
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    """One local Ray instance (2 CPUs) for the Ray tests."""
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def test_ray_actors_write_what_in_process_writes(out, zoo, ray_session):
     maps_run(str(out), MapSettings(name="local"), workers=0, quiet=True)
     report = maps_run(str(out), MapSettings(name="ray"), workers=2, quiet=True)

@@ -102,15 +102,6 @@ def test_output_through_uri_and_subtree_filesystem(folder_dataset, tmp_path):
     _check_complete(tmp_path / "bucket/datasets/ffpp", 8)
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    """One local Ray instance (2 CPUs) for the module's Ray tests."""
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def _landmarks(out: Path) -> dict[str, np.ndarray]:
     return {name: np.load(io.BytesIO(payload)) for name, payload in _shard_contents(out).items()
             if name.endswith(".ldm.npy")}
