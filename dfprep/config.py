@@ -90,7 +90,7 @@ class RayConfig:
 
     workers: int | None = None  # None = all CPUs; 0 = in-process
     address: str | None = None  # None = local; "auto" joins a running cluster
-    in_flight_per_worker: int = 2
+    in_flight_per_worker: int = 1  # units queued per actor; 1 keeps the tail balanced (ray.wait returns at once)
     decode_threads: int = 1  # decoder threads inside each Ray worker (one CPU each); in-process uses all cores
     task_retries: int = 3
     actor_restarts: int = 3
