@@ -59,7 +59,7 @@ def floor_vs_dfprep(root: Path, config: PipelineConfig) -> None:
 def peak_rss_mb(video: Path, frames: int) -> float:
     """Peak RSS of a fresh process extracting `frames` faces from one video."""
     code = (
-        "import resource, sys\n"
+        "import sys\n"
         "from dfprep.catalog.base import VideoRecord\n"
         "from dfprep.config import load_config\n"
         "from dfprep.extract import ExtractionModels, VideoExtractor\n"
@@ -67,7 +67,8 @@ def peak_rss_mb(video: Path, frames: int) -> float:
         "x = VideoExtractor(c, ExtractionModels.resolve(c))\n"
         f"r = VideoRecord('b/real/raw/long', {str(video)!r}, 'b', 'real', 'raw', 'test', 0, 'b/real/raw/long')\n"
         "row = x.extract(r, None, lambda s: None).row\n"
-        "print(row['status'], row['faces_written'], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+        "peak = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
+        "print(row['status'], row['faces_written'], peak / 1024)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     print(f"    {video.name}: status {out[0]}, faces {out[1]}, peak RSS {float(out[2]):.0f} MB")

@@ -12,7 +12,6 @@ from dfprep.pool import ActorPool
 from dfprep.synthetic import FacePlacement, linear_motion, write_clip
 
 PEAK_RSS = """
-import resource
 from dfprep.catalog.base import VideoRecord
 from dfprep.config import load_config
 from dfprep.extract import ExtractionModels, VideoExtractor
@@ -20,7 +19,9 @@ config = load_config(None, {"sampling.frames": 2})
 extractor = VideoExtractor(config, ExtractionModels.resolve(config))
 record = VideoRecord("b/real/raw/8k", PATH, "b", "real", "raw", "test", 0, "b/real/raw/8k")
 row = extractor.extract(record, None, lambda sample: None).row
-print(row["status"], row["faces_written"], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+# VmHWM belongs to this address space; ru_maxrss would carry over the forking parent's peak across exec
+peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(row["status"], row["faces_written"], peak_kb // 1024)
 """
 
 
