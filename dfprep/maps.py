@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import re
-import tarfile
 import time
 from dataclasses import dataclass, field, replace
 from itertools import islice
@@ -25,7 +24,8 @@ from dfprep import __version__
 from dfprep.errors import DfprepError
 from dfprep.regions import (DEFAULT_BLUR_SIGMA, DEFAULT_WEIGHTS, FUSIONS, TARGETS, ZooCheckpoint, apply_threshold,
                             check_weights, encode_map_png, landmark_prior_map)
-from dfprep.shards import STATS_SUFFIX, Sample, ShardWriter, Storage, committed_units, remove_uncommitted
+from dfprep.shards import (STATS_SUFFIX, Sample, ShardWriter, Storage, committed_units, read_samples,
+                           remove_uncommitted)
 
 MAP_MEMBER = "prmap.png"
 MANIFEST = "manifest.json"
@@ -145,22 +145,9 @@ class FaceSample:
 
 def read_face_samples(faces: Storage, unit: str) -> Iterator[FaceSample]:
     """A face shard's samples in tar order, streamed (members of one key are contiguous)."""
-    wanted = set(IMAGE_TYPES) | {"ldm.npy", "json"}
-    current: FaceSample | None = None
-    with faces.fs.open_input_stream(faces.path(f"{unit}.tar")) as stream, \
-            tarfile.open(fileobj=stream, mode="r|") as tar:
-        for member in tar:
-            key, _, extension = member.name.partition(".")
-            if current is None or key != current.key:
-                if current is not None:
-                    yield current
-                if not key or "/" in key or not extension:
-                    raise DfprepError(f"{unit}.tar: unexpected member name {member.name!r}")
-                current = FaceSample(key, {})
-            if extension in wanted and member.isfile():
-                current.members[extension] = tar.extractfile(member).read()  # type: ignore[union-attr]
-    if current is not None:
-        yield current
+    wanted = frozenset(IMAGE_TYPES) | {"ldm.npy", "json"}
+    for key, members in read_samples(faces, f"{unit}.tar", wanted):
+        yield FaceSample(key, members)
 
 
 def batched(samples: Iterable[FaceSample], size: int) -> Iterator[list[FaceSample]]:

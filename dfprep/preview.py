@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import math
 import re
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import cv2
 import numpy as np
 
 from dfprep.errors import DfprepError
-from dfprep.shards import Storage, video_slug
+from dfprep.shards import Storage, read_samples, video_slug
 from dfprep.stats import as_storage, file_sizes, load_video_rows
 
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp"})
@@ -193,13 +192,9 @@ def read_members(storage: Storage, tar_name: str, keys: set[str], extensions: fr
         raise DfprepError(f"{storage.path(tar_name)}: shard not found")
     found: dict[str, dict[str, bytes]] = {}
     complete = 0
-    with storage.fs.open_input_file(storage.path(tar_name)) as handle, tarfile.open(fileobj=handle, mode="r:") as tar:
-        for member in tar:
-            key, _, extension = member.name.partition(".")
-            if key not in keys or extension.lower() not in extensions or not member.isfile():
-                continue
-            payloads = found.setdefault(key, {})
-            payloads[extension.lower()] = tar.extractfile(member).read()  # type: ignore[union-attr]
+    for key, payloads in read_samples(storage, tar_name, extensions):
+        if key in keys and payloads:
+            found[key] = payloads
             complete += len(payloads) == per_key
             if complete == len(keys):
                 break

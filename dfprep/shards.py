@@ -12,13 +12,15 @@ import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from dfprep.errors import DfprepError
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _MAX_SLUG = 120
@@ -221,6 +223,27 @@ class ShardWriter:
         if not self._tar.closed:
             self._tar.close()
         shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def read_samples(storage: Storage, tar_name: str,
+                 extensions: frozenset[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """A shard's samples in tar order, streamed: (key, payloads of the wanted member types, undecoded)."""
+    key_now: str | None = None
+    payloads: dict[str, bytes] = {}
+    with storage.fs.open_input_stream(storage.path(tar_name)) as stream, \
+            tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            key, _, extension = member.name.partition(".")
+            if not key or "/" in key or not extension:
+                raise DfprepError(f"{tar_name}: unexpected member name {member.name!r}")
+            if key != key_now:
+                if key_now is not None:
+                    yield key_now, payloads
+                key_now, payloads = key, {}
+            if extension.lower() in extensions and member.isfile():
+                payloads[extension.lower()] = tar.extractfile(member).read()  # type: ignore[union-attr]
+    if key_now is not None:
+        yield key_now, payloads
 
 
 def committed_units(storage: Storage, prefix: str = "") -> dict[str, dict[str, Any]]:

@@ -96,3 +96,20 @@ def test_storage_through_uri_and_subtree_filesystem(tmp_path):
     writer.commit({})
     assert (tmp_path / "bucket" / "out" / "val-000000.tar").is_file()
     assert not storage.is_local and "val-000000" in committed_units(storage)
+
+
+def test_read_samples_groups_members_by_key_and_refuses_odd_names(tmp_path):
+    from dfprep.errors import DfprepError
+    from dfprep.shards import read_samples
+
+    storage = Storage(str(tmp_path))
+    writer = ShardWriter(storage, "train-000000")
+    writer.add(_sample("a-000001"))
+    writer.add(_sample("a-000002"))
+    writer.commit({})
+    got = list(read_samples(storage, "train-000000.tar", frozenset({"jpg"})))
+    assert got == [("a-000001", {"jpg": b"\xff\xd8jpeg"}), ("a-000002", {"jpg": b"\xff\xd8jpeg"})]
+    with tarfile.open(tmp_path / "odd.tar", "w") as tar:
+        tar.addfile(tarfile.TarInfo("dir/escape.jpg"), io.BytesIO(b""))
+    with pytest.raises(DfprepError, match="unexpected member name 'dir/escape.jpg'"):
+        list(read_samples(storage, "odd.tar", frozenset({"jpg"})))
