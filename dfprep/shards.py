@@ -77,15 +77,19 @@ class Sample:
         return sum(len(v) for v in self.members.values())
 
 
+def resolve_uri(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and path for a local path or any `scheme://` URI (s3, gs, hdfs, file)."""
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
 class Storage:
     """The output folder on any pyarrow filesystem (local path, file://, s3://, gs://, hdfs://)."""
 
     def __init__(self, uri: str, filesystem: pafs.FileSystem | None = None):
         if filesystem is None:
-            if "://" in uri:
-                filesystem, uri = pafs.FileSystem.from_uri(uri)
-            else:
-                filesystem, uri = pafs.LocalFileSystem(), os.path.abspath(uri)
+            filesystem, uri = resolve_uri(uri)
         self.fs = filesystem
         self.root = uri.rstrip("/") or "/"
         self.is_local = isinstance(filesystem, pafs.LocalFileSystem)

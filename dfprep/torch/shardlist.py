@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from webdataset.shardlists import expand_urls
 
 from dfprep.errors import DfprepError
-from dfprep.shards import STATS_SUFFIX, Storage, committed_units
+from dfprep.shards import STATS_SUFFIX, Storage, committed_units, resolve_uri
 
 _UNIT_NAME = re.compile(r"^(train|val|test|unassigned)-\d{6}$")
 FILTER_FIELDS = ("split", "label", "method", "dataset")
@@ -36,24 +36,17 @@ class ShardSource:
     maps: str | None = None  # companion map shard with the same keys in the same order
 
 
-def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and path for a local path or a `scheme://` URI."""
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
-
-
 def open_binary(uri: str) -> IO[bytes]:
     """A seekable binary handle on a local file or any pyarrow filesystem URI."""
     if "://" not in uri:
         return open(uri, "rb")
-    filesystem, path = _filesystem(uri)
+    filesystem, path = resolve_uri(uri)
     return filesystem.open_input_file(path)  # type: ignore[return-value]
 
 
 def _kind(uri: str) -> pafs.FileType:
     """File, directory or not found, whatever the filesystem."""
-    filesystem, path = _filesystem(uri)
+    filesystem, path = resolve_uri(uri)
     return filesystem.get_file_info(path).type
 
 
@@ -170,7 +163,7 @@ def index_label_counts(shard: ShardSource, wanted: SampleFilter) -> Counter[int]
     if shard.index is None:
         return None
     fields = ["label", *[f for f in wanted.active() if f != "label"]]
-    filesystem, path = _filesystem(shard.index)
+    filesystem, path = resolve_uri(shard.index)
     schema_names = set(pq.read_schema(path, filesystem=filesystem).names)
     if not set(fields) <= schema_names:
         return None  # an index without these columns cannot rule anything out
