@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import yaml
 
 from dfprep import paths
-from dfprep.errors import ConfigError
+from dfprep.errors import ConfigError, one_line
 
 
 @dataclass(frozen=True)
@@ -190,8 +190,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
         with open(path, encoding="utf-8") as handle:
             data = yaml.safe_load(handle)
     except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+        raise ConfigError(f"{path}: not valid YAML ({one_line(exc)})") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     if data is None:

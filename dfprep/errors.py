@@ -15,3 +15,9 @@ class LayoutError(DfprepError):
 
 class ModelError(DfprepError):
     """A landmark/detector model is missing, corrupt or unknown."""
+
+
+def one_line(exc: BaseException, limit: int = 200, fallback: str | None = None) -> str:
+    """The first line of an exception's message (else `fallback` or its type name): errors stay one line."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else (fallback or type(exc).__name__)

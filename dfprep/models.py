@@ -10,7 +10,7 @@ from pathlib import Path
 
 from dfprep import paths
 from dfprep.config import read_yaml
-from dfprep.errors import ModelError
+from dfprep.errors import ModelError, one_line
 
 KINDS = ("shape_predictor", "cnn_detector", "face_descriptor")
 
@@ -139,8 +139,8 @@ def load_check(model: ResolvedModel) -> int:
     try:
         loaded = loaders[model.kind](str(model.path))
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
-        raise ModelError(f"model '{model.name}' at {model.path} cannot be loaded by dlib ({first})") from None
+        reason = one_line(exc, fallback="unreadable")
+        raise ModelError(f"model '{model.name}' at {model.path} cannot be loaded by dlib ({reason})") from None
     if model.kind != "shape_predictor":
         return 0
     points = loaded(np.zeros((64, 64, 3), np.uint8), dlib.rectangle(8, 8, 56, 56)).num_parts

@@ -8,7 +8,7 @@ from collections import deque
 from typing import Any, Callable
 
 from dfprep.config import PipelineConfig
-from dfprep.errors import DfprepError
+from dfprep.errors import DfprepError, one_line
 from dfprep.plan import WorkUnit
 from dfprep.shards import Storage
 
@@ -96,9 +96,9 @@ class ActorPool:
                 try:
                     self.ray.get(ref)
                 except DfprepError as exc:  # a problem with the data itself: retrying cannot help
-                    raise DfprepError(str(getattr(exc, "cause", None) or exc).splitlines()[0]) from None
+                    raise DfprepError(one_line(getattr(exc, "cause", None) or exc)) from None
                 except Exception as exc:  # an infrastructure failure that outlived the retries
-                    failures[unit.name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+                    failures[unit.name] = f"{type(exc).__name__}: {one_line(exc, 160)}"
         time.sleep(0.05)
         self._drain(on_message)
         return failures

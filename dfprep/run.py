@@ -14,7 +14,7 @@ import pyarrow as pa
 from dfprep import __version__
 from dfprep.catalog.base import VideoRecord
 from dfprep.config import PipelineConfig
-from dfprep.errors import DfprepError
+from dfprep.errors import DfprepError, one_line
 from dfprep.guard import ATTEMPTS_DIR, AttemptLog, Watchdog, hard_limit
 from dfprep.plan import PLAN_META, PLAN_TABLE, WorkUnit, load_or_create_plan
 from dfprep.shards import ShardWriter, Storage, committed_units, remove_uncommitted
@@ -161,12 +161,6 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def _one_line(exc: BaseException) -> str:
-    """The first line of an exception's message, with its type when the message is empty."""
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
-
-
 def normalised_reason(error: str) -> str:
     """Group similar errors for the histogram: digits and paths folded."""
     text = re.sub(r"/[^\s:,)]+", "<path>", error)
@@ -249,7 +243,7 @@ def extract_run(records: Iterable[VideoRecord], config: PipelineConfig, output: 
         elif todo:
             run_on_ray(todo, config, models, storage, progress)
     except OSError as exc:
-        raise DfprepError(f"writing to {storage.root} failed ({_one_line(exc)}); committed shards are safe: "
+        raise DfprepError(f"writing to {storage.root} failed ({one_line(exc)}); committed shards are safe: "
                           "fix the output and rerun the same command to continue") from None
     finally:
         progress.close()

@@ -91,3 +91,12 @@ def test_parse_override():
     assert parse_override("dataset.compressions=[c23, c40]") == ("dataset.compressions", ["c23", "c40"])
     with pytest.raises(ConfigError):
         parse_override("frames=16")
+
+
+def test_one_line_never_fails_on_empty_messages():
+    from dfprep.errors import one_line
+
+    assert one_line(RuntimeError("")) == "RuntimeError"
+    assert one_line(OSError(""), fallback="unreadable") == "unreadable"
+    assert one_line(ValueError("first\nsecond")) == "first"
+    assert one_line(ValueError("x" * 500), 160) == "x" * 160

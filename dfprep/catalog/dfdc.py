@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 from dfprep.catalog.base import FAKE, REAL, DatasetAdapter, VideoRecord, absolute, make_video_id
 from dfprep.config import DatasetConfig
-from dfprep.errors import LayoutError
+from dfprep.errors import LayoutError, one_line
 
 DATASET = "dfdc"
 COMPRESSION = "raw"
@@ -64,7 +64,7 @@ def read_metadata(part: TrainPart) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        warnings.warn(f"{path}: not readable JSON, part {part.number} skipped ({str(exc).splitlines()[0]})", stacklevel=2)
+        warnings.warn(f"{path}: not readable JSON, part {part.number} skipped ({one_line(exc)})", stacklevel=2)
         return {}
     if not isinstance(data, dict):
         warnings.warn(f"{path}: expected a JSON object, part {part.number} skipped", stacklevel=2)

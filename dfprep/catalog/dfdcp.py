@@ -8,7 +8,7 @@ from typing import Any, Iterator
 
 from dfprep.catalog.base import FAKE, REAL, DatasetAdapter, VideoRecord, absolute, make_video_id
 from dfprep.config import DatasetConfig
-from dfprep.errors import LayoutError
+from dfprep.errors import LayoutError, one_line
 
 DATASET = "dfdcp"
 COMPRESSION = "raw"
@@ -23,7 +23,7 @@ def read_index(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LayoutError(f"{path}: not readable JSON ({str(exc).splitlines()[0]})") from None
+        raise LayoutError(f"{path}: not readable JSON ({one_line(exc)})") from None
     if not isinstance(data, dict):
         raise LayoutError(f"{path}: expected an object mapping video paths to their entries")
     return data
