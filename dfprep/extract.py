@@ -20,9 +20,6 @@ from dfprep.models import ResolvedModel, load_check, resolve_model
 from dfprep.shards import Sample, encode_image, encode_npy, sample_key
 from dfprep.video import DecodedFrame, VideoError, VideoInfo, decode_frames, frame_plan, probe
 
-# Statuses, in the order the summary shows them.
-STATUSES = ("ok", "partial", "no_face", "decode_error", "unsupported", "timeout", "missing")
-STAGES = ("probe", "decode", "detect", "landmarks", "align", "encode", "identity")
 
 
 @dataclass
