@@ -21,7 +21,6 @@ from dfprep.shards import Sample, encode_image, encode_npy, sample_key
 from dfprep.video import DecodedFrame, VideoError, VideoInfo, decode_frames, frame_plan, probe
 
 
-
 @dataclass
 class VideoResult:
     """What one video produced: its status row for videos.parquet and stage timings."""
