@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -133,6 +134,15 @@ def _expected_name(tp: Any) -> str:
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 4, 4, 60, 60
+
+
+def shown(value: Any) -> str:
+    """A bounded repr for error messages: a hostile value never becomes a gigabyte of text."""
+    return _SHORT.repr(value)
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check `value` against the annotation `tp`; return it in the dataclass's form (lists → tuples)."""
     origin = typing.get_origin(tp)
@@ -142,7 +152,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, option, where)
             except ConfigError:
                 continue
-        raise ConfigError(f"{where}: expected {_expected_name(tp)}, got {value!r}")
+        raise ConfigError(f"{where}: expected {_expected_name(tp)}, got {shown(value)}")
     if tp is type(None):
         if value is None:
             return None
@@ -158,7 +168,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
     elif isinstance(value, tp):
         return value
-    raise ConfigError(f"{where}: expected {_expected_name(tp)}, got {type(value).__name__} {value!r}")
+    raise ConfigError(f"{where}: expected {_expected_name(tp)}, got {type(value).__name__} {shown(value)}")
 
 
 def _build_section(cls: type, values: Mapping[str, Any], source: str, section: str) -> Any:
@@ -184,15 +194,75 @@ _SECTION_TYPES: dict[str, type] = {
 }
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
-    """Load a pipeline YAML file safely (no python tags); an empty file is {}."""
+# A recipe is a few hundred bytes; these bounds stop a hostile file (a YAML "billion laughs" alias bomb
+# expands 9 aliases × 9 levels into 43 million strings) long before it costs memory.
+MAX_RECIPE_BYTES = 1_000_000
+MAX_YAML_NODES = 10_000  # after expanding aliases; pipelines.yaml holds 99, a recipe 7-25
+# libyaml's parser (when PyYAML has it) is fast and refuses nesting deeper than 1000 levels by itself.
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    """A YAML node's direct sub-nodes (a mapping's keys and values)."""
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def expanded_size(root: yaml.Node, limit: int = MAX_YAML_NODES) -> int:
+    """Nodes the document holds once every alias is expanded, capped at limit + 1 (a cycle is over the limit)."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()  # ancestors of the node being visited
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        if finished:
+            open_nodes.discard(id(node))
+            sizes[id(node)] = min(limit + 1, 1 + sum(sizes[id(child)] for child in _children(node)))
+        elif id(node) in open_nodes:
+            return limit + 1
+        elif id(node) not in sizes:
+            open_nodes.add(id(node))
+            stack.append((node, True))
+            stack.extend((child, False) for child in _children(node))
+    return sizes[id(root)]
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """yaml.safe_load with bounds: no python tags, no alias bomb, no nesting deep enough to exhaust the stack."""
+    loader = _SAFE_LOADER(text)
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if expanded_size(node) > MAX_YAML_NODES:
+            raise ConfigError(f"{where}: more than {MAX_YAML_NODES} YAML values once aliases are expanded "
+                              "(an alias bomb?); refusing it")
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({one_line(exc)})") from None
+        if "maximum nesting depth" in str(exc):
+            raise ConfigError(f"{where}: YAML nested too deeply; refusing it") from None
+        raise ConfigError(f"{where}: not valid YAML ({one_line(exc)})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: YAML nested too deeply; refusing it") from None
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Load a pipeline YAML file safely (no python tags, bounded size and expansion); an empty file is {}."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_RECIPE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_RECIPE_BYTES // 1_000_000} MB; a recipe is a few lines of YAML")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    data = safe_yaml(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -263,7 +333,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text or "." not in text.split("=", 1)[0]:
         raise ConfigError(f"--set {text!r}: expected section.key=value")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    return key.strip(), safe_yaml(raw, f"--set {key.strip()}") if raw.strip() else None
 
 
 def load_config(
@@ -317,22 +387,76 @@ _CHOICES = {
 }
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric key accepts: [low, high] (`low` excluded when open), plus 0 when `off` names it."""
+
+    low: float
+    high: float
+    open_low: bool = False
+    open_high: bool = False
+    off: str = ""  # what 0 means when 0 lies outside the range (e.g. "full size")
+
+    def admits(self, value: float) -> bool:
+        """Whether a value is allowed (NaN never is)."""
+        if self.off and value == 0:
+            return True
+        above = self.low < value if self.open_low else self.low <= value
+        below = value < self.high if self.open_high else value <= self.high
+        return above and below
+
+    def describe(self) -> str:
+        """`(0, 1000]`, `[16, 2048]`, `0 (full size) or [64, 16384]`."""
+        text = f"{'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
+        return f"0 ({self.off}) or {text}" if self.off else text
+
+
+# Every numeric key and what it accepts: outside these a run would "succeed" with useless output (black
+# crops at scale 0, rotated crops at scale < 0, every video a timeout at 0 s, 13 MB crops at size 20000).
+RANGES: dict[tuple[str, str], Range] = {
+    ("dataset", "val_fraction"): Range(0, 1, open_high=True),
+    ("dataset", "seed"): Range(0, 2**32 - 1),
+    ("dataset", "dfdc_val_parts"): Range(0, 10_000),
+    ("sampling", "frames"): Range(1, 10_000),
+    ("sampling", "stride"): Range(1, 100_000),
+    ("sampling", "fps"): Range(0, 1000, open_low=True),
+    ("sampling", "max_frames"): Range(0, 1_000_000),
+    ("sampling", "neighbour_retry"): Range(0, 100),
+    ("sampling", "video_timeout_s"): Range(1, 86_400),
+    ("detection", "working_size"): Range(64, 16_384, off="full size"),
+    ("detection", "upsample"): Range(0, 3),
+    ("detection", "min_score"): Range(-10, 10),
+    ("detection", "track_window"): Range(1, 10),
+    ("detection", "identity_frames"): Range(1, 1000),
+    ("alignment", "size"): Range(16, 2048),
+    ("alignment", "scale"): Range(0.1, 10),
+    ("alignment", "context_scale"): Range(1, 10, off="no context crop"),
+    ("output", "quality"): Range(1, 100),
+    ("output", "videos_per_shard"): Range(1, 100_000),
+    ("ray", "workers"): Range(0, 4096),
+    ("ray", "in_flight_per_worker"): Range(1, 64),
+    ("ray", "decode_threads"): Range(0, 64),
+    ("ray", "task_retries"): Range(0, 100),
+    ("ray", "actor_restarts"): Range(0, 100),
+}
+
+
+def check_ranges(config: PipelineConfig) -> None:
+    """One-line error naming the key, the allowed range and the value, for the first value out of range."""
+    for (section, key), allowed in RANGES.items():
+        value = getattr(getattr(config, section), key)
+        for item in value if isinstance(value, tuple) else (value,):
+            if item is not None and not allowed.admits(item):
+                raise ConfigError(f"{section}.{key}: must be {allowed.describe()}, got {item!r}")
+
+
 def validate(config: PipelineConfig) -> None:
     """Value checks a type cannot express (choices, ranges)."""
     for (section, key), choices in _CHOICES.items():
         value = getattr(getattr(config, section), key)
         if value not in choices:
-            raise ConfigError(f"{section}.{key}: expected one of {', '.join(choices)}, got {value!r}")
-    positive = [("sampling", "frames"), ("sampling", "stride"), ("alignment", "size"), ("output", "videos_per_shard")]
-    for section, key in positive:
-        if getattr(getattr(config, section), key) <= 0:
-            raise ConfigError(f"{section}.{key}: must be > 0")
-    if not 0 <= config.dataset.val_fraction < 1:
-        raise ConfigError("dataset.val_fraction: must be in [0, 1)")
-    if not 1 <= config.output.quality <= 100:
-        raise ConfigError("output.quality: must be in [1, 100]")
-    if config.sampling.fps <= 0:
-        raise ConfigError("sampling.fps: must be > 0")
+            raise ConfigError(f"{section}.{key}: expected one of {', '.join(choices)}, got {shown(value)}")
+    check_ranges(config)
     for name in config.output.maps:
         if name not in ("landmarks",):
             raise ConfigError(f"output.maps: unknown inline map method {name!r} (expected landmarks)")

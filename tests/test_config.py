@@ -100,3 +100,109 @@ def test_one_line_never_fails_on_empty_messages():
     assert one_line(OSError(""), fallback="unreadable") == "unreadable"
     assert one_line(ValueError("first\nsecond")) == "first"
     assert one_line(ValueError("x" * 500), 160) == "x" * 160
+
+
+# ---------------------------------------------------------------- value ranges (issue 11, item 5)
+
+# One case per kind of bound: an int with both ends, a float with an open end, a float whose 0 means "off",
+# an optional int, a list of ints, and each value the issue saw "succeed" with useless output.
+OUT_OF_RANGE = [
+    ("alignment.scale", 0, r"alignment\.scale: must be \[0\.1, 10\], got 0\.0"),
+    ("alignment.scale", -1, r"alignment\.scale: must be \[0\.1, 10\], got -1\.0"),
+    ("alignment.size", 20000, r"alignment\.size: must be \[16, 2048\], got 20000"),
+    ("detection.upsample", -1, r"detection\.upsample: must be \[0, 3\], got -1"),
+    ("sampling.video_timeout_s", 0, r"sampling\.video_timeout_s: must be \[1, 86400\], got 0\.0"),
+    ("sampling.fps", 0, r"sampling\.fps: must be \(0, 1000\], got 0\.0"),
+    ("dataset.val_fraction", 1, r"dataset\.val_fraction: must be \[0, 1\), got 1\.0"),
+    ("detection.working_size", 10, r"detection\.working_size: must be 0 \(full size\) or \[64, 16384\], got 10"),
+    ("alignment.context_scale", 0.5, r"alignment\.context_scale: must be 0 \(no context crop\) or \[1, 10\]"),
+    ("ray.workers", -2, r"ray\.workers: must be \[0, 4096\], got -2"),
+    ("dataset.dfdc_val_parts", [1, -1], r"dataset\.dfdc_val_parts: must be \[0, 10000\], got -1"),
+    ("sampling.frames", 0, r"sampling\.frames: must be \[1, 10000\], got 0"),
+    ("output.quality", 101, r"output\.quality: must be \[1, 100\], got 101"),
+    ("ray.actor_restarts", -1, r"ray\.actor_restarts: must be \[0, 100\], got -1"),
+]
+
+
+@pytest.mark.parametrize("key, value, message", OUT_OF_RANGE)
+def test_out_of_range_values_are_one_line_errors_naming_key_range_and_value(key, value, message):
+    with pytest.raises(ConfigError, match=message) as raised:
+        load_config(None, {key: value})
+    assert "\n" not in str(raised.value)
+
+
+def test_nan_is_out_of_every_float_range():
+    with pytest.raises(ConfigError, match=r"alignment\.scale: must be .* got nan"):
+        load_config(None, {"alignment.scale": float("nan")})
+
+
+def test_range_edges_and_off_values_are_accepted():
+    config = load_config(None, {"alignment.scale": 0.1, "alignment.size": 2048, "detection.working_size": 0,
+                                "alignment.context_scale": 0, "detection.upsample": 3, "ray.workers": None,
+                                "sampling.video_timeout_s": 1, "dataset.val_fraction": 0})
+    assert (config.alignment.size, config.detection.working_size, config.ray.workers) == (2048, 0, None)
+
+
+def test_every_numeric_key_has_a_range():
+    from dfprep.config import RANGES
+
+    numeric = {(section, key) for section, values in PipelineConfig().to_dict().items() for key, value in
+               values.items() if isinstance(value, (int, float)) and not isinstance(value, bool)
+               or key in ("workers", "dfdc_val_parts")}
+    assert numeric <= set(RANGES), sorted(numeric - set(RANGES))
+
+
+def test_the_cli_refuses_an_out_of_range_value_before_any_work(tmp_path):
+    from click.testing import CliRunner
+
+    from dfprep.cli import cli
+
+    result = CliRunner().invoke(cli, ["extract", "folder", str(tmp_path), "-o", str(tmp_path / "out"),
+                                      "--set", "alignment.scale=0"])
+    assert result.exit_code == 2 and not (tmp_path / "out").exists()
+    assert result.output.strip() == "dfprep: error: alignment.scale: must be [0.1, 10], got 0.0"
+
+
+# ---------------------------------------------------------------- hostile recipe files (item 11)
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly_without_expanding_it(tmp_path):
+    import time
+    import tracemalloc
+
+    levels = ["a: &a [" + ", ".join(['"lol"'] * 9) + "]"]
+    for level in range(1, 9):  # 9^9 = 387 million strings once expanded
+        previous, name = "a" if level == 1 else f"l{level - 1}", f"l{level}"
+        levels.append(f"{name}: &{name} [" + ", ".join([f"*{previous}"] * 9) + "]")
+    text = "description:\n" + "".join(f"  {line}\n" for line in levels) + "sampling: {frames: *l8}\n"
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(ConfigError, match=r"mine\.yaml: more than 10000 YAML values once aliases are expanded"):
+            load_config(_recipe(tmp_path, text))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20e6 and time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("text, message", [
+    ("sampling: &s {frames: [*s]}\n", "more than 10000 YAML values"),  # a recursive alias
+    ("description: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+])
+def test_recursive_and_deeply_nested_yaml_are_refused(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(_recipe(tmp_path, text))
+
+
+def test_a_recipe_over_one_megabyte_is_refused_unread(tmp_path):
+    path = tmp_path / "huge.yaml"
+    path.write_text("description: '" + "x" * 1_100_000 + "'\n")
+    with pytest.raises(ConfigError, match=r"huge\.yaml: larger than 1 MB"):
+        load_config(str(path))
+
+
+def test_error_messages_show_a_bounded_repr_of_a_huge_value(tmp_path):
+    with pytest.raises(ConfigError) as raised:
+        load_config(None, {"sampling.frames": list(range(100_000))})
+    assert len(str(raised.value)) < 200
