@@ -225,6 +225,37 @@ def stats(output: str, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("output")
+@click.option("--deep", is_flag=True, help="Also hash every tar and index and compare the sha256 in its marker.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--repair", is_flag=True, help="Un-commit damaged shards so the next extract/maps rerun redoes them.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_fail_cleanly
+def verify(output: str, deep: bool, as_json: bool, repair: bool, quiet: bool) -> None:
+    """Read every shard of OUTPUT once and check it against its commit marker; exit 1 when anything is damaged."""
+    from tqdm import tqdm
+
+    from dfprep.integrity import count_shards, uncommit, verify_output
+    from dfprep.shards import Storage
+
+    storage = Storage(output)
+    with tqdm(total=count_shards(storage), unit="shard", desc="verify", disable=quiet, dynamic_ncols=True) as bar:
+        report = verify_output(storage, deep=deep, step=lambda: bar.update(1))
+    removed = [name for damage in report.problems if repair and damage.shard for name in uncommit(storage, damage.shard)]
+    if as_json:
+        click.echo(json.dumps({**report.to_dict(), "removed": removed}, indent=1))
+    else:
+        for damage in report.problems:
+            click.echo(f"{damage.kind}: {damage.line()}")
+        checked = f"{report.shards} shards, {report.samples} samples{' (sha256 too)' if deep else ''}"
+        click.echo(f"{report.output}: {'clean' if report.clean else f'{len(report.problems)} problem(s)'}, {checked}")
+        if removed:
+            click.echo(f"un-committed {len(removed)} files: rerun the extract (and maps) command to redo them")
+    if not report.clean:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("output")
 @click.option("-o", "--sheet", "sheet", required=True, type=click.Path(), help="PNG file to write.")
 @click.option("--n", "count", type=int, default=48, show_default=True, help="Faces to sample.")
 @click.option("--split", help="Only this split (default: all; ignored with --video).")

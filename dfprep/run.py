@@ -16,6 +16,7 @@ from dfprep.catalog.base import VideoRecord
 from dfprep.config import PipelineConfig
 from dfprep.errors import DfprepError, one_line
 from dfprep.guard import ATTEMPTS_DIR, AttemptLog, Watchdog, hard_limit
+from dfprep.integrity import damaged_units, uncommit
 from dfprep.plan import PLAN_META, PLAN_TABLE, WorkUnit, load_or_create_plan
 from dfprep.shards import ShardWriter, Storage, committed_units, remove_uncommitted
 
@@ -105,6 +106,10 @@ def prepare(storage: Storage, records: Iterable[VideoRecord], config: PipelineCo
     storage.makedirs(ATTEMPTS_DIR)
     units, note = load_or_create_plan(storage, records, config, overwrite=overwrite, extend=extend)
     committed = committed_units(storage)
+    for unit, reason in damaged_units(storage, committed).items():  # redo damaged shards: un-commit them first
+        removed += uncommit(storage, unit)
+        note += f"; redoing damaged shard {unit} ({reason})"
+        del committed[unit]
     names = [u.name for u in units]
     removed += remove_uncommitted(storage, names, set(committed))
     removed += _remove_stray_temporaries(storage)

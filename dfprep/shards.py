@@ -20,11 +20,17 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from dfprep.errors import DfprepError
+from dfprep.errors import DfprepError, one_line
+from dfprep.payloads import CRC_FIELD, DEFAULT_LIMITS, PayloadError, ReadLimits, crc_mismatch, load_json, with_crcs
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _MAX_SLUG = 120
 STATS_SUFFIX = "_stats.json"
+MARKER_FORMAT = 2  # 2: the marker records size and sha256 of the tar and the parquet; samples record crc32s
+
+
+class ShardReadError(DfprepError):
+    """A shard cannot be read as promised (damaged, truncated, hostile); the message names the shard and key."""
 
 
 def video_slug(video_id: str) -> str:
@@ -177,6 +183,44 @@ def _tar_member(name: str, payload: bytes) -> tarfile.TarInfo:
     return info
 
 
+class HashingFile(io.RawIOBase):
+    """A write-only file that also counts and sha256-hashes what passes through (the checksum costs no reread)."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self._file = open(path, "wb")
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        """Write-only."""
+        return True
+
+    def tell(self) -> int:
+        """Bytes written so far (tarfile asks once, when it opens)."""
+        return self.size
+
+    def write(self, data: Any) -> int:
+        """Write, hash and count one chunk."""
+        view = memoryview(data).cast("B")
+        self.digest.update(view)
+        self.size += len(view)
+        return self._file.write(view)
+
+    def close(self) -> None:
+        """Close the underlying file."""
+        if not self.closed:
+            self._file.close()
+        super().close()
+
+
+def table_bytes(table: pa.Table) -> bytes:
+    """A table serialised as parquet in memory (a shard's index is small), so it can be hashed before upload."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    return buffer.getvalue().to_pybytes()
+
+
 @dataclass
 class ShardWriter:
     """Streams samples into a local staging tar; `commit` publishes tar, parquet, then stats."""
@@ -190,64 +234,107 @@ class ShardWriter:
 
     def __post_init__(self) -> None:
         self._tar_path = self.staging / f"{self.name}.tar"
-        self._tar = tarfile.open(self._tar_path, "w", format=tarfile.USTAR_FORMAT)
+        self._tar_file = HashingFile(self._tar_path)
+        self._tar = tarfile.open(fileobj=self._tar_file, mode="w", format=tarfile.USTAR_FORMAT)
 
     def add(self, sample: Sample) -> None:
-        """Append one sample's members; a duplicate key is a bug, never written twice."""
+        """Append one sample's members, its json recording their crc32s; a duplicate key is a bug, never written twice."""
         if sample.key in self.keys:
             raise ValueError(f"duplicate sample key {sample.key}")
         self.keys.add(sample.key)
-        for extension, payload in sample.members.items():
+        for extension, payload in with_crcs(sample.members).items():
             self._tar.addfile(_tar_member(f"{sample.key}.{extension}", payload), io.BytesIO(payload))
         self.rows.append({"key": sample.key, **sample.row})
         self.bytes_written += sample.size()
 
     def commit(self, stats: dict[str, Any], row_schema: pa.Schema | None = None) -> dict[str, Any]:
-        """Publish: tar.tmp → tar (skipped when empty), parquet, then `_stats.json` as the commit marker."""
-        self._tar.close()
+        """Publish: tar.tmp → tar (skipped when empty), parquet, then `_stats.json` as the commit marker.
+
+        The marker records each file's size and sha256, taken from the staged bytes before upload, so any
+        reader can tell a truncated, replaced or missing file from the one this commit published.
+        """
+        self._close_tar()
         try:
+            checksums = {"tar_bytes": 0, "tar_sha256": None, "parquet_bytes": 0, "parquet_sha256": None}
             if self.rows:
                 self.storage.upload(self._tar_path, f"{self.name}.tar.tmp")
                 self.storage.rename(f"{self.name}.tar.tmp", f"{self.name}.tar")
-                table = pa.Table.from_pylist(self.rows, schema=row_schema)
-                self.storage.write_table(f"{self.name}.parquet", table)
+                index = table_bytes(pa.Table.from_pylist(self.rows, schema=row_schema))
+                self.storage.write_bytes(f"{self.name}.parquet", index)
+                checksums = {"tar_bytes": self._tar_file.size, "tar_sha256": self._tar_file.digest.hexdigest(),
+                             "parquet_bytes": len(index), "parquet_sha256": hashlib.sha256(index).hexdigest()}
             stats = {**stats, "shard": self.name, "samples": len(self.rows),
-                     "tar": f"{self.name}.tar" if self.rows else None, "tar_bytes": self._tar_size()}
+                     "tar": f"{self.name}.tar" if self.rows else None, **checksums, "format": MARKER_FORMAT}
             self.storage.write_json(f"{self.name}{STATS_SUFFIX}", stats)
             return stats
         finally:
             self.discard()
 
-    def _tar_size(self) -> int:
-        """Size of the published tar (0 when nothing was written)."""
-        return self.storage.size(f"{self.name}.tar") if self.rows else 0
+    def _close_tar(self) -> None:
+        """Finish the staged tar (end-of-archive blocks) and its file."""
+        if not self._tar.closed:
+            self._tar.close()
+        self._tar_file.close()
 
     def discard(self) -> None:
         """Drop the staging folder (after commit, or when the unit failed)."""
-        if not self._tar.closed:
-            self._tar.close()
+        self._close_tar()
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
-def read_samples(storage: Storage, tar_name: str,
-                 extensions: frozenset[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """A shard's samples in tar order, streamed: (key, payloads of the wanted member types, undecoded)."""
+def read_samples(storage: Storage, tar_name: str, extensions: frozenset[str],
+                 limits: ReadLimits = DEFAULT_LIMITS) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """A shard's samples in tar order, streamed: (key, payloads of the wanted member types, undecoded).
+
+    Bounded and checked: a member over the size limit is refused before it is read, and each sample's
+    payloads must match the crc32s its json recorded. Any damage is a ShardReadError naming shard and key.
+    """
+    try:
+        with storage.fs.open_input_stream(storage.path(tar_name)) as stream, \
+                tarfile.open(fileobj=stream, mode="r|") as tar:
+            samples = _grouped_members(tar_name, tar, extensions, limits)
+            yield from _checked_samples(tar_name, samples, "json" in extensions, limits)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise ShardReadError(f"{tar_name}: damaged or unreadable shard ({one_line(exc, fallback=type(exc).__name__)});"
+                             " `dfprep verify` lists the damage, rerunning the command that wrote it redoes it") from None
+
+
+def _grouped_members(tar_name: str, tar: tarfile.TarFile, extensions: frozenset[str],
+                     limits: ReadLimits) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, payloads) per sample, keeping the wanted member types plus the json that records their crc32s."""
     key_now: str | None = None
     payloads: dict[str, bytes] = {}
-    with storage.fs.open_input_stream(storage.path(tar_name)) as stream, \
-            tarfile.open(fileobj=stream, mode="r|") as tar:
-        for member in tar:
-            key, _, extension = member.name.partition(".")
-            if not key or "/" in key or not extension:
-                raise DfprepError(f"{tar_name}: unexpected member name {member.name!r}")
-            if key != key_now:
-                if key_now is not None:
-                    yield key_now, payloads
-                key_now, payloads = key, {}
-            if extension.lower() in extensions and member.isfile():
-                payloads[extension.lower()] = tar.extractfile(member).read()  # type: ignore[union-attr]
+    for member in tar:
+        key, _, extension = member.name.partition(".")
+        if not key or "/" in key or not extension:
+            raise ShardReadError(f"{tar_name}: unexpected member name {member.name!r}")
+        if member.size > limits.max_member_bytes:
+            raise ShardReadError(f"{tar_name}: member {member.name!r} declares {member.size} bytes, over the "
+                                 f"{limits.max_member_bytes}-byte limit")
+        if key != key_now:
+            if key_now is not None:
+                yield key_now, payloads
+            key_now, payloads = key, {}
+        if (extension.lower() in extensions or extension == "json") and member.isfile():
+            payloads[extension.lower()] = tar.extractfile(member).read()  # type: ignore[union-attr]
     if key_now is not None:
         yield key_now, payloads
+
+
+def _checked_samples(tar_name: str, samples: Iterator[tuple[str, dict[str, bytes]]], keep_json: bool,
+                     limits: ReadLimits) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Check each sample against the crc32s in its json, then drop the json unless it was asked for."""
+    for key, payloads in samples:
+        if "json" in payloads:
+            try:
+                meta = load_json(payloads["json"], limits)
+            except PayloadError as exc:
+                raise ShardReadError(f"{tar_name}: sample {key!r}: {exc}") from None
+            recorded = meta.get(CRC_FIELD) if isinstance(meta, dict) else None
+            problem = crc_mismatch({e: p for e, p in payloads.items() if e != "json"}, recorded)
+            if problem is not None:
+                raise ShardReadError(f"{tar_name}: sample {key!r}: {problem}")
+        yield key, payloads if keep_json else {e: p for e, p in payloads.items() if e != "json"}
 
 
 def committed_units(storage: Storage, prefix: str = "") -> dict[str, dict[str, Any]]:

@@ -13,6 +13,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from dfprep.errors import DfprepError
+from dfprep.integrity import output_problems
 from dfprep.plan import PLAN_META
 from dfprep.run import DATASET_JSON, VIDEOS_TABLE, normalised_reason
 from dfprep.shards import STATS_SUFFIX, Storage, committed_units
@@ -114,14 +115,19 @@ def frames_per_video(rows: list[dict[str, Any]]) -> list[dict[str, int]]:
 
 
 def shard_state(storage: Storage, sizes: dict[str, int], dataset: dict[str, Any]) -> dict[str, Any]:
-    """Planned vs committed shards and whether the output is complete (every planned shard committed)."""
+    """Planned vs committed shards, and whether the output is complete: every planned shard committed and intact.
+
+    Intact is the cheap check (dfprep.integrity): markers readable, tars and indexes present with the sizes
+    their markers recorded. `dfprep verify` reads the tars as well.
+    """
     committed = sum(1 for n in sizes if n.endswith(STATS_SUFFIX) and shard_split(n[: -len(STATS_SUFFIX)]))
     plan = _read_json_or_empty(storage, PLAN_META)
     planned = int(plan.get("units", len(dataset.get("shards", []))))
     temporaries = sum(1 for n in sizes if n.endswith(".tar.tmp"))
-    complete = bool(dataset.get("complete")) and committed >= planned and not temporaries
+    damaged = [d for d in output_problems(storage) if d.kind == "damaged"]
+    complete = bool(dataset.get("complete")) and committed >= planned and not temporaries and not damaged
     return {"planned": planned, "committed": committed, "tars": sum(1 for n in sizes if n.endswith(".tar")),
-            "temporaries": temporaries, "complete": complete}
+            "temporaries": temporaries, "complete": complete, "damaged": [d.line() for d in damaged]}
 
 
 def map_summary(storage: Storage) -> list[dict[str, Any]]:
@@ -220,7 +226,10 @@ def histogram_lines(bins: list[dict[str, int]], width: int = 40, indent: str = "
 def _header_lines(stats: dict[str, Any]) -> list[str]:
     """Where, whether complete, which config and software made it, and the totals."""
     shards, totals = stats["shards"], stats["totals"]
+    damaged = shards.get("damaged", [])
     state = "yes" if shards["complete"] else "NO"
+    if damaged:
+        state = f"no ({len(damaged)} damaged: {damaged[0]}{'; …' if len(damaged) > 1 else ''})"
     versions = ", ".join(f"{k} {v}" for k, v in sorted(stats["versions"].items())) or "unknown (no dataset.json)"
     return [f"dfprep stats  {stats['output']}",
             f"  complete:  {state} ({shards['committed']}/{shards['planned']} planned shards committed, "

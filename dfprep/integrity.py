@@ -1,0 +1,360 @@
+"""Is an output whole? Cheap checks every reader runs, and `dfprep verify`'s full read of every shard.
+
+A commit marker (`<shard>_stats.json`, format 2) records the size and sha256 of its tar and parquet, and
+every sample's json records the crc32 of its other members. So damage is found at three costs:
+
+- **cheap** (one folder listing plus the small JSON/parquet indexes, never a tar): a planned shard without
+  marker, a tar or parquet missing or of another size than its marker says, an unreadable marker, a
+  `dataset.json` that says incomplete. `stats`, `evaluate`, `train` and an `extract` rerun use this.
+- **default verify**: the cheap checks, then every tar streamed once: each member's crc32 against its
+  sample's json, sample count and key order against the marker and the parquet index.
+- **deep verify**: the same pass also hashes the whole tar and parquet and compares the marker's sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from dataclasses import dataclass, field
+from typing import IO, Any, Callable, Iterator
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from dfprep.errors import DfprepError, one_line
+from dfprep.payloads import CRC_FIELD, DEFAULT_LIMITS, PayloadError, crc_mismatch, load_json
+from dfprep.plan import PLAN_TABLE
+from dfprep.shards import STATS_SUFFIX, ShardReadError, Storage
+
+DATASET_JSON = "dataset.json"  # the same file as dfprep.run.DATASET_JSON (run imports this module)
+MAPS_FOLDER = "maps"
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Damage:
+    """One shard (or the output itself) that is not as its commit promised, and why, in one line."""
+
+    shard: str  # e.g. train-000003, maps/landmarks/train-000003, or "" for the output as a whole
+    reason: str
+    kind: str = "damaged"  # damaged: a committed shard is not what its commit published; incomplete: not done yet
+
+    def line(self) -> str:
+        """`shard: reason`, the form every command prints."""
+        return f"{self.shard}: {self.reason}" if self.shard else self.reason
+
+
+@dataclass
+class VerifyReport:
+    """What `dfprep verify` found: shards and samples checked, and every problem."""
+
+    output: str
+    deep: bool
+    shards: int = 0
+    samples: int = 0
+    problems: list[Damage] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        """True when nothing is damaged or missing."""
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form for `--json`."""
+        return {"output": self.output, "deep": self.deep, "clean": self.clean, "shards": self.shards,
+                "samples": self.samples,
+                "problems": [{"shard": d.shard, "kind": d.kind, "reason": d.reason} for d in self.problems]}
+
+
+# ---------------------------------------------------------------- cheap checks (no tar is opened)
+
+
+def file_sizes(storage: Storage, folder: str = "") -> dict[str, int]:
+    """File name → size for the files directly in the output folder (or a sub-folder), from one listing."""
+    base = storage.path(folder) if folder else storage.root
+    infos = storage.fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    return {info.base_name: info.size or 0 for info in infos if info.type == pafs.FileType.File}
+
+
+def read_markers(storage: Storage, sizes: dict[str, int], folder: str = "") -> tuple[dict[str, dict], dict[str, str]]:
+    """Every commit marker of a folder: (unit → stats, unit → why it cannot be read)."""
+    markers: dict[str, dict] = {}
+    unreadable: dict[str, str] = {}
+    for name in sorted(n for n in sizes if n.endswith(STATS_SUFFIX)):
+        unit = name[: -len(STATS_SUFFIX)]
+        try:
+            stats = json.loads(storage.read_bytes(f"{folder}/{name}" if folder else name))
+        except (OSError, ValueError, RecursionError) as exc:
+            unreadable[unit] = f"commit marker unreadable ({one_line(exc, fallback=type(exc).__name__)})"
+            continue
+        if isinstance(stats, dict):
+            markers[unit] = stats
+        else:
+            unreadable[unit] = "commit marker is not a JSON object"
+    return markers, unreadable
+
+
+def marker_problem(unit: str, stats: dict[str, Any], sizes: dict[str, int]) -> str | None:
+    """Why a committed unit's files disagree with its marker (sizes and presence only), or None."""
+    tar = stats.get("tar")
+    if not tar:
+        return "commit marker promises samples but names no tar" if stats.get("samples") else None
+    if tar != f"{unit}.tar":
+        return f"commit marker names an unexpected tar {tar!r}"
+    if tar not in sizes:
+        return f"{tar} is missing although the shard is committed"
+    if isinstance(stats.get("tar_bytes"), int) and sizes[tar] != stats["tar_bytes"]:
+        return f"{tar} has {sizes[tar]} bytes, its commit marker says {stats['tar_bytes']} (truncated or replaced)"
+    index = f"{unit}.parquet"
+    if index not in sizes:
+        return f"{index} (the shard's index) is missing"
+    if isinstance(stats.get("parquet_bytes"), int) and sizes[index] != stats["parquet_bytes"]:
+        return f"{index} has {sizes[index]} bytes, its commit marker says {stats['parquet_bytes']}"
+    return None
+
+
+def damaged_units(storage: Storage, committed: dict[str, dict[str, Any]], folder: str = "") -> dict[str, str]:
+    """Committed units whose tar or index is missing or of the wrong size (cheap: one listing): unit → reason.
+
+    `extract` and `maps` reruns un-commit and redo these, so a damaged output repairs itself by rerunning.
+    """
+    sizes = file_sizes(storage, folder)
+    problems = {unit: marker_problem(unit, stats, sizes) for unit, stats in committed.items()}
+    return {unit: reason for unit, reason in problems.items() if reason is not None}
+
+
+def planned_units(storage: Storage) -> list[str]:
+    """The units the persisted plan promises (from plan.parquet, else dataset.json's shard list)."""
+    if storage.exists(PLAN_TABLE):
+        try:
+            table = pq.read_table(pa.BufferReader(storage.read_bytes(PLAN_TABLE)), columns=["unit"])
+            return sorted(set(table.column("unit").to_pylist()))
+        except (OSError, pa.ArrowException, KeyError):
+            return []
+    dataset = _dataset_json(storage)
+    shards = dataset.get("shards") if isinstance(dataset, dict) else None
+    return sorted(s for s in shards if isinstance(s, str)) if isinstance(shards, list) else []
+
+
+def _dataset_json(storage: Storage) -> dict[str, Any] | None:
+    """dataset.json as a dict; None when absent or unreadable."""
+    if not storage.exists(DATASET_JSON):
+        return None
+    try:
+        data = json.loads(storage.read_bytes(DATASET_JSON))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def output_problems(out: str | Storage) -> list[Damage]:
+    """The cheap check of a whole face output: what keeps it from being complete and intact ([] when whole)."""
+    storage = out if isinstance(out, Storage) else Storage(out)
+    sizes = file_sizes(storage)
+    markers, unreadable = read_markers(storage, sizes)
+    problems = [Damage(unit, reason) for unit, reason in unreadable.items()]
+    problems += [Damage(unit, reason) for unit, reason in damaged_units(storage, markers).items()]
+    missing = [u for u in planned_units(storage) if u not in markers and u not in unreadable]
+    problems += [Damage(unit, "planned but not committed (rerun the extract command to finish it)", "incomplete")
+                 for unit in missing]
+    dataset = _dataset_json(storage)
+    if dataset is None:
+        problems.append(Damage("", f"no readable {DATASET_JSON}: the extract has not finished", "incomplete"))
+    elif not dataset.get("complete") and not missing:
+        problems.append(Damage("", f"{DATASET_JSON} says the output is incomplete", "incomplete"))
+    return problems
+
+
+def summary_line(problems: list[Damage]) -> str:
+    """`3 problems (first: train-000001: …)`: one line for readers that refuse or flag an output."""
+    count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+    return f"{count} (first: {problems[0].line()})" if problems else "no problems"
+
+
+def require_complete(out: str, allow_incomplete: bool = False) -> None:
+    """Refuse to read an incomplete or damaged output (one line naming what is wrong), unless allowed."""
+    problems = output_problems(out)
+    if problems and not allow_incomplete:
+        raise DfprepError(f"{out} is incomplete or damaged: {summary_line(problems)}; run `dfprep verify {out}`, "
+                          "rerun the extract command to repair it, or pass --allow-incomplete")
+
+
+# ---------------------------------------------------------------- full read (dfprep verify)
+
+
+class HashingReader:
+    """A read-only stream that sha256-hashes everything read through it (deep verify costs no second read)."""
+
+    def __init__(self, stream: IO[bytes], hashing: bool):
+        self.stream = stream
+        self.digest = hashlib.sha256() if hashing else None
+
+    def read(self, size: int = -1) -> bytes:
+        """Read and hash."""
+        data = self.stream.read(size)
+        if self.digest is not None:
+            self.digest.update(data)
+        return data
+
+    def drain(self) -> None:
+        """Read to the end (the tar's trailing padding counts in its sha256)."""
+        while self.read(_CHUNK):
+            pass
+
+
+def _samples(tar_name: str, tar: tarfile.TarFile) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, every member's payload) in tar order, each member bounded by the default size limit."""
+    key_now: str | None = None
+    payloads: dict[str, bytes] = {}
+    for member in tar:
+        key, _, extension = member.name.partition(".")
+        if not key or "/" in key or not extension or not member.isfile():
+            raise ShardReadError(f"unexpected member {member.name!r}")
+        if member.size > DEFAULT_LIMITS.max_member_bytes:
+            raise ShardReadError(f"member {member.name!r} declares {member.size} bytes (over the limit)")
+        if key != key_now:
+            if key_now is not None:
+                yield key_now, payloads
+            key_now, payloads = key, {}
+        if extension in payloads:
+            raise ShardReadError(f"key {key!r} has two .{extension} members")
+        payloads[extension] = tar.extractfile(member).read()  # type: ignore[union-attr]
+    if key_now is not None:
+        yield key_now, payloads
+
+
+def _sample_problem(key: str, payloads: dict[str, bytes], format_version: int) -> str | None:
+    """Why one sample fails its crc32s (format 2 markers promise them), or None."""
+    if "json" not in payloads:
+        return f"sample {key!r} has no json member" if format_version >= 2 else None
+    try:
+        meta = load_json(payloads["json"])
+    except PayloadError as exc:
+        return f"sample {key!r}: {exc}"
+    recorded = meta.get(CRC_FIELD) if isinstance(meta, dict) else None
+    if recorded is None:
+        return f"sample {key!r} records no crc32s" if format_version >= 2 else None
+    problem = crc_mismatch({e: p for e, p in payloads.items() if e != "json"}, recorded)
+    missing = sorted(set(recorded) - set(payloads)) if isinstance(recorded, dict) else []
+    if problem is None and missing:
+        problem = f"member .{missing[0]} is missing"
+    return f"sample {key!r}: {problem}" if problem else None
+
+
+def read_tar(storage: Storage, name: str, deep: bool, format_version: int) -> tuple[list[str], str | None, str | None]:
+    """Stream one tar: (keys in order, first sample problem or None, sha256 when deep)."""
+    keys: list[str] = []
+    with storage.fs.open_input_stream(storage.path(name)) as stream:
+        reader = HashingReader(stream, deep)
+        try:
+            with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
+                for key, payloads in _samples(name, tar):
+                    keys.append(key)
+                    problem = _sample_problem(key, payloads, format_version)
+                    if problem is not None:
+                        return keys, problem, None
+        except (tarfile.TarError, EOFError, ShardReadError) as exc:
+            return keys, f"not a readable tar after {len(keys)} samples ({one_line(exc, fallback='damaged')})", None
+        reader.drain()
+    return keys, None, reader.digest.hexdigest() if reader.digest else None
+
+
+def index_keys(storage: Storage, name: str, deep: bool) -> tuple[list[str] | None, str | None]:
+    """A shard index's key column (None when unreadable) and its sha256 when deep."""
+    try:
+        data = storage.read_bytes(name)
+        keys = pq.read_table(pa.BufferReader(data), columns=["key"]).column("key").to_pylist()
+    except (OSError, pa.ArrowException, KeyError):
+        return None, None
+    return keys, hashlib.sha256(data).hexdigest() if deep else None
+
+
+def shard_problem(storage: Storage, unit: str, stats: dict[str, Any], deep: bool,
+                  expected_keys: list[str] | None = None) -> tuple[str | None, list[str]]:
+    """Read one committed shard whole: (why it is damaged or None, its keys in tar order)."""
+    if not stats.get("tar"):
+        return None, []
+    version = stats.get("format", 1) if isinstance(stats.get("format", 1), int) else 1
+    keys, problem, tar_sha = read_tar(storage, stats["tar"], deep, version)
+    if problem is not None:
+        return problem, keys
+    if len(keys) != stats.get("samples"):
+        return f"holds {len(keys)} samples, its commit marker promises {stats.get('samples')}", keys
+    indexed, index_sha = index_keys(storage, f"{unit}.parquet", deep)
+    if indexed is None:
+        return f"{unit}.parquet is unreadable", keys
+    if indexed != keys:
+        return "its parquet index lists other keys (or another order) than the tar holds", keys
+    if expected_keys is not None and keys != expected_keys:
+        return "holds other keys (or another order) than its face shard", keys
+    if deep and stats.get("tar_sha256") and tar_sha != stats["tar_sha256"]:
+        return f"{stats['tar']} sha256 differs from its commit marker (damaged bytes)", keys
+    if deep and stats.get("parquet_sha256") and index_sha != stats["parquet_sha256"]:
+        return f"{unit}.parquet sha256 differs from its commit marker", keys
+    return None, keys
+
+
+def _verify_folder(storage: Storage, folder: str, report: VerifyReport, face_keys: dict[str, list[str]] | None,
+                   step: Callable[[], None]) -> dict[str, list[str]]:
+    """Check every committed shard of one folder (the face output, or one map set); returns unit → keys."""
+    sizes = file_sizes(storage, folder)
+    markers, unreadable = read_markers(storage, sizes, folder)
+    prefix = f"{folder}/" if folder else ""
+    report.problems += [Damage(prefix + unit, reason) for unit, reason in unreadable.items()]
+    cheap = damaged_units(storage, markers, folder)
+    keys_by_unit: dict[str, list[str]] = {}
+    for unit, stats in sorted(markers.items()):
+        report.shards += 1
+        problem = cheap.get(unit)
+        if problem is None:
+            inner = Storage(storage.path(folder), storage.fs) if folder else storage
+            expected = face_keys.get(unit) if face_keys is not None else None
+            problem, keys_by_unit[unit] = shard_problem(inner, unit, stats, report.deep, expected)
+            report.samples += len(keys_by_unit[unit])
+        if problem is not None:
+            report.problems.append(Damage(prefix + unit, problem))
+        step()
+    report.problems += [Damage(prefix + n, "leftover temporary file of an interrupted commit", "incomplete")
+                        for n in sizes if n.endswith(".tar.tmp")]
+    return keys_by_unit
+
+
+def map_sets(storage: Storage) -> list[str]:
+    """Names of the companion map sets under maps/."""
+    selector = pafs.FileSelector(storage.path(MAPS_FOLDER), allow_not_found=True)
+    return sorted(i.base_name for i in storage.fs.get_file_info(selector) if i.type == pafs.FileType.Directory)
+
+
+def verify_output(out: str | Storage, deep: bool = False, step: Callable[[], None] = lambda: None) -> VerifyReport:
+    """`dfprep verify`: the cheap checks, then every shard (and map shard) read once; see the module docstring."""
+    storage = out if isinstance(out, Storage) else Storage(out)
+    if storage.fs.get_file_info(storage.root).type != pafs.FileType.Directory:
+        raise DfprepError(f"{storage.root}: no such output folder")
+    if not storage.exists(DATASET_JSON) and not any(n.endswith(STATS_SUFFIX) for n in file_sizes(storage)):
+        raise DfprepError(f"{storage.root} is not a dfprep output (no {DATASET_JSON} and no commit markers)")
+    report = VerifyReport(storage.root, deep)
+    cheap = output_problems(storage)
+    report.problems += [d for d in cheap if d.kind == "incomplete"]
+    face_keys = _verify_folder(storage, "", report, None, step)
+    for name in map_sets(storage):
+        _verify_folder(storage, f"{MAPS_FOLDER}/{name}", report, face_keys, step)
+    return report
+
+
+def count_shards(storage: Storage) -> int:
+    """Committed shards verify will read (for a progress bar's total)."""
+    total = sum(1 for n in file_sizes(storage) if n.endswith(STATS_SUFFIX))
+    return total + sum(sum(1 for n in file_sizes(storage, f"{MAPS_FOLDER}/{m}") if n.endswith(STATS_SUFFIX))
+                       for m in map_sets(storage))
+
+
+def uncommit(storage: Storage, shard: str) -> list[str]:
+    """Un-commit one damaged shard (its marker first, then tar and index) so the next rerun redoes it."""
+    removed = []
+    for suffix in (STATS_SUFFIX, ".tar", ".parquet"):
+        if storage.exists(f"{shard}{suffix}"):
+            storage.delete(f"{shard}{suffix}")
+            removed.append(f"{shard}{suffix}")
+    return removed
