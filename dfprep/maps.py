@@ -8,7 +8,6 @@ Each committed face shard `OUT/<split>-NNNNNN.tar` gets `OUT/maps/<name>/<split>
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 import time
@@ -22,6 +21,8 @@ import numpy as np
 
 from dfprep import __version__
 from dfprep.errors import DfprepError
+from dfprep.integrity import damaged_units
+from dfprep.payloads import PayloadError, decode_image, load_json, load_landmarks
 from dfprep.regions import (DEFAULT_BLUR_SIGMA, DEFAULT_WEIGHTS, FUSIONS, TARGETS, ZooCheckpoint, apply_threshold,
                             check_weights, encode_map_png, landmark_prior_map)
 from dfprep.shards import (STATS_SUFFIX, Sample, ShardWriter, Storage, committed_units, read_samples,
@@ -122,32 +123,42 @@ class FaceSample:
     key: str
     members: dict[str, bytes]
 
+    shard: str = ""
+
     def image(self) -> np.ndarray:
-        """The aligned crop as RGB uint8."""
+        """The aligned crop as RGB uint8 (its size checked from the header before decoding)."""
         payload = next((self.members[t] for t in IMAGE_TYPES if t in self.members), None)
-        image = None if payload is None else cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
-        if image is None:
-            raise DfprepError(f"sample {self.key}: no decodable face image ({'/'.join(IMAGE_TYPES)})")
+        if payload is None:
+            raise DfprepError(f"{self.shard}: sample {self.key}: no face image ({'/'.join(IMAGE_TYPES)})")
+        try:
+            image = decode_image(payload, cv2.IMREAD_COLOR)
+        except PayloadError as exc:
+            raise DfprepError(f"{self.shard}: sample {self.key}: {exc}") from None
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
     def landmarks(self) -> np.ndarray:
-        """`<key>.ldm.npy`, read without pickles."""
+        """`<key>.ldm.npy` as float32 (N, 2), read without pickles and bounded."""
         if "ldm.npy" not in self.members:
-            raise DfprepError(f"sample {self.key}: no ldm.npy landmarks member")
-        return np.load(io.BytesIO(self.members["ldm.npy"]), allow_pickle=False)
+            raise DfprepError(f"{self.shard}: sample {self.key}: no ldm.npy landmarks member")
+        try:
+            return load_landmarks(self.members["ldm.npy"])
+        except PayloadError as exc:
+            raise DfprepError(f"{self.shard}: sample {self.key}: {exc}") from None
 
     def label(self) -> int:
         """0 = real, 1 = fake, from `<key>.json`."""
-        if "json" not in self.members:
-            raise DfprepError(f"sample {self.key}: no json member (needed for --target label)")
-        return int(json.loads(self.members["json"])["label"])
+        meta = load_json(self.members["json"]) if "json" in self.members else None
+        label = meta.get("label") if isinstance(meta, dict) else None
+        if label not in (0, 1) or isinstance(label, bool):
+            raise DfprepError(f"{self.shard}: sample {self.key}: no 0/1 label in its json (needed for --target label)")
+        return int(label)
 
 
 def read_face_samples(faces: Storage, unit: str) -> Iterator[FaceSample]:
-    """A face shard's samples in tar order, streamed (members of one key are contiguous)."""
+    """A face shard's samples in tar order, streamed (members of one key are contiguous), crc32s checked."""
     wanted = frozenset(IMAGE_TYPES) | {"ldm.npy", "json"}
     for key, members in read_samples(faces, f"{unit}.tar", wanted):
-        yield FaceSample(key, members)
+        yield FaceSample(key, members, f"{unit}.tar")
 
 
 def batched(samples: Iterable[FaceSample], size: int) -> Iterator[list[FaceSample]]:
@@ -220,7 +231,8 @@ def map_unit(unit: MapUnit, faces: Storage, maps: Storage, mapper: Any,
         samples = read_face_samples(faces, unit.name) if unit.samples else iter(())
         for batch in batched(samples, mapper.batch_size):
             for sample, region_map in zip(batch, mapper.maps(batch)):
-                writer.add(Sample(sample.key, {MAP_MEMBER: encode_map_png(region_map)}, map_row(region_map)))
+                members = {MAP_MEMBER: encode_map_png(region_map), "json": json.dumps({"key": sample.key}).encode()}
+                writer.add(Sample(sample.key, members, map_row(region_map)))  # the json records the map's crc32
                 size = size or list(region_map.shape)
             if report is not None:
                 report(unit.name, len(writer.rows))
@@ -247,6 +259,11 @@ def face_units(faces: Storage) -> list[MapUnit]:
     committed = committed_units(faces)
     if not committed:
         raise DfprepError(f"no committed face shards in {faces.root}: run `dfprep extract … -o {faces.root}` first")
+    damaged = damaged_units(faces, committed)
+    if damaged:
+        first = next(iter(damaged.items()))
+        raise DfprepError(f"{len(damaged)} face shard(s) of {faces.root} are damaged (first: {first[0]}: {first[1]}); "
+                          "rerun the extract command to redo them, then maps")
     return [MapUnit(name, int(stats.get("samples", 0))) for name, stats in sorted(committed.items())]
 
 
@@ -285,11 +302,13 @@ def clean_maps(maps: Storage) -> list[str]:
 
 
 def remove_stale(maps: Storage, units: list[MapUnit]) -> list[str]:
-    """Committed map shards whose face shard is gone or holds another number of faces are redone."""
+    """Committed map shards whose face shard is gone or holds another number of faces, or that are damaged, are redone."""
     expected = {u.name: u.samples for u in units}
     removed = []
-    for name, stats in committed_units(maps).items():
-        if expected.get(name) == stats.get("samples"):
+    committed = committed_units(maps)
+    damaged = damaged_units(maps, committed)
+    for name, stats in committed.items():
+        if expected.get(name) == stats.get("samples") and name not in damaged:
             continue
         for suffix in (STATS_SUFFIX, ".tar", ".parquet"):
             if maps.exists(f"{name}{suffix}"):

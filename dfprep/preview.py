@@ -8,7 +8,6 @@ so only the tars that hold a picked sample are opened, and only their safe membe
 
 from __future__ import annotations
 
-import io
 import math
 import re
 from dataclasses import dataclass
@@ -19,6 +18,9 @@ import cv2
 import numpy as np
 
 from dfprep.errors import DfprepError
+from dfprep.payloads import PayloadError
+from dfprep.payloads import decode_image as bounded_decode
+from dfprep.payloads import load_landmarks
 from dfprep.shards import Storage, read_samples, video_slug
 from dfprep.stats import as_storage, file_sizes, load_video_rows
 
@@ -128,7 +130,11 @@ def find_video(rows: list[dict[str, Any]], wanted: str, root: str) -> dict[str, 
 
 def shard_rows(storage: Storage, shard: str, video_ids: set[str]) -> dict[str, list[dict[str, Any]]]:
     """A shard's index rows for the given videos, each video's in time order."""
-    table = storage.read_table(f"{shard}.parquet")
+    try:
+        table = storage.read_table(f"{shard}.parquet")
+    except (OSError, ValueError) as exc:  # absent, or not parquet (pyarrow's errors derive from these)
+        raise DfprepError(f"{storage.path(shard + '.parquet')}: cannot read the shard's index ({type(exc).__name__}); "
+                          "`dfprep verify` lists the damage, rerunning extract repairs it") from None
     columns = [c for c in ("key", "video_id", "frame", "label", "split", "track_id") if c in table.column_names]
     by_video: dict[str, list[dict[str, Any]]] = {}
     for row in table.select(columns).to_pylist():
@@ -202,11 +208,11 @@ def read_members(storage: Storage, tar_name: str, keys: set[str], extensions: fr
 
 
 def decode_image(payload: bytes, flags: int, what: str) -> np.ndarray:
-    """An encoded jpg/png/webp as an array; a member that does not decode is a clear error."""
-    image = cv2.imdecode(np.frombuffer(payload, np.uint8), flags)
-    if image is None:
-        raise DfprepError(f"{what}: cannot decode image")
-    return image
+    """An encoded jpg/png/webp as an array, size-checked from its header; a bad member is a clear error."""
+    try:
+        return bounded_decode(payload, flags)
+    except PayloadError as exc:
+        raise DfprepError(f"{what}: {exc}") from None
 
 
 def _face_content(pick: Pick, payloads: dict[str, bytes], tar_name: str) -> TileContent:
@@ -215,8 +221,11 @@ def _face_content(pick: Pick, payloads: dict[str, bytes], tar_name: str) -> Tile
     if image_member is None or LANDMARKS_MEMBER not in payloads:
         raise DfprepError(f"{tar_name}: sample {pick.key} lacks its image or .{LANDMARKS_MEMBER} member")
     image = decode_image(payloads[image_member], cv2.IMREAD_COLOR, f"{tar_name}: {pick.key}.{image_member}")
-    landmarks = np.load(io.BytesIO(payloads[LANDMARKS_MEMBER]), allow_pickle=False)
-    return TileContent(pick, image, np.asarray(landmarks, np.float64).reshape(-1, 2))
+    try:
+        landmarks = load_landmarks(payloads[LANDMARKS_MEMBER])
+    except PayloadError as exc:
+        raise DfprepError(f"{tar_name}: {pick.key}.{LANDMARKS_MEMBER}: {exc}") from None
+    return TileContent(pick, image, landmarks.astype(np.float64))
 
 
 def _attach_maps(storage: Storage, shard: str, contents: list[TileContent], maps: str) -> None:

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from dfprep.errors import DfprepError
+from dfprep.payloads import PayloadError, decode_image
 
 # 68-point (iBUG 300-W) indices of each facial part; a region's weight applies to all of its parts.
 REGION_PARTS_68: dict[str, tuple[tuple[int, ...], ...]] = {
@@ -162,10 +163,11 @@ def encode_map_png(region_map: np.ndarray) -> bytes:
 
 
 def decode_map_png(payload: bytes) -> np.ndarray:
-    """The inverse of encode_map_png: (H, W) float32 in [0, 1]."""
-    levels = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_GRAYSCALE)
-    if levels is None:
-        raise RegionMapError("cannot decode a region map PNG")
+    """The inverse of encode_map_png: (H, W) float32 in [0, 1]; its size is checked from the header first."""
+    try:
+        levels = decode_image(payload, cv2.IMREAD_GRAYSCALE)
+    except PayloadError as exc:
+        raise RegionMapError(f"cannot decode a region map PNG ({exc})") from None
     return levels.astype(np.float32) / 255.0
 
 

@@ -7,6 +7,7 @@ import io
 import json
 import shutil
 import tarfile
+import zlib
 from pathlib import Path
 
 import cv2
@@ -77,12 +78,15 @@ def _face_shards(out: Path) -> list[str]:
 
 
 def _maps(folder: Path) -> dict[str, np.ndarray]:
-    """key → decoded map (uint8) over every map shard of a folder, checking one 8-bit gray PNG per key."""
+    """key → decoded map (uint8) over every map shard of a folder, checking one 8-bit gray PNG per key
+    and the json beside it that records the PNG's crc32."""
     decoded = {}
     for tar_path in sorted(folder.glob("*.tar")):
-        for name, payload in _members(tar_path):
-            key, extension = name.split(".", 1)
-            assert extension == "prmap.png" and key not in decoded
+        members = _members(tar_path)
+        assert [name.split(".", 1)[1] for name, _ in members] == ["prmap.png", "json"] * (len(members) // 2)
+        for (name, payload), (_, meta) in zip(members[::2], members[1::2]):
+            key = name.split(".", 1)[0]
+            assert key not in decoded and json.loads(meta) == {"key": key, "crc32": {"prmap.png": zlib.crc32(payload)}}
             decoded[key] = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_UNCHANGED)
             assert decoded[key].dtype == np.uint8 and decoded[key].ndim == 2
     return decoded
