@@ -188,6 +188,8 @@ def leakage(outputs: tuple[str, ...], threshold: float, strict: bool, as_json: b
 @click.option("--blur-sigma", type=float, help="Landmark map smoothing in pixels (0 = sharp hulls).")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Crops per batch.")
 @click.option("--device", default="auto", show_default=True, help="CAM device in-process (auto, cpu, cuda).")
+@click.option("--model", "models", multiple=True, metavar="PKG.MOD:FACTORY",
+              help="Trust this model factory for zoo checkpoints that name it (never imported from a file alone).")
 @click.option("--workers", type=int, help="Ray workers (0 = in-process; default all CPUs).")
 @click.option("--address", help="Join a Ray cluster (auto = the running one).")
 @click.option("--overwrite", is_flag=True, help="Delete this map folder's previous maps and start over.")
@@ -195,7 +197,8 @@ def leakage(outputs: tuple[str, ...], threshold: float, strict: bool, as_json: b
 @_fail_cleanly
 def maps(output: str, more_zoo: tuple[str, ...], method: str, name: str, zoo: tuple[str, ...], fusion: str,
          threshold: float | None, layer: str | None, target: str, weights: str | None, blur_sigma: float | None,
-         batch_size: int, device: str, workers: int | None, address: str | None, overwrite: bool, quiet: bool) -> None:
+         batch_size: int, device: str, models: tuple[str, ...], workers: int | None, address: str | None,
+         overwrite: bool, quiet: bool) -> None:
     """Primary-region maps for every face under OUTPUT, as companion shards in OUTPUT/maps/NAME/."""
     from dfprep.maps import MapSettings, format_map_summary, maps_run
     from dfprep.regions import parse_weights
@@ -205,7 +208,7 @@ def maps(output: str, more_zoo: tuple[str, ...], method: str, name: str, zoo: tu
     landmark_options = {"weights": tuple(parse_weights(weights).items()) if weights is not None else None,
                         "blur_sigma": blur_sigma}
     settings = MapSettings(method=method, name=name, zoo=zoo + more_zoo, fusion=fusion, threshold=threshold,
-                           layer=layer, target=target, batch_size=batch_size, device=device,
+                           layer=layer, target=target, batch_size=batch_size, device=device, models=models,
                            **{k: v for k, v in landmark_options.items() if v is not None})
     report = maps_run(output, settings, workers=workers, address=address, overwrite=overwrite, quiet=quiet)
     click.echo(format_map_summary(report))

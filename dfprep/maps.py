@@ -54,6 +54,7 @@ class MapSettings:
     target: str = "fake"  # fake: explain the fake logit; label: explain each crop's ground-truth class
     batch_size: int = 32
     device: str = "auto"
+    models: tuple[str, ...] = ()  # model factories the user trusts (--model), for zoo checkpoints that name one
 
     def resolved(self) -> "MapSettings":
         """Defaults filled in and every option checked, before any file is touched."""
@@ -192,7 +193,7 @@ class CamMapper:
         from dfprep.regions import CamZoo
 
         self.zoo = CamZoo(checkpoints, settings.layer, settings.fusion, float(settings.threshold or 0.0),
-                          settings.device)
+                          settings.device, settings.models)
         self.target, self.batch_size = settings.target, settings.batch_size
 
     def maps(self, batch: list[FaceSample]) -> list[np.ndarray]:
@@ -355,7 +356,7 @@ def zoo_layers(settings: MapSettings, checkpoints: list[ZooCheckpoint]) -> list[
     """Load every zoo checkpoint once on the driver: a bad one fails here, before any work."""
     from dfprep.regions import load_detector
 
-    return [load_detector(checkpoint, settings.layer)[2] for checkpoint in checkpoints]
+    return [load_detector(checkpoint, settings.layer, settings.models)[2] for checkpoint in checkpoints]
 
 
 def maps_run(output: str, settings: MapSettings, *, workers: int | None = None, address: str | None = None,

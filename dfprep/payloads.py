@@ -204,7 +204,7 @@ def load_landmarks(payload: bytes, limits: ReadLimits = DEFAULT_LIMITS) -> np.nd
     try:
         array = load_plain_npy(payload)
     except ValueError as exc:
-        raise PayloadError(f"landmarks are not a plain .npy array ({exc})") from None
+        raise PayloadError(f"landmarks are not a plain array ({exc})") from None
     if array.ndim != 2 or array.shape[1] != 2 or array.dtype.kind != "f" or not 0 < len(array) <= limits.max_landmarks:
         raise PayloadError(f"landmarks have shape {array.shape} and dtype {array.dtype}, expected (N, 2) floats "
                            f"with 0 < N <= {limits.max_landmarks}")

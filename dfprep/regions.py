@@ -200,38 +200,36 @@ class ZooCheckpoint:
         return cls(Path(path).name, digest, payload)
 
 
-def load_detector(checkpoint: ZooCheckpoint, layer: str | None = None) -> tuple[Any, dict[str, Any], str]:
-    """The checkpoint's model (weights checked against its architecture, eval mode), its config, its CAM layer."""
+def load_detector(checkpoint: ZooCheckpoint, layer: str | None = None,
+                  trusted: Sequence[str] = ()) -> tuple[Any, dict[str, Any], str]:
+    """The checkpoint's model (weights checked against its architecture, eval mode), its config, its CAM layer.
+
+    Only data is taken from the file: it may name a registered model, or a factory the user trusted (--model).
+    """
     import torch
 
-    from dfprep.torch.models import ModelBuildError, build_model
+    from dfprep.torch.models import ModelBuildError, model_from_checkpoint
 
     try:
         payload = torch.load(io.BytesIO(checkpoint.payload), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is "not a dfprep checkpoint"
         raise RegionMapError(f"{checkpoint.file}: not a loadable checkpoint ({type(exc).__name__})") from exc
-    if not isinstance(payload, dict) or not {"model_name", "state_dict"} <= set(payload):
-        raise RegionMapError(f"{checkpoint.file}: not a dfprep checkpoint (needs 'model_name' and 'state_dict')")
-    config = payload.get("config") or {}
     try:
-        model = build_model(payload["model_name"], **config.get("model_kwargs", {}))
+        model = model_from_checkpoint(payload, checkpoint.file, trusted)
     except ModelBuildError as exc:
-        raise RegionMapError(f"{checkpoint.file}: {exc}") from exc
-    check_state_dict(checkpoint.file, payload["model_name"], model.state_dict(), payload["state_dict"])
-    model.load_state_dict(payload["state_dict"])
-    model.eval().requires_grad_(False)
+        raise RegionMapError(str(exc)) from None
+    model.requires_grad_(False)
+    config = payload.get("config") or {}
     return model, config, resolve_cam_layer(model, payload["model_name"], layer, checkpoint.file)
 
 
 def check_state_dict(file: str, model_name: str, expected: Mapping[str, Any], found: Mapping[str, Any]) -> None:
     """Refuse, in one line, weights that do not fit the architecture the checkpoint declares."""
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    reshaped = [k for k in expected if k in found and tuple(expected[k].shape) != tuple(found[k].shape)]
-    if missing or unexpected or reshaped:
-        detail = "; ".join(f"{label} {len(keys)} (e.g. {keys[0]})" for label, keys in
-                           (("missing", missing), ("unexpected", unexpected), ("wrong shape", reshaped)) if keys)
-        raise RegionMapError(f"{file}: state_dict does not match its declared architecture {model_name!r}: {detail}")
+    from dfprep.torch.models import state_dict_mismatch
+
+    problem = state_dict_mismatch(expected, found)
+    if problem is not None:
+        raise RegionMapError(f"{file}: state_dict does not match its declared architecture {model_name!r}: {problem}")
 
 
 def resolve_cam_layer(model: Any, model_name: str, layer: str | None, file: str) -> str:
@@ -288,23 +286,23 @@ class CamZoo:
     """Loaded detectors that turn a batch of crops into fused, thresholded primary-region maps."""
 
     def __init__(self, checkpoints: Sequence[ZooCheckpoint], layer: str | None = None, fusion: str = "mean",
-                 threshold: float = 0.3, device: str = "auto"):
+                 threshold: float = 0.3, device: str = "auto", trusted: Sequence[str] = ()):
         import torch
 
         if fusion not in FUSIONS:
             raise RegionMapError(f"unknown fusion {fusion!r}: use one of {list(FUSIONS)}")
         name = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         self.device = torch.device(name)
-        self.detectors = [self._prepare(checkpoint, layer) for checkpoint in checkpoints]
+        self.detectors = [self._prepare(checkpoint, layer, trusted) for checkpoint in checkpoints]
         self.fusion, self.threshold = fusion, threshold
 
-    def _prepare(self, checkpoint: ZooCheckpoint, layer: str | None) -> tuple[Any, str, Any, Any]:
+    def _prepare(self, checkpoint: ZooCheckpoint, layer: str | None, trusted: Sequence[str]) -> tuple[Any, str, Any, Any]:
         """Model on the device, its CAM layer, and the mean/std it was trained with."""
         import torch
 
-        model, config, resolved = load_detector(checkpoint, layer)
-        mean = torch.tensor(config.get("mean", (0.5, 0.5, 0.5)), dtype=torch.float32, device=self.device)
-        std = torch.tensor(config.get("std", (0.5, 0.5, 0.5)), dtype=torch.float32, device=self.device)
+        model, config, resolved = load_detector(checkpoint, layer, trusted)
+        mean = torch.tensor(_three_numbers(config, "mean", checkpoint.file), dtype=torch.float32, device=self.device)
+        std = torch.tensor(_three_numbers(config, "std", checkpoint.file), dtype=torch.float32, device=self.device)
         return model.to(self.device), resolved, mean[:, None, None], std[:, None, None]
 
     def maps(self, crops: np.ndarray, fake_targets: np.ndarray) -> np.ndarray:
@@ -325,6 +323,15 @@ class CamZoo:
         cams = normalise_min_max(grad_cam(model, layer, (pixels - mean) / std, signs).cpu().numpy())
         resized = F.interpolate(torch_from(cams)[:, None], size=tuple(size), mode="bilinear", align_corners=False)
         return np.clip(resized[:, 0].numpy(), 0.0, 1.0)
+
+
+def _three_numbers(config: Mapping[str, Any], name: str, file: str) -> tuple[float, ...]:
+    """A checkpoint's per-channel mean or std (default 0.5 each); anything but three numbers is a one-line error."""
+    values = config.get(name, (0.5, 0.5, 0.5))
+    if not isinstance(values, (list, tuple)) or len(values) != 3 or \
+            not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise RegionMapError(f"{file}: config {name} must be three numbers, got {str(values)[:60]}")
+    return tuple(float(v) for v in values)
 
 
 def torch_from(array: np.ndarray) -> Any:

@@ -6,6 +6,7 @@ installed prints the install hint and exits with status 2.
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any, Callable
 
@@ -13,6 +14,23 @@ import click
 
 from dfprep.errors import DfprepError
 from dfprep.torch._require import INSTALL_HINT
+
+
+_WORKER_WRAPPER = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.")
+_EXCEPTION_LINE = re.compile(r"^[\w.]+: ")
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line a user error prints; an error raised in a DataLoader worker is unwrapped to its own message.
+
+    PyTorch re-raises a worker's exception with the same type, but with a message of 20-40 lines (a banner and
+    the worker's traceback) whose last line is `module.Type: original message`.
+    """
+    text = str(exc)
+    if _WORKER_WRAPPER.match(text):
+        last = next((line for line in reversed(text.strip().splitlines()) if line.strip()), text)
+        text = _EXCEPTION_LINE.sub("", last.strip(), count=1)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
 def _one_line_errors(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -25,7 +43,7 @@ def _one_line_errors(function: Callable[..., Any]) -> Callable[..., Any]:
         except (DfprepError, ImportError) as exc:
             if isinstance(exc, ImportError) and str(exc) != INSTALL_HINT:
                 raise
-            click.echo(f"dfprep: error: {exc}", err=True)
+            click.echo(f"dfprep: error: {error_line(exc)}", err=True)
             sys.exit(2)
 
     wrapper.__name__, wrapper.__doc__ = function.__name__, function.__doc__
@@ -54,18 +72,20 @@ def _one_line_errors(function: Callable[..., Any]) -> Callable[..., Any]:
               help="Continue from the run folder's last checkpoint, or start over.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--skip-bad-shards", is_flag=True, help="Skip truncated/corrupt shards with a warning instead of stopping.")
+@click.option("--allow-incomplete", is_flag=True, help="Read an OUT that is incomplete or damaged instead of refusing.")
 @_one_line_errors
 def train_command(outs: tuple[str, ...], run_dir: str, model: str, epochs: int, batch_size: int, lr: float,
                   optimizer: str, workers: int, region_erasing: bool, maps: str | None, balance: str,
                   max_steps_per_epoch: int | None, device: str, seed: int, resume: bool, quiet: bool,
-                  skip_bad_shards: bool) -> None:
+                  skip_bad_shards: bool, allow_incomplete: bool) -> None:
     """Train a real/fake detector on the train split of one or more OUT folders."""
     from dfprep.torch.train import train
 
     rows = train(list(outs), run_dir, resume=resume, progress=not quiet, model=model, epochs=epochs,
                  batch_size=batch_size, lr=lr, optimizer=optimizer, workers=workers, region_erasing=region_erasing,
                  maps=maps, seed=seed, device=device, max_steps_per_epoch=max_steps_per_epoch,
-                 balance=False if balance == "none" else balance, skip_bad_shards=skip_bad_shards)
+                 balance=False if balance == "none" else balance, skip_bad_shards=skip_bad_shards,
+                 allow_incomplete=allow_incomplete)
     click.echo(format_epochs(rows))
     click.echo(f"model: {run_dir}/model.pt")
 
@@ -92,12 +112,17 @@ def format_epochs(rows: list[dict[str, Any]]) -> str:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the rows as JSON here.")
 @click.option("--skip-bad-shards", is_flag=True, help="Skip truncated/corrupt shards with a warning instead of stopping.")
+@click.option("--allow-incomplete", is_flag=True, help="Score an OUT that is incomplete or damaged instead of refusing.")
+@click.option("--model", metavar="PKG.MOD:FACTORY",
+              help="Trust this model factory when the checkpoint names one (never imported from the file alone).")
 @_one_line_errors
 def evaluate_command(checkpoint: str, outs: tuple[str, ...], split: str, aggregate: str, batch_size: int,
-                     workers: int, device: str, json_path: str | None, skip_bad_shards: bool) -> None:
+                     workers: int, device: str, json_path: str | None, skip_bad_shards: bool, allow_incomplete: bool,
+                     model: str | None) -> None:
     """Frame/video AUC, ACC and EER of CHECKPOINT on each OUT folder (the cross-dataset table)."""
     from dfprep.torch.evaluate import evaluate, format_table
 
     rows = evaluate(checkpoint, list(outs), split=split, batch_size=batch_size, aggregate=aggregate,
-                    workers=workers, device=device, json_path=json_path, skip_bad_shards=skip_bad_shards)
+                    workers=workers, device=device, json_path=json_path, skip_bad_shards=skip_bad_shards,
+                    model=model, allow_incomplete=allow_incomplete)
     click.echo(format_table(rows))

@@ -10,8 +10,6 @@ size) so that no rank waits for a batch that never comes.
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import random
 import warnings
@@ -22,6 +20,9 @@ import cv2
 import numpy as np
 from webdataset.filters import shuffle as shuffle_stage
 
+from dfprep.payloads import (CRC_FIELD, DEFAULT_LIMITS, PayloadError, ReadLimits, crc_mismatch, decode_image,
+                             load_json, load_landmarks)
+from dfprep.payloads import load_plain_npy, npy_layout  # noqa: F401 - re-exported for existing callers
 from dfprep.torch._require import require_torch
 from dfprep.torch.shardio import RawSample, ShardError, read_shard
 from dfprep.torch.shardlist import (SampleFilter, ShardListError, ShardSource, map_shard, resolve_shards,
@@ -80,26 +81,55 @@ def balanced(samples: Iterator[RawSample], weights: dict[int, float], rng: rando
             yield sample
 
 
-def with_meta(samples: Iterator[RawSample]) -> Iterator[RawSample]:
-    """Parse each sample's json member (label, video_id, …): every sample must have one."""
+# Fields of `<key>.json` the consumer uses, and the types they must have (absent is fine except label).
+META_TYPES: dict[str, tuple[type, ...]] = {"video_id": (str,), "dataset": (str, type(None)), "method": (str, type(None)),
+                                           "split": (str, type(None)), "frame": (int,), CRC_FIELD: (dict,)}
+
+
+def meta_problem(meta: Any) -> str | None:
+    """Why a parsed json member cannot be used (not an object, a label other than 0/1, a field of the wrong type)."""
+    if not isinstance(meta, dict):
+        return f"json is a {type(meta).__name__}, expected an object"
+    label = meta.get("label")
+    if label not in (0, 1) or isinstance(label, bool):
+        return f"label {str(label)[:40]!r}, expected 0 (real) or 1 (fake)"
+    for name, types in META_TYPES.items():
+        value = meta.get(name)
+        if name in meta and (not isinstance(value, types) or isinstance(value, bool)):
+            return f"json field {name!r} is {str(value)[:40]!r}, expected {' or '.join(t.__name__ for t in types)}"
+    return None
+
+
+def with_meta(samples: Iterator[RawSample], limits: ReadLimits = DEFAULT_LIMITS) -> Iterator[RawSample]:
+    """Parse and check each sample's json member (label, video_id, …): every sample must have a usable one."""
     for sample in samples:
         if "json" not in sample.members:
             raise ShardError(f"{sample.shard}: sample {sample.key!r} has no .json member (label unknown)")
         try:
-            sample.meta = json.loads(sample.members["json"])
-        except ValueError as exc:
-            raise ShardError(f"{sample.shard}: sample {sample.key!r} has invalid json ({exc})") from exc
-        if sample.meta.get("label") not in (0, 1):
-            raise ShardError(f"{sample.shard}: sample {sample.key!r} has label {sample.meta.get('label')!r}, "
-                             "expected 0 (real) or 1 (fake)")
+            meta = load_json(sample.members["json"], limits)
+        except PayloadError as exc:
+            raise ShardError(f"{sample.shard}: sample {sample.key!r}: {exc}") from None
+        problem = meta_problem(meta)
+        if problem is not None:
+            raise ShardError(f"{sample.shard}: sample {sample.key!r}: {problem}")
+        sample.meta = meta
         yield sample
 
 
-def decode_rgb(sample: RawSample, extension: str) -> np.ndarray:
-    """An image member as an HWC uint8 RGB view (OpenCV decodes BGR; the view swaps without copying)."""
-    array = cv2.imdecode(np.frombuffer(sample.members[extension], np.uint8), cv2.IMREAD_COLOR)
-    if array is None:
-        raise ShardError(f"{sample.shard}: cannot decode {sample.key}.{extension}")
+def check_crcs(sample: RawSample) -> None:
+    """The sample's members must match the crc32s its json recorded (a flipped byte is a ShardError)."""
+    members = {e: p for e, p in sample.members.items() if e not in ("json", "map")}
+    problem = crc_mismatch(members, sample.meta.get(CRC_FIELD))
+    if problem is not None:
+        raise ShardError(f"{sample.shard}: sample {sample.key!r}: {problem}")
+
+
+def decode_rgb(sample: RawSample, extension: str, limits: ReadLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """An image member as an HWC uint8 RGB view, its size checked from the header before decoding."""
+    try:
+        array = decode_image(sample.members[extension], cv2.IMREAD_COLOR, limits)
+    except PayloadError as exc:
+        raise ShardError(f"{sample.shard}: {sample.key}.{extension}: {exc}") from None
     return array[:, :, ::-1]
 
 
@@ -111,74 +141,55 @@ def image_tensor(rgb: np.ndarray) -> Any:
     return torch.from_numpy(chw)
 
 
-def decode_map(sample: RawSample) -> Any:
+def decode_map(sample: RawSample, limits: ReadLimits = DEFAULT_LIMITS) -> Any:
     """The companion map as (H, W) float32 in [0, 1] (stored as 8-bit grayscale, value / 255)."""
-    array = cv2.imdecode(np.frombuffer(sample.members["map"], np.uint8), cv2.IMREAD_GRAYSCALE)
-    if array is None:
-        raise ShardError(f"{sample.shard}: cannot decode the map of {sample.key}")
+    try:
+        array = decode_image(sample.members["map"], cv2.IMREAD_GRAYSCALE, limits)
+    except PayloadError as exc:
+        raise ShardError(f"{sample.shard}: the map of {sample.key}: {exc}") from None
     return torch.from_numpy(array).float().div_(255)
 
 
-_NPY_LAYOUTS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool]] = {}
-_NPY_LAYOUT_CACHE_SIZE = 64
-
-
-def npy_layout(header: bytes) -> tuple[np.dtype, tuple[int, ...], bool]:
-    """dtype, shape and Fortran order of an .npy header; parsed once per distinct header (they repeat)."""
-    layout = _NPY_LAYOUTS.get(header)
-    if layout is None:
-        stream = io.BytesIO(header)
-        version = np.lib.format.read_magic(stream)
-        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = reader(stream)
-        layout = (dtype, tuple(shape), bool(fortran))
-        if len(_NPY_LAYOUTS) < _NPY_LAYOUT_CACHE_SIZE:
-            _NPY_LAYOUTS[header] = layout
-    return layout
-
-
-def load_plain_npy(payload: bytes) -> np.ndarray:
-    """An .npy payload as an array, refusing object arrays: the equivalent of np.load(allow_pickle=False)."""
-    if payload[:6] != b"\x93NUMPY" or len(payload) < 12:
-        raise ValueError("not an .npy payload")
-    wide = payload[6] >= 2  # format 2.0+ stores a 4-byte header length
-    start = 12 + int.from_bytes(payload[8:12], "little") if wide else 10 + int.from_bytes(payload[8:10], "little")
-    dtype, shape, fortran = npy_layout(payload[:start])
-    if dtype.hasobject:
-        raise ValueError("object arrays need pickle, which is never used")
-    count = int(np.prod(shape))
-    if len(payload) - start < count * dtype.itemsize:
-        raise ValueError("payload shorter than its header says")
-    return np.frombuffer(payload, dtype, count, start).reshape(shape, order="F" if fortran else "C")
-
-
-def decode_landmarks(sample: RawSample) -> Any:
+def decode_landmarks(sample: RawSample, limits: ReadLimits = DEFAULT_LIMITS) -> Any:
     """`<key>.ldm.npy` as an (N, 2) float32 tensor; never unpickles."""
     try:
-        array = load_plain_npy(sample.members["ldm.npy"])
-    except ValueError as exc:
-        raise ShardError(f"{sample.shard}: {sample.key}.ldm.npy is not a plain array ({exc})") from exc
-    if array.ndim != 2 or array.shape[1] != 2:
-        raise ShardError(f"{sample.shard}: {sample.key}.ldm.npy has shape {array.shape}, expected (N, 2)")
-    return torch.from_numpy(array.astype(np.float32))
+        return torch.from_numpy(load_landmarks(sample.members["ldm.npy"], limits))
+    except PayloadError as exc:
+        raise ShardError(f"{sample.shard}: {sample.key}.ldm.npy: {exc}") from None
 
 
-def decode_sample(sample: RawSample) -> Sample:
+def decode_sample(sample: RawSample, limits: ReadLimits = DEFAULT_LIMITS) -> Sample:
     """The dict FaceShards yields: image, label, ids, and landmarks/map when the shard has them."""
     extension = next((e for e in IMAGE_TYPES if e in sample.members), None)
     if extension is None:
         raise ShardError(f"{sample.shard}: sample {sample.key!r} has no face image ({'/'.join(IMAGE_TYPES)})")
+    check_crcs(sample)
     meta = sample.meta
     decoded: Sample = {
-        "image": image_tensor(decode_rgb(sample, extension)), "label": torch.tensor(int(meta["label"])),
+        "image": image_tensor(decode_rgb(sample, extension, limits)), "label": torch.tensor(int(meta["label"])),
         "key": sample.key, "video_id": str(meta.get("video_id", "")), "dataset": str(meta.get("dataset") or ""),
         "method": str(meta.get("method") or ""), "frame": int(meta.get("frame", -1)),
     }
     if "ldm.npy" in sample.members:
-        decoded["landmarks"] = decode_landmarks(sample)
+        decoded["landmarks"] = decode_landmarks(sample, limits)
     if "map" in sample.members:
-        decoded["map"] = decode_map(sample)
+        decoded["map"] = decode_map(sample, limits)
     return decoded
+
+
+def sample_shapes(decoded: Sample) -> tuple[tuple[int, ...], ...]:
+    """Image, landmark and map shapes: every sample of one stream must share them, or no batch can hold them."""
+    return tuple(tuple(decoded[name].shape) if name in decoded else () for name in ("image", "landmarks", "map"))
+
+
+def shapes_problem(first: tuple[tuple[int, ...], ...], shapes: tuple[tuple[int, ...], ...]) -> str | None:
+    """How a sample's shapes differ from the stream's first sample (and a map from its own image), or None."""
+    if shapes[2] and shapes[2] != shapes[0][1:]:
+        return f"map of shape {shapes[2]} does not cover its {shapes[0][1]}x{shapes[0][2]} image"
+    for name, found, expected in zip(("image", "landmarks", "map"), shapes, first):
+        if found != expected:
+            return f"{name} of shape {found}, but earlier samples of this stream have {expected}"
+    return None
 
 
 class FaceShards(torch.utils.data.IterableDataset):
@@ -189,8 +200,13 @@ class FaceShards(torch.utils.data.IterableDataset):
                  label: int | Sequence[int] | None = None, method: str | Sequence[str] | None = None,
                  dataset: str | Sequence[str] | None = None, shuffle: int = 0, seed: int = 0,
                  balance: bool | str = False, transform: Callable[..., Sample] | None = None,
-                 rank: int | None = None, world_size: int | None = None, skip_bad_shards: bool = False):
-        """Resolve and pre-filter the shard list once; `shuffle` is the buffer size (0: fixed order)."""
+                 rank: int | None = None, world_size: int | None = None, skip_bad_shards: bool = False,
+                 limits: ReadLimits = DEFAULT_LIMITS):
+        """Resolve and pre-filter the shard list once; `shuffle` is the buffer size (0: fixed order).
+
+        `limits` bounds what one member may cost (bytes, image pixels from its header, json size); a member
+        over them is a ShardError naming shard and key, like any other damage (see dfprep.payloads).
+        """
         super().__init__()
         self.filter = SampleFilter.of(split=split, label=label, method=method, dataset=dataset)
         self.balance = _balance_mode(balance)
@@ -199,7 +215,7 @@ class FaceShards(torch.utils.data.IterableDataset):
         self.shuffle, self.seed, self.transform = shuffle, seed, transform
         self.weights = class_weights(self._counts_for_balance(), self.balance) if self.balance else None
         self.rank, self.world_size = rank, world_size
-        self.skip_bad_shards = skip_bad_shards
+        self.skip_bad_shards, self.limits = skip_bad_shards, limits
         self.skipped_shards: list[str] = []  # counted per reader: DataLoader workers keep their own
         self.skipped_samples = 0
         self.epoch = 0
@@ -232,7 +248,7 @@ class FaceShards(torch.utils.data.IterableDataset):
         """Raw samples of these shards; with skip_bad_shards a bad shard is skipped with a warning."""
         for shard in shards:
             try:
-                yield from with_meta(read_shard(shard))
+                yield from with_meta(read_shard(shard, self.limits), self.limits)
             except ShardError as exc:
                 if not self.skip_bad_shards:
                     raise
@@ -241,15 +257,24 @@ class FaceShards(torch.utils.data.IterableDataset):
                               stacklevel=2)
 
     def _decoded(self, samples: Iterator[RawSample], generator: Any) -> Iterator[Sample]:
-        """Decode and transform; a payload that will not decode is skipped only with skip_bad_shards."""
+        """Decode, check and transform; a damaged or odd-shaped sample is skipped only with skip_bad_shards.
+
+        Every sample of one reader must have the first one's image, landmark and map shapes: a batch
+        cannot hold anything else, and a hostile sample must not surface as a collate error.
+        """
+        first: tuple[tuple[int, ...], ...] | None = None
         for raw in samples:
             try:
-                sample = decode_sample(raw)
+                sample = decode_sample(raw, self.limits)
+                first = first or sample_shapes(sample)
+                problem = shapes_problem(first, sample_shapes(sample))
+                if problem is not None:
+                    raise ShardError(f"{raw.shard}: sample {raw.key!r}: {problem}")
             except ShardError as exc:
                 if not self.skip_bad_shards:
                     raise
                 self.skipped_samples += 1
-                warnings.warn(f"skipping undecodable sample ({self.skipped_samples} by this reader): {exc}",
+                warnings.warn(f"skipping bad sample ({self.skipped_samples} by this reader): {exc}",
                               stacklevel=2)
                 continue
             yield apply_transform(self.transform, sample, generator) if self.transform else sample

@@ -17,11 +17,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from dfprep.integrity import require_complete
 from dfprep.shards import Storage
 from dfprep.torch._require import require_torch
 from dfprep.torch.data import FaceShards
 from dfprep.torch.metrics import AGGREGATES, NO_FACE_SCORE, accuracy, auc, eer, video_scores
-from dfprep.torch.models import build_model, fake_logit
+from dfprep.torch.models import ModelBuildError, check_trusted_names, fake_logit, model_from_checkpoint
 from dfprep.torch.transforms import Normalize
 
 torch = require_torch()
@@ -50,20 +51,38 @@ def pick_device(name: str = "auto") -> Any:
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A dfprep checkpoint, loaded with weights_only=True (tensors and plain types only, never arbitrary pickles)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a loadable checkpoint"
+        raise ModelBuildError(f"{path}: not a loadable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(payload, dict):
+        raise ModelBuildError(f"{path}: not a dfprep checkpoint (a {type(payload).__name__}, not a mapping)")
+    return payload
 
 
-def load_detector(path: str | os.PathLike[str], device: Any) -> tuple[Any, dict[str, Any]]:
-    """The checkpoint's model, weights loaded, in eval mode on `device`, and the checkpoint itself."""
+def load_detector(path: str | os.PathLike[str], device: Any, model: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """The checkpoint's model, weights loaded, in eval mode on `device`, and the checkpoint itself.
+
+    The checkpoint may only name a registered model; a `package.module:factory` it records is imported only
+    when the caller (the user's --model) names the same factory.
+    """
     payload = load_checkpoint(path)
-    model = build_model(payload["model_name"], **payload["config"].get("model_kwargs", {}))
-    model.load_state_dict(payload["state_dict"])
-    return model.to(device).eval(), payload
+    recorded = payload.get("model_name")
+    if model is not None and recorded != model:
+        raise ModelBuildError(f"{path} records the model {str(recorded)[:80]!r}, but --model says {model!r}")
+    network = model_from_checkpoint(payload, str(path), check_trusted_names([model] if model else []))
+    normalizer(payload.get("config") or {})  # refuse a malformed mean/std before any data is read
+    return network.to(device).eval(), payload
 
 
 def normalizer(config: dict[str, Any]) -> Normalize:
-    """The normalisation the model was trained with."""
-    return Normalize(config.get("mean", DEFAULT_MEAN), config.get("std", DEFAULT_STD))
+    """The normalisation the model was trained with (three plain numbers each, else a one-line error)."""
+    mean, std = config.get("mean", DEFAULT_MEAN), config.get("std", DEFAULT_STD)
+    for name, values in (("mean", mean), ("std", std)):
+        if not isinstance(values, (list, tuple)) or len(values) != 3 or \
+                not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise ModelBuildError(f"checkpoint config {name} must be three numbers, got {str(values)[:60]}")
+    return Normalize(mean, std)
 
 
 @torch.no_grad()
@@ -132,19 +151,32 @@ def frame_loader(out: str | Sequence[str], split: str, config: dict[str, Any], b
                                        pin_memory=torch.cuda.is_available())
 
 
+def require_outputs(out_dirs: Sequence[str | os.PathLike[str]], allow_incomplete: bool = False) -> None:
+    """Refuse an OUT folder that is incomplete or damaged (cheap check): its scores would silently be wrong."""
+    for out in out_dirs:
+        if os.path.isdir(out) or "://" in str(out):
+            require_complete(str(out), allow_incomplete)
+
+
 def evaluate(checkpoint: str | os.PathLike[str], out_dirs: Sequence[str], split: str = "test", batch_size: int = 64,
              aggregate: str = "mean", workers: int = 0, device: str = "auto",
-             json_path: str | os.PathLike[str] | None = None, skip_bad_shards: bool = False) -> list[dict[str, Any]]:
-    """Score one checkpoint on every OUT folder; one row per OUT (optionally also written as JSON)."""
+             json_path: str | os.PathLike[str] | None = None, skip_bad_shards: bool = False,
+             model: str | None = None, allow_incomplete: bool = False) -> list[dict[str, Any]]:
+    """Score one checkpoint on every OUT folder; one row per OUT (optionally also written as JSON).
+
+    An incomplete or damaged OUT is refused unless `allow_incomplete`; `model` names the factory to trust
+    when the checkpoint records a `package.module:factory` instead of a registered model.
+    """
     if aggregate not in AGGREGATES:
         raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
+    require_outputs(out_dirs, allow_incomplete)
     target = pick_device(device)
-    model, payload = load_detector(checkpoint, target)
+    network, payload = load_detector(checkpoint, target, model)
     rows = []
     for out in out_dirs:
         loader = frame_loader(str(out), split, payload["config"], batch_size, workers,
                               skip_bad_shards=skip_bad_shards)
-        rows.append(score_table_row(str(out), score_frames(model, loader, target), split, aggregate))
+        rows.append(score_table_row(str(out), score_frames(network, loader, target), split, aggregate))
     if json_path is not None:
         Path(json_path).write_text(json.dumps({"checkpoint": str(checkpoint), "rows": rows}, indent=1) + "\n")
     return rows

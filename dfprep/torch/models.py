@@ -230,3 +230,101 @@ def fake_logit(output: torch.Tensor) -> torch.Tensor:
     if output.dim() == 2 and output.shape[1] == 2:
         return output[:, 1] - output[:, 0]
     raise ModelBuildError(f"model output of shape {tuple(output.shape)}: expected (B,), (B, 1) or (B, 2)")
+
+
+# ---------------------------------------------------------------- checkpoints: data, never code
+
+PLAIN_TYPES = (bool, int, float, str, type(None))
+
+
+def plain_kwargs(kwargs: Any, source: str) -> dict[str, Any]:
+    """A checkpoint's model_kwargs: identifier names and plain numbers/strings only, or a one-line error."""
+    if not isinstance(kwargs, dict):
+        raise ModelBuildError(f"{source}: model_kwargs must be a mapping, got {type(kwargs).__name__}")
+    for name, value in kwargs.items():
+        if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
+            raise ModelBuildError(f"{source}: model_kwargs has an invalid argument name {str(name)[:40]!r}")
+        if not isinstance(value, PLAIN_TYPES):
+            raise ModelBuildError(f"{source}: model_kwargs[{name!r}] is a {type(value).__name__}; "
+                                  "only plain numbers, strings, booleans and null are accepted")
+    return dict(kwargs)
+
+
+def trusted_factory(name: str, trusted: Sequence[str], source: str) -> Callable[..., nn.Module]:
+    """The factory for a checkpoint's recorded model name: a registered model, or one the user named on the command line.
+
+    A checkpoint is a file people download and share: the name it records is never imported on its own
+    authority ("shutil:copyfile" would copy a file before failing). Only a name the user also passed as
+    --model is imported.
+    """
+    if not isinstance(name, str):
+        raise ModelBuildError(f"{source}: model_name must be a string, got {type(name).__name__}")
+    if name in trusted and ":" in name:
+        return import_factory(name)
+    if name in MODELS:
+        return MODELS[name]
+    if ":" in name:
+        raise ModelBuildError(f"{source} names the model factory {name[:80]!r}; dfprep never imports code a file "
+                              f"names: if you trust it, pass --model {name[:80]}")
+    raise ModelBuildError(f"{source}: unknown model {name[:80]!r} (registered: {', '.join(sorted(MODELS))})")
+
+
+def state_dict_mismatch(expected: Any, found: Any) -> str | None:
+    """How a state_dict differs from the architecture's (missing, unexpected, reshaped keys), or None."""
+    if not isinstance(found, dict) or not all(isinstance(v, torch.Tensor) for v in found.values()):
+        return "state_dict is not a mapping of tensors"
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    reshaped = [k for k in expected if k in found and tuple(expected[k].shape) != tuple(found[k].shape)]
+    if not (missing or unexpected or reshaped):
+        return None
+    return "; ".join(f"{label} {len(keys)} (e.g. {str(keys[0])[:60]})" for label, keys in
+                     (("missing", missing), ("unexpected", unexpected), ("wrong shape", reshaped)) if keys)
+
+
+def model_from_checkpoint(payload: Any, source: str, trusted: Sequence[str] = ()) -> nn.Module:
+    """The model a loaded checkpoint describes, weights loaded, in eval mode; only plain data is taken from it.
+
+    Registered architectures are first built on the meta device (no memory), so a checkpoint whose
+    model_kwargs would allocate a huge model, or whose weights do not fit, fails before any allocation.
+    """
+    if not isinstance(payload, dict) or not {"model_name", "state_dict"} <= set(payload):
+        raise ModelBuildError(f"{source}: not a dfprep checkpoint (needs 'model_name' and 'state_dict')")
+    config = payload.get("config") or {}
+    if not isinstance(config, dict):
+        raise ModelBuildError(f"{source}: its config must be a mapping, got {type(config).__name__}")
+    kwargs = plain_kwargs(config.get("model_kwargs") or {}, source)
+    factory = trusted_factory(payload["model_name"], trusted, source)
+    if factory in MODELS.values():
+        with torch.device("meta"):
+            skeleton = _call_factory(factory, kwargs, source)
+        problem = state_dict_mismatch(skeleton.state_dict(), payload["state_dict"])
+        if problem is not None:
+            raise ModelBuildError(f"{source}: state_dict does not match its declared architecture "
+                                  f"{payload['model_name']!r}: {problem}")
+    model = _call_factory(factory, kwargs, source)
+    problem = state_dict_mismatch(model.state_dict(), payload["state_dict"])
+    if problem is not None:
+        raise ModelBuildError(f"{source}: state_dict does not match its declared architecture "
+                              f"{payload['model_name']!r}: {problem}")
+    model.load_state_dict(payload["state_dict"])
+    return model.eval()
+
+
+def _call_factory(factory: Callable[..., Any], kwargs: dict[str, Any], source: str) -> nn.Module:
+    """Call a model factory with checked kwargs; a wrong argument is a one-line error, not a traceback."""
+    try:
+        model = factory(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ModelBuildError(f"{source}: model_kwargs do not fit the model ({str(exc)[:120]})") from None
+    if not isinstance(model, nn.Module):
+        raise ModelBuildError(f"{source}: the model factory returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def check_trusted_names(names: Sequence[str]) -> tuple[str, ...]:
+    """--model values for evaluate/maps: registered names or package.module:factory paths."""
+    for name in names:
+        if name not in MODELS and ":" not in name:
+            raise ModelBuildError(f"--model {name!r}: use one of {sorted(MODELS)} or 'package.module:factory'")
+    return tuple(names)

@@ -15,6 +15,7 @@ from typing import IO, Any, Iterator
 from webdataset.tariterators import base_plus_ext
 
 from dfprep.errors import DfprepError
+from dfprep.payloads import CRC_FIELD, DEFAULT_LIMITS, PayloadError, ReadLimits, crc_mismatch, load_json
 from dfprep.torch.shardlist import ShardSource, open_binary
 
 SAFE_TYPES = frozenset({"jpg", "jpeg", "png", "webp", "npy", "json"})
@@ -90,14 +91,17 @@ def _check_end(shard: str, handle: IO[bytes], end: int, members: list[tarfile.Ta
                      "re-run the command that wrote it")
 
 
-def read_members(shard: str) -> Iterator[tuple[str, str, bytes]]:
-    """(key, extension, payload) for every member, after checking types and integrity of the whole tar."""
+def read_members(shard: str, limits: ReadLimits = DEFAULT_LIMITS) -> Iterator[tuple[str, str, bytes]]:
+    """(key, extension, payload) for every member, after checking types, sizes and integrity of the whole tar."""
     with open_binary(shard) as handle:
         members, end = _walk_headers(shard, handle)
         files = [info for info in members if not info.isdir()]  # folder entries carry no payload
         for info in files:
             if not info.isreg():
                 raise UnsafeMemberError(f"{shard}: refusing member {info.name!r} (links and devices are not read)")
+            if info.size > limits.max_member_bytes:
+                raise ShardError(f"{shard}: member {info.name!r} declares {info.size} bytes, over the "
+                                 f"{limits.max_member_bytes}-byte limit (ReadLimits.max_member_bytes)")
         names = [member_type(shard, info.name) for info in files]
         _check_end(shard, handle, end, members)
         for info, (key, extension) in zip(files, names):
@@ -128,10 +132,10 @@ def group_samples(shard: str, members: Iterator[tuple[str, str, bytes]]) -> Iter
         yield current
 
 
-def shard_samples(shard: ShardSource) -> Iterator[RawSample]:
+def shard_samples(shard: ShardSource, limits: ReadLimits = DEFAULT_LIMITS) -> Iterator[RawSample]:
     """A shard's raw samples; the count must match what its commit marker or index promised."""
     count = 0
-    for sample in group_samples(shard.tar, read_members(shard.tar)):
+    for sample in group_samples(shard.tar, read_members(shard.tar, limits)):
         count += 1
         yield sample
     if shard.samples is not None and count != shard.samples:
@@ -149,6 +153,7 @@ def join_maps(faces: Iterator[RawSample], maps: Iterator[RawSample], shard: Shar
                                    f"{sample.key!r}; map shards must hold the same keys in the same order")
         if MAP_MEMBER not in companion.members:
             raise MapMismatchError(f"{shard.maps}: key {sample.key!r} has no .{MAP_MEMBER} member")
+        check_companion(companion)
         sample.members["map"] = companion.members[MAP_MEMBER]
         position += 1
         yield sample
@@ -157,10 +162,24 @@ def join_maps(faces: Iterator[RawSample], maps: Iterator[RawSample], shard: Shar
         raise MapMismatchError(f"{shard.maps}: extra map {extra.key!r} after the last face of {shard.tar}")
 
 
-def read_shard(shard: ShardSource) -> Iterator[RawSample]:
+def check_companion(companion: RawSample) -> None:
+    """A map sample's PNG must match the crc32 its json recorded (map shards written before crc32s have none)."""
+    if "json" not in companion.members:
+        return
+    try:
+        meta = load_json(companion.members["json"])
+    except PayloadError as exc:
+        raise ShardError(f"{companion.shard}: sample {companion.key!r}: {exc}") from None
+    problem = crc_mismatch({MAP_MEMBER: companion.members[MAP_MEMBER]},
+                           meta.get(CRC_FIELD) if isinstance(meta, dict) else None)
+    if problem is not None:
+        raise ShardError(f"{companion.shard}: sample {companion.key!r}: {problem}")
+
+
+def read_shard(shard: ShardSource, limits: ReadLimits = DEFAULT_LIMITS) -> Iterator[RawSample]:
     """Raw samples of a face shard, with its companion maps joined when it has any."""
-    faces = shard_samples(shard)
+    faces = shard_samples(shard, limits)
     if shard.maps is None:
         return faces
-    maps = group_samples(shard.maps, read_members(shard.maps))
+    maps = group_samples(shard.maps, read_members(shard.maps, limits))
     return join_maps(faces, maps, shard)

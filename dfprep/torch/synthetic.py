@@ -120,7 +120,8 @@ def _write_unit(storage: Storage, name: str, videos: list[dict[str, Any]], spec:
             sample = _face_sample(video, frame * 10, spec, rng)
             writer.add(sample)
             if maps is not None:
-                maps.add(Sample(sample.key, {"prmap.png": region_map}, {"video_id": video["video_id"]}))
+                maps.add(Sample(sample.key, {"prmap.png": region_map, "json": json.dumps({"key": sample.key}).encode()},
+                                {"video_id": video["video_id"]}))
     writer.commit({"unit": name, "videos": videos})
     if maps is not None:
         maps.commit({"unit": name, "map": spec.maps})
@@ -135,10 +136,14 @@ def write_synthetic_out(folder: str, spec: SyntheticSpec = SyntheticSpec()) -> d
     rng = np.random.default_rng(spec.seed)
     rows = _video_rows(spec)
     counts: dict[str, int] = {}
+    shards: list[str] = []
     for split in spec.videos:
         with_faces = [r for r in rows if r["split"] == split and r["faces_written"]]
         for number, start in enumerate(range(0, len(with_faces), spec.videos_per_shard)):
-            _write_unit(storage, f"{split}-{number:06d}", with_faces[start:start + spec.videos_per_shard], spec, rng)
+            shards.append(f"{split}-{number:06d}")
+            _write_unit(storage, shards[-1], with_faces[start:start + spec.videos_per_shard], spec, rng)
         counts[split] = len(with_faces) * spec.frames
     storage.write_table("videos.parquet", pa.Table.from_pylist(rows))
+    storage.write_json("dataset.json", {"config": {"alignment": {"size": spec.size}}, "shards": shards,
+                                        "complete": True, "videos": len(rows), "samples": sum(counts.values())})
     return counts

@@ -25,7 +25,7 @@ from dfprep import __version__
 from dfprep.errors import DfprepError
 from dfprep.torch._require import require_torch
 from dfprep.torch.data import FaceShards, derive_seed
-from dfprep.torch.evaluate import frame_loader, load_checkpoint, pick_device, score_frames
+from dfprep.torch.evaluate import frame_loader, load_checkpoint, pick_device, require_outputs, score_frames
 from dfprep.torch.metrics import auc, video_scores
 from dfprep.torch.models import build_model, fake_logit
 from dfprep.torch.transforms import Compose, Normalize, PrimaryRegionErasing, RandomHorizontalFlip
@@ -66,6 +66,7 @@ class TrainConfig:
     shuffle_buffer: int = 1000
     balance: bool | str = False
     skip_bad_shards: bool = False  # a truncated/corrupt shard is skipped with a warning instead of stopping
+    allow_incomplete: bool = False  # read an OUT that is incomplete or damaged instead of refusing it
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
 
@@ -249,13 +250,14 @@ def train(out_dirs: Sequence[str | os.PathLike[str]], run_dir: str | os.PathLike
     """Train (or resume) a detector on the train split of every OUT; returns the per-epoch metric rows.
 
     ``more`` takes the remaining TrainConfig fields: weight_decay, shuffle_buffer, balance, model_kwargs,
-    mean, std.
+    mean, std, skip_bad_shards, allow_incomplete (an incomplete or damaged OUT is refused without it).
     """
     config = TrainConfig(out_dirs=tuple(os.path.abspath(o) for o in out_dirs), model=model, epochs=epochs,
                          batch_size=batch_size, lr=lr, optimizer=optimizer, workers=workers,
                          region_erasing=region_erasing, maps=maps, seed=seed, device=device,
                          max_steps_per_epoch=max_steps_per_epoch, **more)
     check_options(config)
+    require_outputs(config.out_dirs, config.allow_incomplete)
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     if not resume:
