@@ -14,6 +14,7 @@ import numpy as np
 from dfprep.align import AlignedFace, align_face
 from dfprep.catalog.base import VideoRecord
 from dfprep.config import PipelineConfig
+from dfprep.errors import one_line
 from dfprep.faces import Face, FaceAnalyzer
 from dfprep.identity import IdentityCollector
 from dfprep.models import ResolvedModel, load_check, resolve_model
@@ -91,32 +92,67 @@ class VideoExtractor:
         self.identity = (IdentityCollector(models.descriptor.path, config.detection.identity_frames)
                          if models.descriptor is not None else None)
         self.probe_cache: dict[str, VideoInfo] = {}
+        self._stage = "probe"  # where the current video is, for an internal_error row's reason
+        self._faces = 0  # faces of the current video handed to the sink
 
     def extract(self, record: VideoRecord, original_path: str | None,
                 sink: Callable[[Sample], None]) -> VideoResult:
-        """Run the whole per-video pipeline; every outcome becomes a status row, never an exception."""
+        """Run the whole per-video pipeline; every outcome becomes a status row, never an exception.
+
+        A VideoError is the video's own problem (corrupt, unsupported, too slow); any other exception inside
+        a stage (a ValueError from align, a cv2.error, a dlib RuntimeError) becomes `internal_error` with the
+        stage and exception type, and the faces written before it are kept, as for `decode_error`. What
+        still propagates: the sink's errors (the output storage failed: not this video's fault),
+        MemoryError, and KeyboardInterrupt/SystemExit (not Exceptions).
+        """
         timings: Counter[str] = Counter()
         row = base_row(record)
         if record.status != "found":
             return VideoResult({**row, "status": "missing", "error": record.error or "file not found"}, {})
-        started = time.monotonic()
+        self._stage, self._faces = "probe", 0
+        if self.identity is not None:
+            self.identity.reset(0)  # a video that fails before its plan must not report the previous one's identity
         try:
-            info = probe(record.path)
-            self.probe_cache[record.path] = info
-            plan, plan_note = plan_for_family(record, info, original_path, self.config, self.probe_cache)
-            timings["probe"] += time.monotonic() - started
-            row.update(frames_planned=len(plan), plan=plan_note, frame_count=info.frame_count, fps=info.fps)
-            deadline = started + self.config.sampling.video_timeout_s
-            per_frame = self._run_plan(record, info, plan, deadline, sink, timings)
-            status, error = outcome(per_frame, plan)
-            written = sum(per_frame.values())
+            status, error = self._extract_video(record, original_path, sink, timings, row)
         except VideoError as exc:
             status, error = exc.status, str(exc)
-            written = getattr(exc, "faces_written", 0)
-        row.update(status=status, error=error, faces_written=written)
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any bug or library failure inside one video is that video's row
+            if self._stage == "write":
+                raise
+            status, error = "internal_error", internal_reason(self.stage(), exc)
         if self.identity is not None:
-            row["identity"], row["identity_faces"] = self.identity.video_identity()
+            status, error = self._identity_columns(row, status, error)
+        row.update(status=status, error=error, faces_written=self._faces)
         return VideoResult(row, dict(timings))
+
+    def _identity_columns(self, row: dict[str, Any], status: str, error: str) -> tuple[str, str]:
+        """The video's identity descriptor (from whatever faces it gave); a failure here is an internal_error too."""
+        try:
+            row["identity"], row["identity_faces"] = self.identity.video_identity()  # type: ignore[union-attr]
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - see extract()
+            return "internal_error", internal_reason("identity", exc)
+        return status, error
+
+    def _extract_video(self, record: VideoRecord, original_path: str | None, sink: Callable[[Sample], None],
+                       timings: Counter[str], row: dict[str, Any]) -> tuple[str, str]:
+        """Probe, plan, run the plan and summarise; fills the row's plan columns as it goes."""
+        started = time.monotonic()
+        info = probe(record.path)
+        self.probe_cache[record.path] = info
+        self._stage = "plan"
+        plan, plan_note = plan_for_family(record, info, original_path, self.config, self.probe_cache)
+        timings["probe"] += time.monotonic() - started
+        row.update(frames_planned=len(plan), plan=plan_note, frame_count=info.frame_count, fps=info.fps)
+        deadline = started + self.config.sampling.video_timeout_s
+        return outcome(self._run_plan(record, info, plan, deadline, sink, timings), plan)
+
+    def stage(self) -> str:
+        """The stage the current video is in; detection reports whether it was finding faces or landmarks."""
+        return self.analyzer.stage if self._stage == "detect" else self._stage
 
     def _run_plan(self, record: VideoRecord, info: VideoInfo, plan: list[int], deadline: float,
                   sink: Callable[[Sample], None], timings: Counter[str]) -> dict[int, int]:
@@ -125,15 +161,11 @@ class VideoExtractor:
         if self.identity is not None:
             self.identity.reset(len(plan))
         written: dict[int, int] = {}
-        try:
-            for frame in self._decode(record.path, plan, info, deadline, timings):
-                written[frame.index] = self._emit(record, frame, frame.index, sink, timings)
-            missing = [p for p in plan if not written.get(p)]
-            if missing and self.config.sampling.neighbour_retry > 0:
-                self._retry_neighbours(record, info, missing, deadline, sink, timings, written)
-        except VideoError as exc:
-            exc.faces_written = sum(written.values())  # type: ignore[attr-defined]
-            raise
+        for frame in self._decode(record.path, plan, info, deadline, timings):
+            written[frame.index] = self._emit(record, frame, frame.index, sink, timings)
+        missing = [p for p in plan if not written.get(p)]
+        if missing and self.config.sampling.neighbour_retry > 0:
+            self._retry_neighbours(record, info, missing, deadline, sink, timings, written)
         return written
 
     def _retry_neighbours(self, record: VideoRecord, info: VideoInfo, missing: list[int], deadline: float,
@@ -165,9 +197,11 @@ class VideoExtractor:
     def _decode(self, path: str, indices: list[int], info: VideoInfo, deadline: float,
                 timings: Counter[str]) -> Iterable[DecodedFrame]:
         """Decoded frames, with decode time accounted separately from the work done on each frame."""
+        self._stage = "decode"
         iterator = iter(decode_frames(path, indices, info, deadline=deadline, threads=self.decode_threads))
         while True:
             started = time.monotonic()
+            self._stage = "decode"
             frame = next(iterator, None)
             timings["decode"] += time.monotonic() - started
             if frame is None:
@@ -179,6 +213,7 @@ class VideoExtractor:
     def _detect(self, image: np.ndarray, timings: Counter[str]) -> list[Face]:
         """Faces in one frame, with detector and landmark time accounted."""
         before = dict(self.analyzer.timings)
+        self._stage = "detect"
         faces = self.analyzer.analyze(image)
         for stage in ("detect", "landmarks"):
             timings[stage] += self.analyzer.timings.get(stage, 0.0) - before.get(stage, 0.0)
@@ -194,13 +229,19 @@ class VideoExtractor:
         """Align, encode and hand each face of a frame to the sink."""
         for face in faces:
             started = time.monotonic()
+            self._stage = "align"
             aligned = align_face(frame.image, face.landmarks, face.box, self.config.alignment)
             timings["align"] += time.monotonic() - started
             started = time.monotonic()
-            sink(self._sample(record, frame, planned, face, aligned))
+            self._stage = "encode"
+            sample = self._sample(record, frame, planned, face, aligned)
+            self._stage = "write"
+            sink(sample)
+            self._faces += 1
             timings["encode"] += time.monotonic() - started
             if self.identity is not None:
                 started = time.monotonic()
+                self._stage = "identity"
                 self.identity.observe(frame.image, face)
                 timings["identity"] += time.monotonic() - started
         return len(faces)
@@ -232,6 +273,11 @@ def _first_with_face(options: list[int], seen: set[int], with_faces: dict[int, A
         if option not in seen:
             return _UNDECIDED
     return None
+
+
+def internal_reason(stage: str, exc: BaseException) -> str:
+    """One line for an internal_error row: stage, exception type and its first line (`align: ValueError: …`)."""
+    return f"internal error in {stage}: {type(exc).__name__}: {one_line(exc, limit=160, fallback='(no message)')}"
 
 
 def outcome(written: dict[int, int], plan: list[int]) -> tuple[str, str]:

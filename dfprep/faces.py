@@ -152,6 +152,7 @@ class FaceAnalyzer:
         self.tracked_detections = 0  # frames served by the windows around previous faces
         self._tracks: list[tuple[Box, int]] = []
         self._next_id = 0
+        self.stage = "detect"  # detect | landmarks: which half of `analyze` runs (named in internal errors)
 
     def reset(self) -> None:
         """Start a new video: previous faces say nothing about where faces are now."""
@@ -162,6 +163,7 @@ class FaceAnalyzer:
         """Faces of one RGB uint8 frame per the `select` policy, with landmarks and track ids."""
         image = np.ascontiguousarray(image)
         start = time.perf_counter()
+        self.stage = "detect"
         tracked = self._track(image) if self.config.tracking and self._tracks else []
         if tracked:
             self.tracked_detections += 1
@@ -170,6 +172,7 @@ class FaceAnalyzer:
             self.full_detections += 1
             chosen = self._assign_ids(select_faces(self._detect_full(image), self.config.select, image.shape))
         middle = time.perf_counter()
+        self.stage = "landmarks"
         faces = [Face(box, score, self.landmarks(image, box), track_id) for box, score, track_id in chosen]
         self.timings["detect"] += middle - start
         self.timings["landmarks"] += time.perf_counter() - middle
