@@ -14,7 +14,16 @@ from dfprep.errors import LayoutError
 
 REAL, FAKE = 0, 1
 SPLITS = ("train", "val", "test")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+# File extensions taken as videos: the containers and raw streams FFmpeg (PyAV) commonly reads. A file with
+# any other extension is not a video to the catalog (adapters that scan folders report how many they skipped).
+VIDEO_EXTENSIONS = (
+    ".mp4", ".m4v", ".mov", ".qt", ".3gp", ".3g2", ".mj2",  # ISO/QuickTime family
+    ".mkv", ".webm", ".avi", ".divx", ".flv", ".f4v", ".wmv", ".asf", ".ogv", ".mxf", ".dv", ".nut",
+    ".rm", ".rmvb",
+    ".mpg", ".mpeg", ".mpe", ".m1v", ".m2v", ".mpv", ".vob",  # MPEG program streams and elementary video
+    ".ts", ".m2ts", ".mts", ".m2t", ".tp", ".trp",  # MPEG transport streams (broadcast, AVCHD)
+    ".h264", ".264", ".avc", ".h265", ".265", ".hevc", ".ivf", ".y4m", ".mjpeg", ".mjpg",  # raw streams
+)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -53,16 +55,28 @@ def label_folders(root: Path) -> list[tuple[str | None, Path]]:
     return found
 
 
-def videos_below(folder: Path) -> list[Path]:
-    """Video files anywhere below `folder`, hidden files and folders skipped, sorted by relative path."""
-    videos = [
-        path
-        for path in folder.rglob("*")
-        if path.suffix.lower() in VIDEO_EXTENSIONS
-        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-        and path.is_file()
-    ]
+def videos_below(folder: Path, skipped: Counter[str] | None = None) -> list[Path]:
+    """Video files anywhere below `folder`, hidden files and folders skipped, sorted by relative path.
+
+    Other files are counted in `skipped` by extension, so the catalog can say what it left out.
+    """
+    videos = []
+    for path in folder.rglob("*"):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts) or not path.is_file():
+            continue
+        if path.suffix.lower() in VIDEO_EXTENSIONS:
+            videos.append(path)
+        elif skipped is not None:
+            skipped[path.suffix.lower() or "(none)"] += 1
     return sorted(videos, key=lambda p: p.relative_to(folder).parts)
+
+
+def skipped_warning(skipped: Counter[str]) -> str:
+    """One line for the summary: how many files were not taken as videos, by extension."""
+    kinds = ", ".join(f"{extension} {count}" for extension, count in skipped.most_common(6))
+    more = ", …" if len(skipped) > 6 else ""
+    return (f"folder: skipped {sum(skipped.values())} file(s) whose extension is not a video extension ({kinds}{more}); "
+            "`dfprep datasets folder` lists the video extensions")
 
 
 def stem_of(relative: Path) -> str:
@@ -132,7 +146,9 @@ class FolderAdapter(DatasetAdapter):
     layout = """\
 <root>/{real,fake}/[<method>/]**/*.mp4           method = first sub-folder (or real/fake itself)
 <root>/{train,val,test}/{real,fake}/[<method>/]**/*.mp4   split from the folder; ids start with it
-or: <root>/labels.csv (or root = any .csv)       header path,label[,split]; paths relative to the CSV, or absolute"""
+or: <root>/labels.csv (or root = any .csv)       header path,label[,split]; paths relative to the CSV, or absolute
+videos: files with a video extension (other files are skipped and counted in a catalog warning):
+  """ + " ".join(e.lstrip(".") for e in VIDEO_EXTENSIONS)
     labels = (
         "real/ and 0/real rows 0, fake/ and 1/fake rows 1; split from the split folder or CSV column, "
         "else dataset.default_split; every video is its own family (no pairing); a CSV, when present, wins"
@@ -154,13 +170,16 @@ or: <root>/labels.csv (or root = any .csv)       header path,label[,split]; path
 
     def folder_records(self, root: Path, options: DatasetConfig) -> Iterator[VideoRecord]:
         """Label from the real/fake folder, split from its parent split folder."""
+        skipped: Counter[str] = Counter()
         for split, label_folder in label_folders(root):
             kind = label_folder.name.lower()
-            for path in videos_below(label_folder):
+            for path in videos_below(label_folder, skipped):
                 relative = path.relative_to(label_folder)
                 method = relative.parts[0] if len(relative.parts) > 1 else kind
                 stem = f"{split}__{stem_of(relative)}" if split else stem_of(relative)
                 yield self.record(path, method, stem, split or options.default_split, LABEL_FOLDERS[kind])
+        if skipped:
+            warnings.warn(skipped_warning(skipped), stacklevel=2)
 
     def table_records(self, table: Path, options: DatasetConfig) -> Iterator[VideoRecord]:
         """One record per CSV row; a row naming an absent file is a 'missing' record."""

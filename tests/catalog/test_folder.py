@@ -152,3 +152,24 @@ def test_unreadable_csv_is_a_layout_error(tmp_path: Path) -> None:
     table.write_bytes(b"path,label\n" + b"a.mp4,0\n" * 5000 + b"\xff\xfe,1\n")
     with pytest.raises(LayoutError, match="cannot read the label CSV"):
         list(scan("folder", table))
+
+
+def test_every_common_ffmpeg_container_is_a_video_and_other_files_are_counted(tmp_path: Path) -> None:
+    touch(tmp_path, "real/a.mpg", "real/b.ts", "real/c.h264", "real/d.M2TS", "real/e.mts", "real/f.flv",
+          "real/g.wmv", "real/h.3gp", "real/i.hevc", "real/j.mpeg", "fake/k.264", "fake/notes.txt",
+          "fake/l.JPG", "fake/m.txt", "fake/noext", "fake/.hidden.txt")
+    with pytest.warns(UserWarning) as caught:
+        records = summary(tmp_path)
+    assert [r[0].rsplit("/", 1)[1] for r in records] == list("abcdefghijk")
+    messages = [str(w.message) for w in caught]
+    assert messages == ["folder: skipped 4 file(s) whose extension is not a video extension "
+                        "(.txt 2, .jpg 1, (none) 1); `dfprep datasets folder` lists the video extensions"]
+
+
+def test_no_warning_when_every_file_is_a_video(tmp_path: Path) -> None:
+    import warnings
+
+    touch(tmp_path, "real/a.mp4", "fake/b.ts")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(summary(tmp_path)) == 2
