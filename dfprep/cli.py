@@ -237,10 +237,11 @@ def verify(output: str, deep: bool, as_json: bool, repair: bool, quiet: bool) ->
     """Read every shard of OUTPUT once and check it against its commit marker; exit 1 when anything is damaged."""
     from tqdm import tqdm
 
-    from dfprep.integrity import count_shards, uncommit, verify_output
+    from dfprep.integrity import check_is_output, count_shards, uncommit, verify_output
     from dfprep.shards import Storage
 
     storage = Storage(output)
+    check_is_output(storage)
     with tqdm(total=count_shards(storage), unit="shard", desc="verify", disable=quiet, dynamic_ncols=True) as bar:
         report = verify_output(storage, deep=deep, step=lambda: bar.update(1))
     removed = [name for damage in report.problems if repair and damage.shard for name in uncommit(storage, damage.shard)]

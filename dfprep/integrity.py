@@ -125,11 +125,21 @@ def damaged_units(storage: Storage, committed: dict[str, dict[str, Any]], folder
     return {unit: reason for unit, reason in problems.items() if reason is not None}
 
 
+def parquet_table(data: bytes, columns: list[str] | None = None) -> pa.Table:
+    """A parquet file held in memory, read on this thread.
+
+    With pyarrow 26, `dfprep verify` processes that read indexes on Arrow's thread pool aborted at exit in
+    about 1 run of 25 ("terminate called without an active exception", exit status 134 after a clean
+    report); single-threaded reads of these small indexes never did (90 runs).
+    """
+    return pq.ParquetFile(pa.BufferReader(data)).read(columns=columns, use_threads=False)
+
+
 def planned_units(storage: Storage) -> list[str]:
     """The units the persisted plan promises (from plan.parquet, else dataset.json's shard list)."""
     if storage.exists(PLAN_TABLE):
         try:
-            table = pq.read_table(pa.BufferReader(storage.read_bytes(PLAN_TABLE)), columns=["unit"])
+            table = parquet_table(storage.read_bytes(PLAN_TABLE), ["unit"])
             return sorted(set(table.column("unit").to_pylist()))
         except (OSError, pa.ArrowException, KeyError):
             return []
@@ -225,50 +235,71 @@ def _samples(tar_name: str, tar: tarfile.TarFile) -> Iterator[tuple[str, dict[st
         yield key_now, payloads
 
 
-def _sample_problem(key: str, payloads: dict[str, bytes], format_version: int) -> str | None:
-    """Why one sample fails its crc32s (format 2 markers promise them), or None."""
+def _sample_problem(key: str, payloads: dict[str, bytes], format_version: int) -> tuple[str | None, Any]:
+    """Why one sample fails its crc32s (format 2 markers promise them), or None; and its parsed json."""
     if "json" not in payloads:
-        return f"sample {key!r} has no json member" if format_version >= 2 else None
+        return (f"sample {key!r} has no json member" if format_version >= 2 else None), None
     try:
         meta = load_json(payloads["json"])
     except PayloadError as exc:
-        return f"sample {key!r}: {exc}"
+        return f"sample {key!r}: {exc}", None
     recorded = meta.get(CRC_FIELD) if isinstance(meta, dict) else None
     if recorded is None:
-        return f"sample {key!r} records no crc32s" if format_version >= 2 else None
+        return (f"sample {key!r} records no crc32s" if format_version >= 2 else None), meta
     problem = crc_mismatch({e: p for e, p in payloads.items() if e != "json"}, recorded)
     missing = sorted(set(recorded) - set(payloads)) if isinstance(recorded, dict) else []
     if problem is None and missing:
         problem = f"member .{missing[0]} is missing"
-    return f"sample {key!r}: {problem}" if problem else None
+    return (f"sample {key!r}: {problem}" if problem else None), meta
 
 
-def read_tar(storage: Storage, name: str, deep: bool, format_version: int) -> tuple[list[str], str | None, str | None]:
-    """Stream one tar: (keys in order, first sample problem or None, sha256 when deep)."""
+def _indexed_fields(meta: Any) -> tuple[Any, Any]:
+    """(label, frame) a sample's json says: the json is not covered by the crc32s, the index cross-checks it."""
+    return (meta.get("label"), meta.get("frame")) if isinstance(meta, dict) else (None, None)
+
+
+def read_tar(storage: Storage, name: str, deep: bool,
+             format_version: int) -> tuple[list[str], list[tuple[Any, Any]], str | None, str | None]:
+    """Stream one tar: (keys in order, (label, frame) per sample, first sample problem or None, sha256 when deep)."""
     keys: list[str] = []
+    fields: list[tuple[Any, Any]] = []
     with storage.fs.open_input_stream(storage.path(name)) as stream:
         reader = HashingReader(stream, deep)
         try:
             with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
                 for key, payloads in _samples(name, tar):
+                    problem, meta = _sample_problem(key, payloads, format_version)
                     keys.append(key)
-                    problem = _sample_problem(key, payloads, format_version)
+                    fields.append(_indexed_fields(meta))
                     if problem is not None:
-                        return keys, problem, None
+                        return keys, fields, problem, None
         except (tarfile.TarError, EOFError, ShardReadError) as exc:
-            return keys, f"not a readable tar after {len(keys)} samples ({one_line(exc, fallback='damaged')})", None
+            return keys, fields, f"not a readable tar after {len(keys)} samples ({one_line(exc, fallback='damaged')})", None
         reader.drain()
-    return keys, None, reader.digest.hexdigest() if reader.digest else None
+    return keys, fields, None, reader.digest.hexdigest() if reader.digest else None
 
 
-def index_keys(storage: Storage, name: str, deep: bool) -> tuple[list[str] | None, str | None]:
-    """A shard index's key column (None when unreadable) and its sha256 when deep."""
+def read_index(storage: Storage, name: str, deep: bool) -> tuple[dict[str, list] | None, str | None]:
+    """A shard index's key (and label, frame when present) columns, None when unreadable; its sha256 when deep."""
     try:
         data = storage.read_bytes(name)
-        keys = pq.read_table(pa.BufferReader(data), columns=["key"]).column("key").to_pylist()
-    except (OSError, pa.ArrowException, KeyError):
+        table = parquet_table(data)
+        columns = {c: table.column(c).to_pylist() for c in ("key", "label", "frame") if c in table.column_names}
+    except (OSError, pa.ArrowException):
         return None, None
-    return keys, hashlib.sha256(data).hexdigest() if deep else None
+    return (columns if "key" in columns else None), hashlib.sha256(data).hexdigest() if deep else None
+
+
+def _index_disagreement(index: dict[str, list], keys: list[str], fields: list[tuple[Any, Any]]) -> str | None:
+    """How the parquet index disagrees with what the tar holds (keys and order, then label and frame)."""
+    if index["key"] != keys:
+        return "its parquet index lists other keys (or another order) than the tar holds"
+    for position, name in enumerate(("label", "frame")):
+        if name in index:
+            for key, indexed, (*found,) in zip(keys, index[name], fields):
+                if found[position] is not None and found[position] != indexed:
+                    return f"sample {key!r}: its json says {name} {found[position]!r}, its index {indexed!r}"
+    return None
 
 
 def shard_problem(storage: Storage, unit: str, stats: dict[str, Any], deep: bool,
@@ -277,23 +308,22 @@ def shard_problem(storage: Storage, unit: str, stats: dict[str, Any], deep: bool
     if not stats.get("tar"):
         return None, []
     version = stats.get("format", 1) if isinstance(stats.get("format", 1), int) else 1
-    keys, problem, tar_sha = read_tar(storage, stats["tar"], deep, version)
+    keys, fields, problem, tar_sha = read_tar(storage, stats["tar"], deep, version)
     if problem is not None:
         return problem, keys
     if len(keys) != stats.get("samples"):
         return f"holds {len(keys)} samples, its commit marker promises {stats.get('samples')}", keys
-    indexed, index_sha = index_keys(storage, f"{unit}.parquet", deep)
-    if indexed is None:
+    index, index_sha = read_index(storage, f"{unit}.parquet", deep)
+    if index is None:
         return f"{unit}.parquet is unreadable", keys
-    if indexed != keys:
-        return "its parquet index lists other keys (or another order) than the tar holds", keys
-    if expected_keys is not None and keys != expected_keys:
-        return "holds other keys (or another order) than its face shard", keys
-    if deep and stats.get("tar_sha256") and tar_sha != stats["tar_sha256"]:
-        return f"{stats['tar']} sha256 differs from its commit marker (damaged bytes)", keys
-    if deep and stats.get("parquet_sha256") and index_sha != stats["parquet_sha256"]:
-        return f"{unit}.parquet sha256 differs from its commit marker", keys
-    return None, keys
+    problem = _index_disagreement(index, keys, fields)
+    if problem is None and expected_keys is not None and keys != expected_keys:
+        problem = "holds other keys (or another order) than its face shard"
+    if problem is None and deep and stats.get("tar_sha256") and tar_sha != stats["tar_sha256"]:
+        problem = f"{stats['tar']} sha256 differs from its commit marker (damaged bytes)"
+    if problem is None and deep and stats.get("parquet_sha256") and index_sha != stats["parquet_sha256"]:
+        problem = f"{unit}.parquet sha256 differs from its commit marker"
+    return problem, keys
 
 
 def _verify_folder(storage: Storage, folder: str, report: VerifyReport, face_keys: dict[str, list[str]] | None,
@@ -327,13 +357,18 @@ def map_sets(storage: Storage) -> list[str]:
     return sorted(i.base_name for i in storage.fs.get_file_info(selector) if i.type == pafs.FileType.Directory)
 
 
-def verify_output(out: str | Storage, deep: bool = False, step: Callable[[], None] = lambda: None) -> VerifyReport:
-    """`dfprep verify`: the cheap checks, then every shard (and map shard) read once; see the module docstring."""
-    storage = out if isinstance(out, Storage) else Storage(out)
+def check_is_output(storage: Storage) -> None:
+    """Refuse, in one line, a folder that does not exist or holds no dfprep output."""
     if storage.fs.get_file_info(storage.root).type != pafs.FileType.Directory:
         raise DfprepError(f"{storage.root}: no such output folder")
     if not storage.exists(DATASET_JSON) and not any(n.endswith(STATS_SUFFIX) for n in file_sizes(storage)):
         raise DfprepError(f"{storage.root} is not a dfprep output (no {DATASET_JSON} and no commit markers)")
+
+
+def verify_output(out: str | Storage, deep: bool = False, step: Callable[[], None] = lambda: None) -> VerifyReport:
+    """`dfprep verify`: the cheap checks, then every shard (and map shard) read once; see the module docstring."""
+    storage = out if isinstance(out, Storage) else Storage(out)
+    check_is_output(storage)
     report = VerifyReport(storage.root, deep)
     cheap = output_problems(storage)
     report.problems += [d for d in cheap if d.kind == "incomplete"]
