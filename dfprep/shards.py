@@ -330,8 +330,9 @@ def _checked_samples(tar_name: str, samples: Iterator[tuple[str, dict[str, bytes
                 meta = load_json(payloads["json"], limits)
             except PayloadError as exc:
                 raise ShardReadError(f"{tar_name}: sample {key!r}: {exc}") from None
-            recorded = meta.get(CRC_FIELD) if isinstance(meta, dict) else None
-            problem = crc_mismatch({e: p for e, p in payloads.items() if e != "json"}, recorded)
+            if not isinstance(meta, dict):
+                raise ShardReadError(f"{tar_name}: sample {key!r}: json is a {type(meta).__name__}, expected an object")
+            problem = crc_mismatch({e: p for e, p in payloads.items() if e != "json"}, meta.get(CRC_FIELD))
             if problem is not None:
                 raise ShardReadError(f"{tar_name}: sample {key!r}: {problem}")
         yield key, payloads if keep_json else {e: p for e, p in payloads.items() if e != "json"}

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import json
+import struct
+import tarfile
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from dfprep.shards import encode_image, encode_npy
 from dfprep.synthetic import FacePlacement, linear_motion, write_clip
 
 FFPP_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "ffpp-mini"
@@ -56,3 +63,72 @@ def ray_session():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield ray
     ray.shutdown()
+
+
+# ---------------------------------------------------------------- hand-made hostile shard members
+
+GIGANTIC_SIDE = 30000
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def gigantic_png(side: int = GIGANTIC_SIDE) -> bytes:
+    """A PNG whose header declares side x side gray pixels (30000² = 900 MB gray, 2.7 GB as BGR).
+
+    Only the first rows' data are included: readers must refuse it from its header, never decode it. The
+    full file (all rows of zeros) is the issue's 875 KB PNG that took 13 GB to load.
+    """
+    rows = zlib.compress(b"\0" * (side + 1) * 64)
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", rows) + _png_chunk(b"IEND", b"")
+
+
+def face_members(key: str, label: int = 0, size: int = 32, points: int = 68, **meta_fields) -> dict[str, bytes]:
+    """A well-formed sample's members (jpg, ldm.npy, json); `meta_fields` override json fields."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+    meta = {"key": key, "label": label, "video_id": f"v/{key}", "dataset": "d", "method": "m", "split": "train",
+            "frame": 0, **meta_fields}
+    return {"jpg": encode_image(image, "jpg", 90), "ldm.npy": encode_npy(np.zeros((points, 2), np.float32)),
+            "json": json.dumps(meta).encode()}
+
+
+def write_raw_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> Path:
+    """A tar of exactly these members, written without ShardWriter (so nothing is fixed up on the way)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, members in samples:
+            for extension, payload in members.items():
+                info = tarfile.TarInfo(f"{key}.{extension}")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    return path
+
+
+def write_sparse_member_tar(path: Path, declared: int = 2**31) -> Path:
+    """A tar whose one member declares `declared` bytes of data, stored sparse (it costs no disk)."""
+    info = tarfile.TarInfo("a-000000.jpg")
+    info.size = declared
+    header = info.tobuf(format=tarfile.USTAR_FORMAT)
+    with open(path, "wb") as handle:
+        handle.write(header)
+        handle.seek(len(header) + declared)
+        handle.write(b"\0" * 2 * tarfile.BLOCKSIZE)
+    return path
+
+
+class HostileKit:
+    """The hostile-member helpers above, as one fixture."""
+
+    gigantic_png = staticmethod(gigantic_png)
+    face_members = staticmethod(face_members)
+    write_raw_tar = staticmethod(write_raw_tar)
+    write_sparse_member_tar = staticmethod(write_sparse_member_tar)
+
+
+@pytest.fixture()
+def hostile() -> HostileKit:
+    """Helpers that write hostile shards (huge image headers, sparse members, odd json) without ShardWriter."""
+    return HostileKit()
