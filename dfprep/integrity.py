@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from dfprep.errors import DfprepError, one_line
 from dfprep.payloads import CRC_FIELD, DEFAULT_LIMITS, PayloadError, crc_mismatch, load_json
 from dfprep.plan import PLAN_TABLE
-from dfprep.shards import STATS_SUFFIX, ShardReadError, Storage
+from dfprep.shards import STATS_SUFFIX, BoundedTarInfo, ShardReadError, Storage
 
 DATASET_JSON = "dataset.json"  # the same file as dfprep.run.DATASET_JSON (run imports this module)
 MAPS_FOLDER = "maps"
@@ -266,7 +266,7 @@ def read_tar(storage: Storage, name: str, deep: bool,
     with storage.fs.open_input_stream(storage.path(name)) as stream:
         reader = HashingReader(stream, deep)
         try:
-            with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
+            with tarfile.open(fileobj=reader, mode="r|", tarinfo=BoundedTarInfo) as tar:  # type: ignore[call-overload]
                 for key, payloads in _samples(name, tar):
                     problem, meta = _sample_problem(key, payloads, format_version)
                     keys.append(key)

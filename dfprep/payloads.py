@@ -31,6 +31,7 @@ class ReadLimits:
     max_image_pixels: int = 4096 * 4096  # crops are at most 2048 px (alignment.size); 4x that is generous
     max_json_bytes: int = 2**20  # a sample's json is ~3 KB
     max_landmarks: int = 10_000  # dlib models give 5, 68 or 81 points
+    max_members: int = 200_000  # members one tar may hold (a shard of ~1.5k samples has ~6k)
 
 
 DEFAULT_LIMITS = ReadLimits()

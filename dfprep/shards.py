@@ -282,6 +282,25 @@ class ShardWriter:
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
+_EXTENDED_HEADERS = frozenset({tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+                               tarfile.GNUTYPE_LONGLINK})
+MAX_EXTENDED_HEADER_BYTES = 2**20  # dfprep writes none (USTAR); a pax/GNU long-name header is a few hundred bytes
+
+
+class BoundedTarInfo(tarfile.TarInfo):
+    """A tar header that refuses an extended (pax/GNU) header declaring more than 1 MiB.
+
+    tarfile reads such a header's whole body into memory before any member is seen, so a shard declaring a
+    2 GB pax header would cost 2 GB before a reader's own size checks could run.
+    """
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _EXTENDED_HEADERS and self.size > MAX_EXTENDED_HEADER_BYTES:
+            raise tarfile.ReadError(f"an extended tar header declares {self.size} bytes "
+                                    f"(over the {MAX_EXTENDED_HEADER_BYTES}-byte limit)")
+        return super()._proc_member(tarfile_)  # type: ignore[misc]
+
+
 def read_samples(storage: Storage, tar_name: str, extensions: frozenset[str],
                  limits: ReadLimits = DEFAULT_LIMITS) -> Iterator[tuple[str, dict[str, bytes]]]:
     """A shard's samples in tar order, streamed: (key, payloads of the wanted member types, undecoded).
@@ -291,7 +310,7 @@ def read_samples(storage: Storage, tar_name: str, extensions: frozenset[str],
     """
     try:
         with storage.fs.open_input_stream(storage.path(tar_name)) as stream, \
-                tarfile.open(fileobj=stream, mode="r|") as tar:
+                tarfile.open(fileobj=stream, mode="r|", tarinfo=BoundedTarInfo) as tar:
             samples = _grouped_members(tar_name, tar, extensions, limits)
             yield from _checked_samples(tar_name, samples, "json" in extensions, limits)
     except (tarfile.TarError, EOFError, OSError) as exc:

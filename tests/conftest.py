@@ -119,6 +119,18 @@ def write_sparse_member_tar(path: Path, declared: int = 2**31) -> Path:
     return path
 
 
+def write_pax_bomb_tar(path: Path, declared: int = 2**31) -> Path:
+    """A tar starting with a pax extended header that declares `declared` bytes (sparse on disk)."""
+    info = tarfile.TarInfo("././@PaxHeader")
+    info.type, info.size = tarfile.XHDTYPE, declared
+    header = info.tobuf(format=tarfile.USTAR_FORMAT)
+    with open(path, "wb") as handle:
+        handle.write(header)
+        handle.seek(len(header) + declared)
+        handle.write(b"\0" * 2 * tarfile.BLOCKSIZE)
+    return path
+
+
 class HostileKit:
     """The hostile-member helpers above, as one fixture."""
 
@@ -126,6 +138,7 @@ class HostileKit:
     face_members = staticmethod(face_members)
     write_raw_tar = staticmethod(write_raw_tar)
     write_sparse_member_tar = staticmethod(write_sparse_member_tar)
+    write_pax_bomb_tar = staticmethod(write_pax_bomb_tar)
 
 
 @pytest.fixture()

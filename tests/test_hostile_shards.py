@@ -58,6 +58,22 @@ def test_read_samples_refuses_a_2_gb_member_before_reading_it(tmp_path, hostile)
     assert peak < 20e6 and time.monotonic() - started < 20
 
 
+def test_read_samples_and_verify_refuse_a_2_gb_pax_header_before_reading_it(tmp_path, hostile):
+    from dfprep.integrity import read_tar
+
+    hostile.write_pax_bomb_tar(tmp_path / "train-000000.tar")
+    storage = Storage(str(tmp_path))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ShardReadError, match="an extended tar header declares 2147483648 bytes"):
+            list(read_samples(storage, "train-000000.tar", frozenset({"jpg"})))
+        _, _, problem, _ = read_tar(storage, "train-000000.tar", True, 2)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "an extended tar header declares 2147483648 bytes" in problem and peak < 20e6
+
+
 def test_a_gigantic_map_png_is_refused_from_its_header(hostile, no_big_decode):
     with pytest.raises(RegionMapError, match="30000x30000 pixels is over the 16777216-pixel limit"):
         decode_map_png(hostile.gigantic_png())

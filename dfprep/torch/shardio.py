@@ -16,6 +16,7 @@ from webdataset.tariterators import base_plus_ext
 
 from dfprep.errors import DfprepError
 from dfprep.payloads import CRC_FIELD, DEFAULT_LIMITS, PayloadError, ReadLimits, crc_mismatch, load_json
+from dfprep.shards import BoundedTarInfo
 from dfprep.torch.shardlist import ShardSource, open_binary
 
 SAFE_TYPES = frozenset({"jpg", "jpeg", "png", "webp", "npy", "json"})
@@ -57,12 +58,17 @@ def member_type(shard: str, name: str) -> tuple[str, str]:
     return key, extension.lower()
 
 
-def _walk_headers(shard: str, handle: IO[bytes]) -> tuple[list[tarfile.TarInfo], int]:
-    """Every member header, plus the byte offset where the end-of-archive block must start."""
+def _walk_headers(shard: str, handle: IO[bytes],
+                  limits: ReadLimits = DEFAULT_LIMITS) -> tuple[list[tarfile.TarInfo], int]:
+    """Every member header (at most `limits.max_members`), plus the byte offset where the end-of-archive block must start."""
     archive = None
+    members: list[tarfile.TarInfo] = []
     try:
-        archive = tarfile.open(fileobj=handle, mode="r:")
-        members = archive.getmembers()
+        archive = tarfile.open(fileobj=handle, mode="r:", tarinfo=BoundedTarInfo)
+        for info in archive:
+            members.append(info)
+            if len(members) > limits.max_members:
+                raise ShardError(f"{shard}: more than {limits.max_members} members (ReadLimits.max_members)")
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise _unreadable(shard, handle, archive, exc) from exc
     return members, archive.offset
@@ -94,7 +100,7 @@ def _check_end(shard: str, handle: IO[bytes], end: int, members: list[tarfile.Ta
 def read_members(shard: str, limits: ReadLimits = DEFAULT_LIMITS) -> Iterator[tuple[str, str, bytes]]:
     """(key, extension, payload) for every member, after checking types, sizes and integrity of the whole tar."""
     with open_binary(shard) as handle:
-        members, end = _walk_headers(shard, handle)
+        members, end = _walk_headers(shard, handle, limits)
         files = [info for info in members if not info.isdir()]  # folder entries carry no payload
         for info in files:
             if not info.isreg():

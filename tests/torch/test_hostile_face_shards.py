@@ -78,6 +78,19 @@ def test_a_member_declaring_2_gb_is_refused_before_it_is_read(tmp_path, hostile)
                            "(ReadLimits.max_member_bytes)")
 
 
+def test_a_pax_header_declaring_2_gb_is_refused_before_tarfile_reads_it(tmp_path, hostile):
+    tar = hostile.write_pax_bomb_tar(tmp_path / "train-000000.tar")
+    raised = _bounded(lambda: _read_all(tar))
+    assert isinstance(raised, ShardError) and "an extended tar header declares 2147483648 bytes" in str(raised)
+
+
+def test_a_tar_with_too_many_members_is_refused(tmp_path, hostile):
+    samples = [(f"k{i}-000000", {"json": b"{}"}) for i in range(30)]
+    tar = hostile.write_raw_tar(tmp_path / "train-000000.tar", samples)
+    with pytest.raises(ShardError, match="more than 20 members"):
+        _read_all(tar, limits=ReadLimits(max_members=20))
+
+
 def test_the_member_size_cap_is_configurable(tmp_path, hostile):
     tar = hostile.write_raw_tar(tmp_path / "train-000000.tar", [("a-000000", hostile.face_members("a-000000"))])
     assert len(_read_all(tar)) == 1
