@@ -244,7 +244,8 @@ def verify(output: str, deep: bool, as_json: bool, repair: bool, quiet: bool) ->
     check_is_output(storage)
     with tqdm(total=count_shards(storage), unit="shard", desc="verify", disable=quiet, dynamic_ncols=True) as bar:
         report = verify_output(storage, deep=deep, step=lambda: bar.update(1))
-    removed = [name for damage in report.problems if repair and damage.shard for name in uncommit(storage, damage.shard)]
+    damaged = [damage.shard for damage in report.problems if damage.kind == "damaged" and damage.shard]
+    removed = [name for shard in damaged for name in uncommit(storage, shard)] if repair else []
     if as_json:
         click.echo(json.dumps({**report.to_dict(), "removed": removed}, indent=1))
     else:
@@ -274,9 +275,14 @@ def preview(output: str, sheet: str, count: int, split: str | None, map_name: st
     """Write a contact sheet of OUTPUT's crops: landmarks, label borders, captions, optional maps."""
     from dfprep.preview import write_sheet
 
+    from dfprep.integrity import output_problems, summary_line
+
     height, width = write_sheet(output, sheet, n=count, split=split, maps=map_name, seed=seed, video=video,
                                 cols=cols, tile=tile)
     click.echo(f"wrote {sheet} ({width}x{height})")
+    problems = output_problems(output)
+    if problems:
+        click.echo(f"  note: {output} is incomplete or damaged: {summary_line(problems)}; see `dfprep verify`")
 
 
 def format_summary(report: Any) -> str:

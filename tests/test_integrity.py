@@ -234,3 +234,12 @@ def test_map_shards_are_verified_against_their_face_shards_and_redone_when_damag
     report = maps_run(str(copy), MapSettings(), workers=0, quiet=True)
     assert report.maps_written > 0 and map_tar.read_bytes() == original
     assert verify_output(str(copy), deep=True).clean
+
+
+def test_preview_of_an_incomplete_output_says_so_below_the_sheet(copy, tmp_path):
+    (copy / f"{SHARD}_stats.json").unlink()
+    result = CliRunner().invoke(cli, ["preview", str(copy), "-o", str(tmp_path / "sheet.png"), "--n", "4"])
+    assert result.exit_code == 0 and (tmp_path / "sheet.png").exists()
+    assert result.output.strip().splitlines()[1] == (f"  note: {copy} is incomplete or damaged: 1 problem (first: "
+                                                     f"{SHARD}: planned but not committed (rerun the extract command "
+                                                     "to finish it)); see `dfprep verify`")
