@@ -372,7 +372,7 @@ def _build(merged: Mapping[str, Any], origin: Mapping[str, str]) -> PipelineConf
             _build_section(cls, {key: values[key]}, source, section)  # pinpoint the file of a bad key
         sections[section] = _build_section(cls, values, "config", section)
     config = PipelineConfig(**sections)
-    validate(config)
+    validate(config, origin)
     return config
 
 
@@ -441,22 +441,24 @@ RANGES: dict[tuple[str, str], Range] = {
 }
 
 
-def check_ranges(config: PipelineConfig) -> None:
-    """One-line error naming the key, the allowed range and the value, for the first value out of range."""
+def check_ranges(config: PipelineConfig, origin: Mapping[str, str] | None = None) -> None:
+    """One-line error naming where the value came from, the key, the allowed range and the value."""
     for (section, key), allowed in RANGES.items():
         value = getattr(getattr(config, section), key)
         for item in value if isinstance(value, tuple) else (value,):
             if item is not None and not allowed.admits(item):
-                raise ConfigError(f"{section}.{key}: must be {allowed.describe()}, got {item!r}")
+                source = (origin or {}).get(f"{section}.{key}")
+                where = f"{source}: " if source else ""
+                raise ConfigError(f"{where}{section}.{key}: must be {allowed.describe()}, got {item!r}")
 
 
-def validate(config: PipelineConfig) -> None:
-    """Value checks a type cannot express (choices, ranges)."""
+def validate(config: PipelineConfig, origin: Mapping[str, str] | None = None) -> None:
+    """Value checks a type cannot express (choices, ranges); `origin` names the file (or flag) of each key."""
     for (section, key), choices in _CHOICES.items():
         value = getattr(getattr(config, section), key)
         if value not in choices:
             raise ConfigError(f"{section}.{key}: expected one of {', '.join(choices)}, got {shown(value)}")
-    check_ranges(config)
+    check_ranges(config, origin)
     for name in config.output.maps:
         if name not in ("landmarks",):
             raise ConfigError(f"output.maps: unknown inline map method {name!r} (expected landmarks)")

@@ -160,7 +160,12 @@ def test_the_cli_refuses_an_out_of_range_value_before_any_work(tmp_path):
     result = CliRunner().invoke(cli, ["extract", "folder", str(tmp_path), "-o", str(tmp_path / "out"),
                                       "--set", "alignment.scale=0"])
     assert result.exit_code == 2 and not (tmp_path / "out").exists()
-    assert result.output.strip() == "dfprep: error: alignment.scale: must be [0.1, 10], got 0.0"
+    assert result.output.strip() == "dfprep: error: command line: alignment.scale: must be [0.1, 10], got 0.0"
+
+
+def test_an_out_of_range_value_names_the_recipe_it_came_from(tmp_path):
+    with pytest.raises(ConfigError, match=r"^.*mine\.yaml: detection\.upsample: must be \[0, 3\], got 9$"):
+        load_config(_recipe(tmp_path, "detection: {upsample: 9}\n"))
 
 
 # ---------------------------------------------------------------- hostile recipe files (item 11)
