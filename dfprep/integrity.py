@@ -28,7 +28,8 @@ from dfprep.payloads import CRC_FIELD, DEFAULT_LIMITS, PayloadError, crc_mismatc
 from dfprep.plan import PLAN_TABLE
 from dfprep.shards import STATS_SUFFIX, BoundedTarInfo, ShardReadError, Storage
 
-DATASET_JSON = "dataset.json"  # the same file as dfprep.run.DATASET_JSON (run imports this module)
+DATASET_JSON = "dataset.json"  # the same files as dfprep.run's constants (run imports this module)
+VIDEOS_TABLE = "videos.parquet"
 MAPS_FOLDER = "maps"
 _CHUNK = 1 << 20
 
@@ -159,6 +160,18 @@ def _dataset_json(storage: Storage) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def table_problem(storage: Storage, name: str) -> str | None:
+    """Why an output-level parquet (videos.parquet, plan.parquet) cannot be read, from its footer alone."""
+    if not storage.exists(name):
+        return None
+    try:
+        with storage.fs.open_input_file(storage.path(name)) as handle:
+            pq.ParquetFile(handle).metadata  # noqa: B018 - reading the footer is the check
+    except (OSError, pa.ArrowException) as exc:
+        return f"{name} is unreadable ({one_line(exc, limit=80)}); rerun the extract command to rebuild it"
+    return None
+
+
 def output_problems(out: str | Storage) -> list[Damage]:
     """The cheap check of a whole face output: what keeps it from being complete and intact ([] when whole)."""
     storage = out if isinstance(out, Storage) else Storage(out)
@@ -169,6 +182,7 @@ def output_problems(out: str | Storage) -> list[Damage]:
     missing = [u for u in planned_units(storage) if u not in markers and u not in unreadable]
     problems += [Damage(unit, "planned but not committed (rerun the extract command to finish it)", "incomplete")
                  for unit in missing]
+    problems += [Damage("", reason) for reason in (table_problem(storage, n) for n in (VIDEOS_TABLE, PLAN_TABLE)) if reason]
     dataset = _dataset_json(storage)
     if dataset is None:
         problems.append(Damage("", f"no readable {DATASET_JSON}: the extract has not finished", "incomplete"))
@@ -371,7 +385,7 @@ def verify_output(out: str | Storage, deep: bool = False, step: Callable[[], Non
     check_is_output(storage)
     report = VerifyReport(storage.root, deep)
     cheap = output_problems(storage)
-    report.problems += [d for d in cheap if d.kind == "incomplete"]
+    report.problems += [d for d in cheap if d.kind == "incomplete" or not d.shard]
     face_keys = _verify_folder(storage, "", report, None, step)
     for name in map_sets(storage):
         _verify_folder(storage, f"{MAPS_FOLDER}/{name}", report, face_keys, step)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from dfprep.errors import DfprepError
+from dfprep.errors import DfprepError, one_line
 from dfprep.integrity import output_problems
 from dfprep.plan import PLAN_META
 from dfprep.run import DATASET_JSON, VIDEOS_TABLE, normalised_reason
@@ -33,7 +33,11 @@ def as_storage(out: str | Storage) -> Storage:
 def load_video_rows(storage: Storage) -> list[dict[str, Any]]:
     """videos.parquet rows (only the columns reports need); from commit markers while no index exists yet."""
     if storage.exists(VIDEOS_TABLE):
-        table = storage.read_table(VIDEOS_TABLE)
+        try:
+            table = storage.read_table(VIDEOS_TABLE)
+        except (OSError, ValueError) as exc:  # pyarrow's errors derive from these
+            raise DfprepError(f"{storage.path(VIDEOS_TABLE)} is unreadable ({one_line(exc, limit=80)}); "
+                              "rerun the extract command to rebuild it") from None
         rows = table.select([c for c in VIDEO_COLUMNS if c in table.column_names]).to_pylist()
     else:
         rows = [row for stats in committed_units(storage).values() for row in stats.get("videos", [])]

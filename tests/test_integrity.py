@@ -243,3 +243,15 @@ def test_preview_of_an_incomplete_output_says_so_below_the_sheet(copy, tmp_path)
     assert result.output.strip().splitlines()[1] == (f"  note: {copy} is incomplete or damaged: 1 problem (first: "
                                                      f"{SHARD}: planned but not committed (rerun the extract command "
                                                      "to finish it)); see `dfprep verify`")
+
+
+def test_a_damaged_videos_index_is_reported_in_one_line_and_rebuilt_by_a_rerun(copy, folder_dataset):
+    videos = copy / "videos.parquet"
+    videos.write_bytes(videos.read_bytes()[:100])
+    result = CliRunner().invoke(cli, ["verify", str(copy), "--quiet"])
+    assert result.exit_code == 1 and result.output.startswith("damaged: videos.parquet is unreadable (")
+    stats = CliRunner().invoke(cli, ["stats", str(copy)])
+    assert stats.exit_code == 2 and len(stats.output.strip().splitlines()) == 1
+    assert "videos.parquet is unreadable" in stats.output and "Traceback" not in stats.output
+    _rerun(folder_dataset, copy)
+    assert verify_output(str(copy)).clean

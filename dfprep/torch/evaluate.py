@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from dfprep.errors import DfprepError
 from dfprep.integrity import require_complete
 from dfprep.shards import Storage
 from dfprep.torch._require import require_torch
@@ -108,7 +109,11 @@ def listed_videos(out: str, split: str) -> dict[str, int]:
     storage = Storage(out)
     if not storage.exists(VIDEOS_TABLE):
         return {}
-    table = storage.read_table(VIDEOS_TABLE).select(["video_id", "label", "split"]).to_pylist()
+    try:
+        table = storage.read_table(VIDEOS_TABLE).select(["video_id", "label", "split"]).to_pylist()
+    except (OSError, ValueError, KeyError) as exc:  # pyarrow's errors derive from these
+        raise DfprepError(f"{storage.path(VIDEOS_TABLE)} is unreadable ({type(exc).__name__}); rerun the extract "
+                          "command to rebuild it") from None
     return {row["video_id"]: int(row["label"]) for row in table if row["split"] == split}
 
 
