@@ -295,6 +295,7 @@ class BoundedTarInfo(tarfile.TarInfo):
     """
 
     def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        """tarfile's hook for each header it reads: refuse an oversized extended header before its body is read."""
         if self.type in _EXTENDED_HEADERS and self.size > MAX_EXTENDED_HEADER_BYTES:
             raise tarfile.ReadError(f"an extended tar header declares {self.size} bytes "
                                     f"(over the {MAX_EXTENDED_HEADER_BYTES}-byte limit)")
