@@ -160,6 +160,12 @@ def _dataset_json(storage: Storage) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+# What to do when an output-level table is unreadable: the videos index is rebuilt from the commit markers
+# by every extract run; the persisted plan is the only record of which video belongs to which shard.
+_TABLE_ADVICE = {VIDEOS_TABLE: "rerun the extract command to rebuild it",
+                 PLAN_TABLE: "extract cannot resume this output: rerun it with --overwrite to start over"}
+
+
 def table_problem(storage: Storage, name: str) -> str | None:
     """Why an output-level parquet (videos.parquet, plan.parquet) cannot be read, from its footer alone."""
     if not storage.exists(name):
@@ -168,7 +174,7 @@ def table_problem(storage: Storage, name: str) -> str | None:
         with storage.fs.open_input_file(storage.path(name)) as handle:
             pq.ParquetFile(handle).metadata  # noqa: B018 - reading the footer is the check
     except (OSError, pa.ArrowException) as exc:
-        return f"{name} is unreadable ({one_line(exc, limit=80)}); rerun the extract command to rebuild it"
+        return f"{name} is unreadable ({one_line(exc, limit=80)}); {_TABLE_ADVICE[name]}"
     return None
 
 
