@@ -17,6 +17,8 @@ from deepfakebench_reference import (DeepfakeBench, agreement, dfprep_samples, m
 from dfprep.align import align_face
 from dfprep.catalog import scan
 from dfprep.config import load_config
+from dfprep.errors import ConfigError
+from dfprep.extract import ExtractionModels
 from dfprep.faces import FaceAnalyzer
 from dfprep.models import resolve_model
 from dfprep.synthetic import FacePlacement, render_frame
@@ -68,3 +70,19 @@ def test_recipe_matches_deepfakebench_on_ffpp_mini(ffpp_mini) -> None:
     assert np.median(psnrs) >= 30 and psnrs.min() >= 30
     # the measure tells crops apart: the eye-centre preset with the fast detector is far off
     assert np.median([r.offset for r in old_rows]) > 1.5 and np.median([r.psnr for r in old_rows]) < 30
+
+
+def test_deepfakebench_preset_with_a_five_point_model_is_refused_before_any_work(folder_dataset, tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from dfprep.cli import cli
+
+    config = load_config("deepfakebench", {"detection.landmarks": "dlib5"})
+    with pytest.raises(ConfigError, match="arcface5"):
+        ExtractionModels.resolve(config)
+    result = CliRunner().invoke(cli, ["extract", "folder", str(folder_dataset), "-o", str(tmp_path / "out"),
+                                      "--workers", "0", "--quiet", "--set", "detection.landmarks=dlib5"])
+    assert result.exit_code == 2 and "needs 68- or 81-point landmarks" in result.output
+    assert not (tmp_path / "out" / "plan.json").exists()
+    assert ExtractionModels.resolve(load_config("deepfakebench", {"detection.landmarks": "dlib5",
+                                                                  "alignment.preset": "arcface5"}))
