@@ -87,7 +87,8 @@ def datasets(name: str | None, root: str | None, as_json: bool, pipeline: str | 
 def _echo_methods_table(counts: dict[str, Any]) -> None:
     """Videos per method and split that the recipe takes, then what dataset.methods leaves out."""
     splits = sorted({split for row in counts["by_method_split"].values() for split in row})
-    click.echo(f"{'method':20s}" + "".join(f"{split:>12s}" for split in splits))
+    if splits:
+        click.echo(f"{'method':20s}" + "".join(f"{split:>12s}" for split in splits))
     for method, row in counts["by_method_split"].items():
         click.echo(f"{method:20s}" + "".join(f"{row.get(split, 0):12d}" for split in splits))
     if counts["left_out_by_methods"]:
