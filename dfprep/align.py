@@ -3,8 +3,9 @@
 Every crop is one `cv2.warpAffine` of the full frame with a 2x3 matrix (frame pixels → crop pixels),
 and the frame landmarks are carried into the crop by the same matrix, never re-detected, so crop
 landmarks and pixels always agree (DeepfakeBench re-detects landmarks on its crop instead; see
-docs/protocols.md for how far the two differ). Pixels outside the frame are black (BORDER_CONSTANT), as in both
-reference pipelines: replicated borders would smear edge pixels into streaks a detector could learn.
+docs/protocols.md for how far the two differ). Pixels outside the frame are black (BORDER_CONSTANT),
+as in both reference pipelines: replicated borders would smear edge pixels into streaks a detector
+could learn.
 
 The optional context crop shares the face crop's centre and orientation but covers `context_scale`
 times its extent, at the same `size`: what blending augmentations (SBI, CADDM's multi-scale swap)
@@ -91,8 +92,8 @@ def five_points_from_dlib5(points: np.ndarray) -> np.ndarray:
 def five_points(landmarks: np.ndarray) -> np.ndarray:
     """The arcface5 points (left eye centre, right eye centre, nose tip, mouth corners), float32 (5, 2).
 
-    They are what the ArcFace template marks. 68-point shapes and 81-point ones (68 standard points + forehead) use the iBUG indices;
-    a dlib 5-point shape is completed by `five_points_from_dlib5`.
+    They are what the ArcFace template marks. 68-point shapes and 81-point ones (68 standard points +
+    forehead) use the iBUG indices; a dlib 5-point shape is completed by `five_points_from_dlib5`.
     """
     points = np.asarray(landmarks, dtype=np.float32)
     if points.shape == (5, 2):
@@ -126,9 +127,9 @@ def template_points(preset: str, size: int, scale: float) -> np.ndarray:
 
     deepfakebench and arcface5: the 112-px template scaled to `size`, then shrunk towards the centre
     by 1/`scale` (1.3 = a 30% margin; DeepfakeBench's `img_align_crop` adds the margin on each side,
-    then scales back to `size`, which is the same map). caddm: the mean face zoomed so the eyes are `scale` × 80/224 of the crop
-    apart, eye line at 1/2.42 of the height; its vertical spread follows from that (so it is taller
-    than a similarity of the mean face, and the fit spreads the difference).
+    then scales back to `size`, which is the same map). caddm: the mean face zoomed so the eyes are
+    `scale` × 80/224 of the crop apart, eye line at 1/2.42 of the height; its vertical spread follows
+    from that (so it is taller than a similarity of the mean face, and the fit spreads the difference).
     """
     if preset in ("deepfakebench", "arcface5"):
         centre = size / 2

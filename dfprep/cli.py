@@ -47,7 +47,7 @@ def _overrides(pairs: tuple[str, ...], **flags: Any) -> dict[str, Any]:
 @click.argument("name", required=False)
 @click.argument("root", required=False, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the records and counts as JSON.")
-@click.option("--pipeline", help="Recipe whose dataset options apply (e.g. ffpp).")
+@click.option("--pipeline", help="Recipe whose dataset options apply (e.g. deepfakebench-ffpp): shows what it takes.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
 @_fail_cleanly
 def datasets(name: str | None, root: str | None, as_json: bool, pipeline: str | None,

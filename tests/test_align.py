@@ -54,7 +54,7 @@ def layout_68(five: np.ndarray) -> np.ndarray:
 
 
 def layout_for(preset: str, five: np.ndarray) -> np.ndarray:
-    """A 68-point layout whose preset alignment points (DeepfakeBench's shape points, or eye centres etc.) are `five`."""
+    """A 68-point layout whose preset alignment points (DeepfakeBench's shape points, or eye centres…) are `five`."""
     points = layout_68(five)
     if preset == "deepfakebench":
         points[list(DEEPFAKEBENCH_POINTS)] = five
