@@ -63,7 +63,7 @@ def peak_rss_mb(video: Path, frames: int) -> float:
         "from dfprep.catalog.base import VideoRecord\n"
         "from dfprep.config import load_config\n"
         "from dfprep.extract import ExtractionModels, VideoExtractor\n"
-        f"c = load_config('deepfakebench', {{'sampling.frames': {frames}}})\n"
+        f"c = load_config(None, {{'sampling.frames': {frames}}})\n"
         "x = VideoExtractor(c, ExtractionModels.resolve(c))\n"
         f"r = VideoRecord('b/real/raw/long', {str(video)!r}, 'b', 'real', 'raw', 'test', 0, 'b/real/raw/long')\n"
         "row = x.extract(r, None, lambda s: None).row\n"
@@ -110,13 +110,13 @@ def scaling(root: Path, workdir: Path) -> None:
     import ray
 
     dataset = duplicated_dataset(root, workdir, 4)
-    print("\n== scaling (28 videos, 32 frames, deepfakebench) ==")
+    print("\n== scaling (28 videos, 32 frames, default settings) ==")
     started = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     print(f"  Ray cluster start-up (once per machine/session, not per run): {time.perf_counter() - started:.2f} s")
     results = {}
     for workers in (0, 1, 2):
-        config = load_config("deepfakebench", {"ray.workers": workers, "output.videos_per_shard": 2})
+        config = load_config(None, {"ray.workers": workers, "output.videos_per_shard": 2})
         out = workdir / f"scale_{workers}"
         report = extract_run(scan("folder", dataset, config.dataset), config, str(out), quiet=True)
         results[workers] = report
@@ -138,7 +138,7 @@ def main() -> int:
     if not (args.root / "original_sequences").is_dir():
         print(f"ffpp-mini not found at {args.root}", file=sys.stderr)
         return 1
-    floor_vs_dfprep(args.root, load_config("deepfakebench-ffpp"))
+    floor_vs_dfprep(args.root, load_config(None))  # the default (fast) detector; see protocols.py for the recipes
     with tempfile.TemporaryDirectory(prefix="dfprep-bench-") as tmp:
         if not args.skip_memory:
             memory_flat(Path(tmp))

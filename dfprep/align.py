@@ -1,9 +1,11 @@
-"""Face crops and their matrices: 5-point similarity presets (DeepfakeBench, CADDM) and a square box.
+"""Face crops and their matrices: 5-point similarity presets (DeepfakeBench, ArcFace, CADDM) and a square box.
 
 Every crop is one `cv2.warpAffine` of the full frame with a 2x3 matrix (frame pixels → crop pixels),
 and the frame landmarks are carried into the crop by the same matrix, never re-detected, so crop
-landmarks and pixels always agree. Pixels outside the frame are black (BORDER_CONSTANT), as in both
-reference pipelines: replicated borders would smear edge pixels into streaks a detector could learn.
+landmarks and pixels always agree (DeepfakeBench re-detects landmarks on its crop instead; see
+docs/protocols.md for how far the two differ). Pixels outside the frame are black (BORDER_CONSTANT),
+as in both reference pipelines: replicated borders would smear edge pixels into streaks a detector
+could learn.
 
 The optional context crop shares the face crop's centre and orientation but covers `context_scale`
 times its extent, at the same `size`: what blending augmentations (SBI, CADDM's multi-scale swap)
@@ -21,7 +23,7 @@ import numpy as np
 from dfprep.config import AlignmentConfig
 
 # The 5-point face template of ArcFace-style alignment, in a 112x112 crop (x, y): eye centres,
-# nose tip, mouth corners. DeepfakeBench aligns to it.
+# nose tip, mouth corners. DeepfakeBench aligns to it (its 96-px-wide copy shifted by x + 8).
 TEMPLATE_112 = np.array([
     [38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041],
 ])
@@ -35,6 +37,11 @@ CADDM_EYE_LINE = 1 / 2.42  # CADDM puts the eye line at this share of the crop h
 # A 5-point dlib shape has eye corners and the nose base (subnasale); the tip sits this share of the
 # way from the base up to the eye midpoint (0.22 measured on dlib 68-point shapes of a frontal face).
 NOSE_TIP_SHARE = 0.2
+# The shape points DeepfakeBench's `get_keypts` fits to that template (0-based iBUG indices): the upper
+# eyelids 37 and 44, the nose tip 30 and the outer-lip points 49 and 55 beside the mouth corners.
+DEEPFAKEBENCH_POINTS = (37, 44, 30, 49, 55)
+# Presets that fit 5 points to a template (the others crop a box).
+TEMPLATE_PRESETS = ("deepfakebench", "arcface5", "caddm")
 
 
 @dataclass(frozen=True)
@@ -83,10 +90,10 @@ def five_points_from_dlib5(points: np.ndarray) -> np.ndarray:
 
 
 def five_points(landmarks: np.ndarray) -> np.ndarray:
-    """The 5 alignment points (left eye, right eye, nose tip, left and right mouth corner), float32 (5, 2).
+    """The arcface5 points (left eye centre, right eye centre, nose tip, mouth corners), float32 (5, 2).
 
-    68-point shapes and 81-point ones (68 standard points + forehead) use the iBUG indices;
-    a dlib 5-point shape is completed by `five_points_from_dlib5`.
+    They are what the ArcFace template marks. 68-point shapes and 81-point ones (68 standard points +
+    forehead) use the iBUG indices; a dlib 5-point shape is completed by `five_points_from_dlib5`.
     """
     points = np.asarray(landmarks, dtype=np.float32)
     if points.shape == (5, 2):
@@ -97,15 +104,34 @@ def five_points(landmarks: np.ndarray) -> np.ndarray:
                      points[30], points[48], points[54]]).astype(np.float32)
 
 
+def deepfakebench_points(landmarks: np.ndarray) -> np.ndarray:
+    """The 5 shape points DeepfakeBench aligns with (eyelids, nose tip, outer lip), float32 (5, 2).
+
+    They need a 68- or 81-point shape (the 81-point model keeps iBUG's first 68): a 5-point shape has
+    no eyelids or lips, so it is refused rather than guessed.
+    """
+    points = np.asarray(landmarks, dtype=np.float32)
+    if points.ndim != 2 or points.shape[1] != 2 or points.shape[0] < 68:
+        raise ValueError(f"the deepfakebench preset needs 68 or 81 (x, y) landmarks, got shape {points.shape}"
+                         " (use alignment.preset=arcface5 with 5-point shapes)")
+    return points[list(DEEPFAKEBENCH_POINTS)]
+
+
+def alignment_points(preset: str, landmarks: np.ndarray) -> np.ndarray:
+    """The 5 frame points a template preset fits: DeepfakeBench's shape points, or eye centres etc."""
+    return deepfakebench_points(landmarks) if preset == "deepfakebench" else five_points(landmarks)
+
+
 def template_points(preset: str, size: int, scale: float) -> np.ndarray:
     """Where a preset puts the 5 alignment points in a `size`-px crop, float64 (5, 2).
 
-    deepfakebench: the 112-px template scaled to `size`, then shrunk towards the centre by 1/`scale`
-    (1.3 = a 30% margin). caddm: the mean face zoomed so the eyes are `scale` × 80/224 of the crop
-    apart, eye line at 1/2.42 of the height; its vertical spread follows from that (so it is taller
-    than a similarity of the mean face, and the fit spreads the difference).
+    deepfakebench and arcface5: the 112-px template scaled to `size`, then shrunk towards the centre
+    by 1/`scale` (1.3 = a 30% margin; DeepfakeBench's `img_align_crop` adds the margin on each side,
+    then scales back to `size`, which is the same map). caddm: the mean face zoomed so the eyes are
+    `scale` × 80/224 of the crop apart, eye line at 1/2.42 of the height; its vertical spread follows
+    from that (so it is taller than a similarity of the mean face, and the fit spreads the difference).
     """
-    if preset == "deepfakebench":
+    if preset in ("deepfakebench", "arcface5"):
         centre = size / 2
         return centre + (TEMPLATE_112 * (size / 112) - centre) / scale
     if preset == "caddm":
@@ -115,7 +141,7 @@ def template_points(preset: str, size: int, scale: float) -> np.ndarray:
         points[:, 0] = spread[:, 0] * size
         points[:, 1] = spread[:, 1] * size * CADDM_EYE_LINE / spread[0, 1]
         return points
-    raise ValueError(f"template_points: preset {preset!r} has no 5-point template (deepfakebench, caddm)")
+    raise ValueError(f"template_points: preset {preset!r} has no 5-point template ({', '.join(TEMPLATE_PRESETS)})")
 
 
 def box_matrix(box: Sequence[float], size: int, scale: float) -> np.ndarray:
@@ -142,7 +168,8 @@ def alignment_matrix(landmarks: np.ndarray, box: Sequence[float], config: Alignm
     """The frame → crop matrix of the configured preset."""
     if config.preset == "box":
         return box_matrix(landmark_box(landmarks, box), config.size, config.scale)
-    return similarity_matrix(five_points(landmarks), template_points(config.preset, config.size, config.scale))
+    return similarity_matrix(alignment_points(config.preset, landmarks),
+                             template_points(config.preset, config.size, config.scale))
 
 
 def widen(matrix: np.ndarray, size: int, context_scale: float) -> np.ndarray:

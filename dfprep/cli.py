@@ -47,13 +47,13 @@ def _overrides(pairs: tuple[str, ...], **flags: Any) -> dict[str, Any]:
 @click.argument("name", required=False)
 @click.argument("root", required=False, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the records and counts as JSON.")
-@click.option("--pipeline", help="Recipe whose dataset options apply (e.g. ffpp).")
+@click.option("--pipeline", help="Recipe whose dataset options apply (e.g. deepfakebench-ffpp): shows what it takes.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
 @_fail_cleanly
 def datasets(name: str | None, root: str | None, as_json: bool, pipeline: str | None,
              settings: tuple[str, ...]) -> None:
     """List the dataset adapters, or catalog ROOT with adapter NAME (no pixels touched)."""
-    from dfprep.catalog import ADAPTERS, get_adapter, scan, summarize
+    from dfprep.catalog import ADAPTERS, get_adapter, left_out, scan, summarize
     from dfprep.config import load_config
 
     if name is None:
@@ -67,15 +67,33 @@ def datasets(name: str | None, root: str | None, as_json: bool, pipeline: str | 
         click.echo(f"{name}: {adapter.summary}\n{_indent(adapter.layout)}\n  labels: {adapter.labels}")
         return
     config = load_config(pipeline, _overrides(settings))
-    records = list(scan(name, root, config.dataset))
-    counts = summarize(records)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        records = list(scan(name, root, config.dataset))
+    counts = {**summarize(records), "left_out_by_methods": left_out(name, root, config.dataset)}
     if as_json:
-        click.echo(json.dumps({"records": [r.to_row() for r in records], "counts": counts}, indent=1))
+        click.echo(json.dumps({"records": [r.to_row() for r in records], "counts": counts,
+                               "warnings": [str(w.message) for w in caught]}, indent=1))
         return
     for record in records:
         note = f"  [{record.status}: {record.error}]" if record.status != "found" else ""
         click.echo(f"{record.split:10s} {'fake' if record.label else 'real'}  {record.video_id}{note}")
     click.echo(json.dumps(counts))
+    _echo_methods_table(counts)
+    for warning in caught:
+        click.echo(f"  catalog warning: {warning.message}")
+
+
+def _echo_methods_table(counts: dict[str, Any]) -> None:
+    """Videos per method and split that the recipe takes, then what dataset.methods leaves out."""
+    splits = sorted({split for row in counts["by_method_split"].values() for split in row})
+    if splits:
+        click.echo(f"{'method':20s}" + "".join(f"{split:>12s}" for split in splits))
+    for method, row in counts["by_method_split"].items():
+        click.echo(f"{method:20s}" + "".join(f"{row.get(split, 0):12d}" for split in splits))
+    if counts["left_out_by_methods"]:
+        click.echo("left out by dataset.methods: " + ", ".join(
+            f"{method} {n}" for method, n in counts["left_out_by_methods"].items()))
 
 
 def _indent(text: str) -> str:

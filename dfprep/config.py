@@ -56,6 +56,7 @@ class DetectionConfig:
     detector: str = "hog"  # hog | cnn
     working_size: int = 640  # longer side of the frame the detector sees (0 = full size)
     upsample: int = 1
+    upsample_ladder: bool = True  # largest: try upsample 0..upsample, stop at the first that finds a face
     min_score: float = 0.0  # detector score below which a detection is dropped (dlib's own threshold)
     tracking: bool = True  # search near the previous box before a full-frame detection
     track_window: float = 2.0  # search window side = previous box side × this
@@ -69,7 +70,7 @@ class DetectionConfig:
 class AlignmentConfig:
     """How a face becomes a crop."""
 
-    preset: str = "deepfakebench"  # deepfakebench | caddm | box
+    preset: str = "deepfakebench"  # deepfakebench | arcface5 | caddm | box
     size: int = 256
     scale: float = 1.3  # face-to-crop zoom (deepfakebench 1.3, caddm 0.9); box: margin factor
     context_scale: float = 0.0  # > 0 adds a wider context crop (this × the face crop's extent)
@@ -380,7 +381,7 @@ _CHOICES = {
     ("sampling", "mode"): ("uniform", "stride", "fps", "all", "keyframes"),
     ("detection", "detector"): ("hog", "cnn"),
     ("detection", "select"): ("largest", "all", "centre"),
-    ("alignment", "preset"): ("deepfakebench", "caddm", "box"),
+    ("alignment", "preset"): ("deepfakebench", "arcface5", "caddm", "box"),
     ("output", "image_format"): ("jpg", "png", "webp"),
     ("dataset", "dfd_split"): ("train", "val", "test"),
     ("dataset", "default_split"): ("train", "val", "test", "unassigned"),

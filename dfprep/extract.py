@@ -14,7 +14,7 @@ import numpy as np
 from dfprep.align import AlignedFace, align_face
 from dfprep.catalog.base import VideoRecord
 from dfprep.config import PipelineConfig
-from dfprep.errors import one_line
+from dfprep.errors import ConfigError, one_line
 from dfprep.faces import Face, FaceAnalyzer
 from dfprep.identity import IdentityCollector
 from dfprep.models import ResolvedModel, load_check, resolve_model
@@ -42,7 +42,10 @@ class ExtractionModels:
     def resolve(cls, config: PipelineConfig) -> "ExtractionModels":
         """Resolve and load-check the configured models (a bad model fails here, not mid-run)."""
         predictor = resolve_model(config.detection.landmarks)
-        load_check(predictor)
+        points = load_check(predictor)
+        if config.alignment.preset == "deepfakebench" and points < 68:
+            raise ConfigError(f"alignment.preset=deepfakebench needs 68- or 81-point landmarks, but "
+                              f"{predictor.name} predicts {points}: use alignment.preset=arcface5")
         cnn = resolve_model("mmod") if config.detection.detector == "cnn" else None
         descriptor = resolve_model("resnet128") if config.detection.identity else None
         for optional in (cnn, descriptor):

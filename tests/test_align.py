@@ -8,12 +8,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from skimage.transform import SimilarityTransform
 
-from dfprep.align import (AlignedFace, align_face, five_points, similarity_matrix, template_points,
-                          transform_points)
+from dfprep.align import (DEEPFAKEBENCH_POINTS, AlignedFace, align_face, alignment_points, deepfakebench_points,
+                          five_points, similarity_matrix, template_points, transform_points)
 from dfprep.config import AlignmentConfig, DetectionConfig
 from dfprep.faces import Face, FaceAnalyzer
 from dfprep.synthetic import FacePlacement, render_frame
+from deepfakebench_reference import reference_template
 
 
 def model_path(file_name: str) -> Path:
@@ -24,6 +26,7 @@ def model_path(file_name: str) -> Path:
 
 
 PRESETS = [AlignmentConfig(preset="deepfakebench", size=256, scale=1.3),
+           AlignmentConfig(preset="arcface5", size=256, scale=1.3),
            AlignmentConfig(preset="caddm", size=224, scale=0.9)]
 
 
@@ -50,6 +53,14 @@ def layout_68(five: np.ndarray) -> np.ndarray:
     return points
 
 
+def layout_for(preset: str, five: np.ndarray) -> np.ndarray:
+    """A 68-point layout whose preset alignment points (DeepfakeBench's shape points, or eye centres…) are `five`."""
+    points = layout_68(five)
+    if preset == "deepfakebench":
+        points[list(DEEPFAKEBENCH_POINTS)] = five
+    return points
+
+
 def test_five_points_reads_the_ibug_indices() -> None:
     five = template_points("deepfakebench", 256, 1.3)
     assert np.allclose(five_points(layout_68(five)), five, atol=1e-4)
@@ -72,12 +83,12 @@ def test_template_presets_land_the_five_points_on_the_template(config: Alignment
                                                                zoom: float, shift: tuple[float, float]) -> None:
     template = template_points(config.preset, config.size, config.scale)
     crop_to_frame = similarity(angle, zoom, shift)
-    landmarks = transform_points(layout_68(template), crop_to_frame)
+    landmarks = transform_points(layout_for(config.preset, template), crop_to_frame)
     frame = np.zeros((1080, 1920, 3), np.uint8)
     aligned = align_face(frame, landmarks, (0, 0, 1, 1), config)
     assert aligned.crop.shape == (config.size, config.size, 3) and aligned.crop.dtype == np.uint8
     assert aligned.matrix.shape == (2, 3) and aligned.matrix.dtype == np.float64
-    assert np.abs(five_points(aligned.landmarks) - template).max() < 0.05
+    assert np.abs(alignment_points(config.preset, aligned.landmarks) - template).max() < 0.05
     assert np.allclose(aligned.landmarks, landmarks @ aligned.matrix[:, :2].T + aligned.matrix[:, 2], atol=1e-3)
     assert aligned.context is None and aligned.context_matrix is None
 
@@ -87,6 +98,31 @@ def test_deepfakebench_template_is_the_scaled_112_template_with_margin() -> None
     assert np.allclose(at_112[0], (38.2946, 51.6963)) and np.allclose(at_112[4], (70.7299, 92.2041))
     with_margin = template_points("deepfakebench", 256, 1.3)
     assert np.allclose(with_margin, 128 + (at_112 * 256 / 112 - 128) / 1.3)
+    assert np.allclose(with_margin, reference_template(256, 1.3), atol=1e-4)  # built DeepfakeBench's way
+    assert np.array_equal(template_points("arcface5", 256, 1.3), with_margin)  # same template, other points
+
+
+def test_deepfakebench_points_are_the_eyelids_nose_tip_and_outer_lip() -> None:
+    shape = np.arange(81 * 2, dtype=np.float32).reshape(81, 2)
+    assert np.array_equal(deepfakebench_points(shape), shape[[37, 44, 30, 49, 55]])
+    assert np.array_equal(deepfakebench_points(shape[:68]), shape[[37, 44, 30, 49, 55]])
+    with pytest.raises(ValueError, match="arcface5"):
+        deepfakebench_points(shape[:5])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_deepfakebench_matrix_is_scikit_image_umeyama_on_its_five_points(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    five = template_points("deepfakebench", 256, 1.3)
+    frame_to_crop = similarity(rng.uniform(-30, 30), rng.uniform(0.3, 3), tuple(rng.uniform(0, 900, 2)))
+    shape = transform_points(layout_for("deepfakebench", five), frame_to_crop) + rng.normal(0, 3, (68, 2))
+    shape = np.round(shape).astype(np.float32)  # dlib hands out integer points
+    ours = align_face(np.zeros((8, 8, 3), np.uint8), shape, (0, 0, 1, 1), AlignmentConfig()).matrix
+    theirs = SimilarityTransform.from_estimate(shape[[37, 44, 30, 49, 55]], reference_template(256, 1.3)).params[:2]
+    assert np.abs(ours - theirs).max() < 1e-4
+    corners = np.array([[0, 0], [255, 0], [0, 255], [255, 255]], np.float64)  # where the crop corners come from
+    frame_corners = transform_points(corners, cv2.invertAffineTransform(ours))
+    assert np.abs(transform_points(frame_corners, theirs) - corners).max() < 1e-3
 
 
 def test_caddm_template_keeps_the_eye_line_and_zooms_the_eye_distance() -> None:
@@ -151,9 +187,16 @@ def test_rotated_face_comes_out_upright(analyzer: FaceAnalyzer, angle: float) ->
     left_eye, right_eye = five_points(face.landmarks)[:2]
     tilt = np.degrees(np.arctan2(right_eye[1] - left_eye[1], right_eye[0] - left_eye[0]))
     assert abs(abs(tilt) - 20) < 5  # the eyes really are tilted in the frame
+    still = detect_one(analyzer, upright)
     for config in PRESETS:
-        eyes = eye_centres(align_face(frame, face.landmarks, face.box, config))
-        assert abs(eyes[0, 1] - eyes[1, 1]) < 2
+        turned = align_face(frame, face.landmarks, face.box, config)
+        level = align_face(upright, still.landmarks, still.box, config)
+        turn_in_crop = np.degrees(np.arctan2(turned.matrix[1, 0], turned.matrix[0, 0]) -
+                                  np.arctan2(level.matrix[1, 0], level.matrix[0, 0]))
+        assert abs(turn_in_crop - angle) < 1.5  # the crop turns back by the angle the frame was turned
+        eyes = eye_centres(turned)
+        if config.preset != "deepfakebench":  # its 5-point fit leaves this face's eyes ~3 px from level
+            assert abs(eyes[0, 1] - eyes[1, 1]) < 2
 
 
 def test_box_preset_is_a_square_around_all_landmarks(analyzer: FaceAnalyzer) -> None:
@@ -190,7 +233,7 @@ def test_five_point_predictor_shapes_align_close_to_68_point_ones(analyzer: Face
     dlib5 = FaceAnalyzer(DetectionConfig(), model_path("shape_predictor_5_face_landmarks.dat")).analyze(frame)[0]
     five = five_points(dlib5.landmarks)
     assert np.abs(five[:3] - five_points(face.landmarks)[:3]).max() < 3  # eyes and nose tip
-    config = AlignmentConfig()
+    config = AlignmentConfig(preset="arcface5")
     from_five = align_face(frame, dlib5.landmarks, dlib5.box, config)
     from_68 = align_face(frame, face.landmarks, face.box, config)
     assert from_five.landmarks.shape == (5, 2)

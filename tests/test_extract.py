@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from dfprep.align import five_points, similarity_matrix, template_points
+from dfprep.align import deepfakebench_points, five_points, similarity_matrix, template_points
 from dfprep.catalog.base import VideoRecord
 from dfprep.config import load_config
 from dfprep.extract import ExtractionModels, VideoExtractor, neighbour_order, plan_for_family
@@ -35,7 +35,8 @@ def _extract(config, record, original=None):
 
 @pytest.fixture(scope="module")
 def config8():
-    return load_config("deepfakebench", {"sampling.frames": 8})
+    # the recipe spaces fakes by their own length, as DeepfakeBench does; pairing is tested on the default
+    return load_config("deepfakebench", {"sampling.frames": 8, "sampling.pair_with_original": True})
 
 
 def test_moving_face_yields_every_planned_frame_aligned_to_the_template(clips, config8):
@@ -45,12 +46,13 @@ def test_moving_face_yields_every_planned_frame_aligned_to_the_template(clips, c
     template = template_points("deepfakebench", 256, 1.3)
     for sample in samples:
         meta = json.loads(sample.members["json"])
-        crop = cv2.imdecode(np.frombuffer(sample.members["jpg"], np.uint8), cv2.IMREAD_COLOR)
+        assert "jpg" not in sample.members  # the recipe writes PNG, as DeepfakeBench does
+        crop = cv2.imdecode(np.frombuffer(sample.members["png"], np.uint8), cv2.IMREAD_COLOR)
         assert crop.shape == (256, 256, 3)
         landmarks = np.load(io.BytesIO(sample.members["ldm.npy"]), allow_pickle=False)
         assert landmarks.dtype == np.float32 and landmarks.shape == (68, 2)
         assert np.abs(five_points(landmarks)[:2] - template[:2]).max() < 8  # eyes on the template
-        refit = similarity_matrix(five_points(landmarks), template)  # the crop is already the best fit
+        refit = similarity_matrix(deepfakebench_points(landmarks), template)  # the crop is already the best fit
         assert np.allclose(refit, [[1, 0, 0], [0, 1, 0]], atol=0.02)
         expected = face_box_in_frame(moving_face()(meta["frame"], info.frame_count)[0])
         centre = np.add(meta["bbox"][:2], meta["bbox"][2:]) / 2

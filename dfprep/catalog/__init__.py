@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -38,12 +40,26 @@ def scan(name: str, root: str | Path, options: DatasetConfig | None = None) -> I
         raise LayoutError(f"{root}: no such file or directory")
     adapter = get_adapter(name)
     adapter.check_layout(root_path, options)
+    seen: set[str] = set()
     for record in adapter.records(root_path, options):
         if options.compressions and record.compression not in options.compressions:
             continue
+        seen.add(record.method)
         if options.methods and record.method not in options.methods:
             continue
         yield record
+    absent = [m for m in options.methods if m not in seen]
+    if absent:  # a typo or a partial download must not shrink the data set silently
+        warnings.warn(f"dataset.methods: no {', '.join(absent)} videos under {root} "
+                      f"(methods there: {', '.join(sorted(seen)) or 'none'})", stacklevel=2)
+
+
+def left_out(name: str, root: str | Path, options: DatasetConfig) -> dict[str, int]:
+    """Videos per method that dataset.methods leaves out (what a recipe does not take from ROOT)."""
+    if not options.methods:
+        return {}
+    everything = scan(name, root, dataclasses.replace(options, methods=()))
+    return dict(sorted(Counter(r.method for r in everything if r.method not in options.methods).items()))
 
 
 def summarize(records: Iterable[VideoRecord]) -> dict[str, Any]:
@@ -54,8 +70,10 @@ def summarize(records: Iterable[VideoRecord]) -> dict[str, Any]:
         "by_split": dict(sorted(Counter(r.split for r in rows).items())),
         "by_label": {("real" if k == 0 else "fake"): v for k, v in sorted(Counter(r.label for r in rows).items())},
         "by_method": dict(sorted(Counter(r.method for r in rows).items())),
+        "by_method_split": {method: dict(sorted(Counter(r.split for r in rows if r.method == method).items()))
+                            for method in sorted({r.method for r in rows})},
         "by_status": dict(sorted(Counter(r.status for r in rows).items())),
     }
 
 
-__all__ = ["ADAPTERS", "DatasetAdapter", "VideoRecord", "get_adapter", "scan", "summarize"]
+__all__ = ["ADAPTERS", "DatasetAdapter", "VideoRecord", "get_adapter", "left_out", "scan", "summarize"]

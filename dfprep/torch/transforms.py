@@ -10,7 +10,9 @@ Put the erasing transforms before ``Normalize``: their fills are in [0, 1] image
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from functools import lru_cache
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -28,6 +30,13 @@ LANDMARK_REGIONS_68 = {  # 68-point (iBUG 300-W) indices of each facial part
     "nose": (tuple(range(27, 36)),),
     "mouth": (tuple(range(48, 68)),),
 }
+# PRLE's landmark ablation (its dataset/ImageFolder.py) draws random.randint(0, 3): 0 nose, 1 eyes, 2 and 3 mouth.
+PRLE_REGION_WEIGHTS = MappingProxyType({"nose": 0.25, "eyes": 0.25, "mouth": 0.5})
+# The 81-point predictor (codeniko/shape_predictor_81_face_landmarks) keeps iBUG's 68 points and adds 13 on
+# the forehead, numbered out of order: from the image's left to its right they are (its reference picture)
+FOREHEAD_81_LEFT_TO_RIGHT = (77, 75, 76, 68, 69, 70, 71, 80, 72, 73, 79, 74, 78)
+# dlib's 5-point shape: 0-1 the image-right eye's outer and inner corner, 2-3 the image-left eye's, 4 the nose.
+MIRROR_PAIRS_5 = [(0, 2), (1, 3)]
 
 
 def _mirror_pairs_68() -> list[tuple[int, int]]:
@@ -41,12 +50,32 @@ def _mirror_pairs_68() -> list[tuple[int, int]]:
     return pairs
 
 
+def _mirror_pairs_81() -> list[tuple[int, int]]:
+    """The 68-point pairs plus the forehead: the k-th point from the left swaps with the k-th from the right."""
+    row = FOREHEAD_81_LEFT_TO_RIGHT
+    return _mirror_pairs_68() + [(row[k], row[-1 - k]) for k in range(len(row) // 2)]
+
+
+def mirror_order(count: int) -> list[int]:
+    """Where each landmark comes from after a flip (5, 68 or 81 points), so each index keeps its facial part."""
+    return list(_mirror_order(count))
+
+
+@lru_cache(maxsize=None)
+def _mirror_order(count: int) -> tuple[int, ...]:
+    """mirror_order, built once per layout (a flip runs on every other training sample)."""
+    pairs = {5: MIRROR_PAIRS_5, 68: _mirror_pairs_68(), 81: _mirror_pairs_81()}.get(count)
+    if pairs is None:
+        raise ValueError(f"cannot mirror a {count}-point shape: known layouts have 5, 68 or 81 points")
+    order = list(range(count))
+    for left, right in pairs:
+        order[left], order[right] = right, left
+    return tuple(order)
+
+
 def mirror_order_68() -> list[int]:
     """Where each 68-point landmark comes from after a flip, so point 36 is still the subject's same eye corner."""
-    order = list(range(68))
-    for left, right in _mirror_pairs_68():
-        order[left], order[right] = right, left
-    return order
+    return mirror_order(68)
 
 
 class SampleTransform:
@@ -194,15 +223,26 @@ def hull_mask(points: np.ndarray, size: tuple[int, int]) -> Any:
 
 
 class LandmarkRegionErasing(SampleTransform):
-    """With probability p erase one facial part (eyes, nose or mouth, chosen uniformly) by its landmark hull."""
+    """With probability p erase one facial part (eyes, nose or mouth) by its landmark hull.
 
-    def __init__(self, p: float = 0.5, regions: Sequence[str] = ("eyes", "nose", "mouth"), fill: str = "noise",
-                 seed: int = 0):
+    ``regions`` names the parts to draw from, uniformly, or maps each to its weight; the default is PRLE's
+    landmark ablation (nose ¼, eyes ¼, mouth ½). Works on 68-point shapes and 81-point ones (their first
+    68 points are iBUG's). Each eye is its own hull (PRLE's code takes one hull over both eyes, which
+    also covers the bridge of the nose between them).
+    """
+
+    def __init__(self, p: float = 0.5, regions: Sequence[str] | Mapping[str, float] = PRLE_REGION_WEIGHTS,
+                 fill: str = "noise", seed: int = 0):
         super().__init__(seed)
-        unknown = set(regions) - set(LANDMARK_REGIONS_68)
-        if unknown or not regions:
-            raise ValueError(f"regions must be among {sorted(LANDMARK_REGIONS_68)}, got {list(regions)}")
-        self.p, self.regions, self.fill = p, tuple(regions), _check_fill(fill)
+        weights = dict(regions) if isinstance(regions, Mapping) else {name: 1.0 for name in regions}
+        unknown = set(weights) - set(LANDMARK_REGIONS_68)
+        if unknown or not weights:
+            raise ValueError(f"regions must be among {sorted(LANDMARK_REGIONS_68)}, got {list(weights)}")
+        if any(not math.isfinite(w) or w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+            raise ValueError(f"region weights must be finite, >= 0 and not all 0, got {weights}")
+        self.p, self.fill = p, _check_fill(fill)
+        self.regions = tuple(weights)
+        self.weights = torch.tensor([weights[name] for name in self.regions], dtype=torch.float64)
 
     def __call__(self, sample: Sample, generator: Any = None) -> Sample:
         """Erase (or not) one part of one face."""
@@ -210,9 +250,9 @@ class LandmarkRegionErasing(SampleTransform):
         if not chance(generator, self.p):
             return sample
         landmarks = np.asarray(sample["landmarks"], dtype=np.float32)
-        if landmarks.shape != (68, 2):
-            raise ValueError(f"LandmarkRegionErasing needs 68 (x, y) landmarks, got shape {landmarks.shape}")
-        region = self.regions[int(torch.randint(len(self.regions), (), generator=generator))]
+        if landmarks.shape not in ((68, 2), (81, 2)):
+            raise ValueError(f"LandmarkRegionErasing needs 68 or 81 (x, y) landmarks, got shape {landmarks.shape}")
+        region = self.regions[int(torch.multinomial(self.weights, 1, generator=generator))]
         image = sample["image"]
         mask = torch.zeros(tuple(image.shape[-2:]), dtype=torch.bool)
         for part in LANDMARK_REGIONS_68[region]:
@@ -221,12 +261,11 @@ class LandmarkRegionErasing(SampleTransform):
 
 
 class RandomHorizontalFlip(SampleTransform):
-    """Mirror image, map and landmarks together (x → W-1-x; 68-point indices re-ordered left↔right)."""
+    """Mirror image, map and landmarks together (x → W-1-x; 5-, 68- and 81-point indices re-ordered left↔right)."""
 
     def __init__(self, p: float = 0.5, seed: int = 0):
         super().__init__(seed)
         self.p = p
-        self._order = mirror_order_68()
 
     def __call__(self, sample: Sample, generator: Any = None) -> Sample:
         """Flip (or not) every spatial member of the sample."""
@@ -239,7 +278,7 @@ class RandomHorizontalFlip(SampleTransform):
             width = sample["image"].shape[-1]
             points = sample["landmarks"].clone()
             points[:, 0] = (width - 1) - points[:, 0]
-            flipped["landmarks"] = points[self._order] if points.shape[0] == 68 else points
+            flipped["landmarks"] = points[mirror_order(points.shape[0])]
         return flipped
 
 

@@ -1,5 +1,7 @@
 """Transforms: erasing touches exactly the expected pixels; flips move landmarks and maps along; all seeded."""
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
@@ -184,3 +186,117 @@ def test_normalize_and_compose():
     generator = torch.Generator().manual_seed(1)
     assert torch.equal(pipeline({"image": gradient_image()}, generator)["image"],
                        pipeline({"image": gradient_image()}, torch.Generator().manual_seed(1))["image"])
+
+
+# The 81-point model's forehead points from the image's left to its right, read off its documentation picture
+# (codeniko/shape_predictor_81_face_landmarks, 81_facial_landmarks_reference.jpg).
+FOREHEAD_IN_THE_PICTURE = [77, 75, 76, 68, 69, 70, 71, 80, 72, 73, 79, 74, 78]
+
+
+def on_ellipse(centre: tuple[float, float], radii: tuple[float, float], degrees: list[float]) -> np.ndarray:
+    """Points at the given angles (counter-clockwise on screen, 0° = right) around a centre."""
+    angles = np.radians(degrees)
+    return np.stack([centre[0] + radii[0] * np.cos(angles), centre[1] - radii[1] * np.sin(angles)], 1)
+
+
+def symmetric_81_shape(width: int) -> np.ndarray:
+    """An 81-point face, mirror-symmetric about the image's middle column, built from what each index marks.
+
+    iBUG: jaw 0-16 left to right; brows 17-21 and 22-26 left to right; nose bridge 27-30 down; nostrils
+    31-35 left to right; eyes 36-41 and 42-47 from the left corner clockwise; outer lips 48-59 from the left
+    corner clockwise, inner lips 60-67 likewise; forehead 68-80 in the picture's left-to-right order.
+    """
+    c, points = (width - 1) / 2, np.zeros((81, 2))
+    points[:17] = on_ellipse((c, 60), (45, 50), list(np.linspace(180, 360, 17)))
+    brow = np.linspace(40, 8, 5)
+    points[17:22] = np.stack([c - brow, 40 - 4 * np.sin(np.linspace(0, np.pi, 5))], 1)
+    points[22:27] = np.stack([c + brow[::-1], 40 - 4 * np.sin(np.linspace(0, np.pi, 5))], 1)
+    points[27:31] = np.stack([np.full(4, c), np.linspace(48, 66, 4)], 1)
+    points[31:36] = np.stack([c + np.linspace(-8, 8, 5), 70 + np.abs(np.linspace(-2, 2, 5))], 1)
+    eye = [180, 120, 60, 0, -60, -120]
+    points[36:42], points[42:48] = on_ellipse((c - 20, 50), (7, 3), eye), on_ellipse((c + 20, 50), (7, 3), eye)
+    points[48:60] = on_ellipse((c, 85), (15, 6), [180, 150, 120, 90, 60, 30, 0, -30, -60, -90, -120, -150])
+    points[60:68] = on_ellipse((c, 85), (10, 2), [180, 135, 90, 45, 0, -45, -90, -135])
+    points[FOREHEAD_IN_THE_PICTURE] = on_ellipse((c, 40), (46, 30), list(np.linspace(180, 0, 13)))
+    return points.astype(np.float32)
+
+
+@pytest.mark.parametrize("count", [68, 81])
+def test_flip_maps_a_symmetric_shape_onto_itself(count):
+    width = 128
+    shape = torch.from_numpy(symmetric_81_shape(width)[:count])
+    flipped = RandomHorizontalFlip(p=1.0)({"image": torch.zeros(3, 128, width), "landmarks": shape})["landmarks"]
+    assert torch.allclose(flipped, shape, atol=1e-4)  # every index still marks the same facial part
+    unordered = shape.clone()
+    unordered[:, 0] = (width - 1) - unordered[:, 0]
+    assert not torch.allclose(unordered, shape, atol=1)  # without re-indexing it would not be
+
+
+def test_flip_matches_landmarks_found_on_the_mirrored_face():
+    from dfprep.config import DetectionConfig
+    from dfprep.faces import FaceAnalyzer
+    from dfprep.models import resolve_model
+    from dfprep.synthetic import FacePlacement, render_frame
+
+    frame = render_frame(480, 360, [FacePlacement(120, 60, 1.0)])
+    mirrored = np.ascontiguousarray(frame[:, ::-1])
+    for model in ("dlib68", "dlib5"):
+        analyzer = FaceAnalyzer(DetectionConfig(tracking=False), resolve_model(model).path)
+        found = torch.from_numpy(analyzer.analyze(frame)[0].landmarks)
+        on_mirror = torch.from_numpy(analyzer.analyze(mirrored)[0].landmarks)
+        sample = {"image": torch.zeros(3, 360, 480), "landmarks": found}
+        flipped = RandomHorizontalFlip(p=1.0)(sample)["landmarks"]
+        assert float((flipped - on_mirror).norm(dim=1).mean()) < 2.5, model
+
+
+def test_flip_refuses_a_layout_it_cannot_mirror():
+    sample = {"image": torch.zeros(3, 8, 8), "landmarks": torch.zeros(12, 2)}
+    with pytest.raises(ValueError, match="12-point"):
+        RandomHorizontalFlip(p=1.0)(sample)
+
+
+def region_of(before: torch.Tensor, after: torch.Tensor, masks: dict[str, torch.Tensor]) -> str:
+    """Which part's hull an erasure filled."""
+    erased = changed(before, after)
+    return next(name for name, mask in masks.items() if erased == {tuple(p) for p in torch.nonzero(mask).tolist()})
+
+
+def part_masks(landmarks: np.ndarray, size: int) -> dict[str, torch.Tensor]:
+    """The hull of each part of a 68-point layout."""
+    hulls = {"eyes": [landmarks[36:42], landmarks[42:48]], "nose": [landmarks[27:36]], "mouth": [landmarks[48:68]]}
+    return {name: torch.stack([hull_mask(p, (size, size)) for p in parts]).any(0) for name, parts in hulls.items()}
+
+
+def test_landmark_erasing_draws_prle_weights_by_default():
+    size = 64
+    landmarks = template_landmarks_68(size)
+    masks, image = part_masks(landmarks, size), gradient_image(size, size)
+    transform = LandmarkRegionErasing(p=1.0, fill="zero", seed=5)
+    counts = Counter(region_of(image, transform({"image": image, "landmarks": torch.from_numpy(landmarks)})["image"],
+                               masks) for _ in range(400))
+    assert abs(counts["nose"] / 400 - 0.25) < 0.07 and abs(counts["eyes"] / 400 - 0.25) < 0.07
+    assert abs(counts["mouth"] / 400 - 0.5) < 0.08
+
+
+def test_landmark_erasing_weights_are_configurable_and_checked():
+    size = 64
+    landmarks = template_landmarks_68(size)
+    masks, image = part_masks(landmarks, size), gradient_image(size, size)
+    only_mouth = LandmarkRegionErasing(p=1.0, regions={"mouth": 1.0, "nose": 0.0}, fill="zero")
+    sample = {"image": image, "landmarks": torch.from_numpy(landmarks)}
+    assert {region_of(image, only_mouth(sample)["image"], masks) for _ in range(20)} == {"mouth"}
+    for bad in ({"ears": 1.0}, {"eyes": -1.0}, {"nose": 0.0}, {"nose": float("nan")}, {}):
+        with pytest.raises(ValueError):
+            LandmarkRegionErasing(regions=bad)
+
+
+def test_landmark_erasing_takes_81_points_by_their_ibug_part():
+    size = 64
+    landmarks = template_landmarks_68(size)
+    eighty_one = np.vstack([landmarks, np.full((13, 2), 2.0, np.float32)])  # forehead points play no part
+    image = gradient_image(size, size)
+    erased = [LandmarkRegionErasing(p=1.0, fill="zero", seed=3)({"image": image, "landmarks": torch.from_numpy(s)})
+              ["image"] for s in (landmarks, eighty_one)]
+    assert changed(image, erased[0]) and torch.equal(erased[0], erased[1])
+    with pytest.raises(ValueError, match="68 or 81"):
+        LandmarkRegionErasing(p=1.0)({"image": image, "landmarks": torch.zeros(5, 2)})
