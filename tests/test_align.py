@@ -170,18 +170,25 @@ def test_box_preset_is_a_square_around_all_landmarks(analyzer: FaceAnalyzer) -> 
     assert np.allclose((low + high) / 2, 128, atol=0.5)
 
 
-def test_context_crop_is_the_same_centre_zoomed_out(analyzer: FaceAnalyzer) -> None:
+def test_context_crop_keeps_the_face_crop_density_around_the_same_centre(analyzer: FaceAnalyzer) -> None:
     frame = render_frame(1280, 720, [FacePlacement(500, 200, 1.6)])
     face = detect_one(analyzer, frame)
     config = AlignmentConfig(preset="caddm", size=224, scale=0.9, context_scale=1.5)
     aligned = align_face(frame, face.landmarks, face.box, config)
-    assert aligned.context is not None and aligned.context.shape == (224, 224, 3)
+    assert aligned.context is not None and aligned.context.shape == (336, 336, 3)  # 1.5 × 224, nothing squeezed
     in_context = transform_points(face.landmarks, aligned.context_matrix)
-    assert np.allclose(in_context - 112, (aligned.landmarks - 112) / 1.5, atol=1e-3)
-    inner = 224 / 1.5
-    middle = aligned.context[int(112 - inner / 2):int(112 + inner / 2), int(112 - inner / 2):int(112 + inner / 2)]
-    regrown = cv2.resize(middle, (224, 224), interpolation=cv2.INTER_LINEAR)
-    assert np.abs(regrown.astype(int) - aligned.crop.astype(int)).mean() < 12
+    assert np.allclose(in_context, aligned.landmarks + 56, atol=1e-3)  # same zoom, shifted by the margin
+    middle = aligned.context[56:280, 56:280].astype(int)
+    assert np.abs(middle - aligned.crop.astype(int)).max() <= 1  # the face crop is the context's centre
+
+
+def test_context_scale_below_one_is_refused() -> None:
+    from dfprep.config import load_config
+    from dfprep.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="context_scale"):
+        load_config(None, {"alignment.context_scale": 0.5})
+    assert load_config(None, {"alignment.context_scale": 1.25}).alignment.context_scale == 1.25
 
 
 def test_five_point_predictor_shapes_align_close_to_68_point_ones(analyzer: FaceAnalyzer) -> None:

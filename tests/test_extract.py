@@ -116,7 +116,12 @@ def test_fakes_reuse_their_originals_frame_plan(tmp_path, clips, config8):
     assert note == "paired" and plan == plan_for_family(original, probe(clips["face"]), None, config8, cache)[0]
     shorter = write_clip(tmp_path / "short.mp4", 480, 360, 30, moving_face(), gop=7)
     plan, note = plan_for_family(fake, probe(shorter), str(clips["face"]), config8, cache)
-    assert note.startswith("own: frame counts differ (fake 30, original 40)")
+    assert note.startswith("clamped: frame counts differ (fake 30, original 40)")
+    assert plan == [0, 4, 8, 12, 16, 20, 24, 29]  # the shorter video's linspace, the same indices in both
+    original_of_30 = _record(shorter)
+    plan, note = plan_for_family(_record(same_length, 1, "t/fake/raw/clip", original_of_30.video_id),
+                                 probe(same_length), str(shorter), config8, cache)
+    assert note.startswith("clamped: frame counts differ (fake 40, original 30)") and max(plan) == 29
     _, note = plan_for_family(fake, probe(shorter), str(tmp_path / "absent.mp4"), config8, cache)
     assert note == "own: original video absent"
     row, samples = _extract(config8, fake, str(clips["face"]))
