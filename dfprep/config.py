@@ -55,6 +55,7 @@ class DetectionConfig:
     detector: str = "hog"  # hog | cnn
     working_size: int = 640  # longer side of the frame the detector sees (0 = full size)
     upsample: int = 1
+    upsample_ladder: bool = True  # largest: try upsample 0..upsample, stop at the first that finds a face
     min_score: float = 0.0  # detector score below which a detection is dropped (dlib's own threshold)
     tracking: bool = True  # search near the previous box before a full-frame detection
     track_window: float = 2.0  # search window side = previous box side × this

@@ -203,11 +203,14 @@ class FaceAnalyzer:
     def _detect_full(self, image: np.ndarray) -> list[Candidate]:
         """Full-frame detection at the working size.
 
-        For `largest`, cheaper pyramid levels go first: a face found without upsampling is larger
-        than anything upsampling could add, so the expensive pass only runs when nothing was found.
+        For `largest` with `upsample_ladder`, cheaper pyramid levels go first: a face found without
+        upsampling is larger than anything upsampling could add, so the expensive pass only runs when
+        nothing was found. Its box sits on another pyramid grid than the upsampled pass's, so a recipe
+        that must match a reference detector's boxes turns the ladder off.
         """
         factor = working_factor(image.shape, self.config.working_size)
-        levels = range(self.config.upsample + 1) if self.config.select == "largest" else [self.config.upsample]
+        ladder = self.config.select == "largest" and self.config.upsample_ladder
+        levels = range(self.config.upsample + 1) if ladder else [self.config.upsample]
         found: list[Candidate] = []
         for upsample in levels:
             found = self._detect_scaled(image, factor, (0, 0), upsample)

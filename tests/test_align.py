@@ -77,9 +77,31 @@ def test_template_presets_land_the_five_points_on_the_template(config: Alignment
     aligned = align_face(frame, landmarks, (0, 0, 1, 1), config)
     assert aligned.crop.shape == (config.size, config.size, 3) and aligned.crop.dtype == np.uint8
     assert aligned.matrix.shape == (2, 3) and aligned.matrix.dtype == np.float64
-    assert np.abs(five_points(aligned.landmarks) - template).max() < 0.05
+    truncation = 1.5 / zoom if config.preset == "caddm" else 0.0  # CADDM floors eye centres to whole frame px
+    assert np.abs(five_points(aligned.landmarks) - template).max() < 0.05 + truncation
     assert np.allclose(aligned.landmarks, landmarks @ aligned.matrix[:, :2].T + aligned.matrix[:, 2], atol=1e-3)
     assert aligned.context is None and aligned.context_matrix is None
+
+
+def test_caddm_preset_is_caddms_own_crop_formula() -> None:
+    """The preset against a re-implementation of CADDM's align_5p (benchmarks/caddm_reference.py)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import caddm_reference
+
+    rng = np.random.default_rng(3)
+    config = AlignmentConfig(preset="caddm", size=224, scale=0.9)
+    for _ in range(20):
+        crop_to_frame = similarity(rng.uniform(-30, 30), rng.uniform(0.5, 3.0), tuple(rng.uniform(100, 900, 2)))
+        landmarks = np.round(transform_points(layout_68(template_points("caddm", 224, 0.9)), crop_to_frame)
+                             + rng.normal(0, 2, (68, 2)))  # dlib gives whole pixels
+        reference = caddm_reference.crop_matrix(landmarks)
+        ours = align_face(np.zeros((8, 8, 3), np.uint8), landmarks, (0, 0, 1, 1), config).matrix
+        assert np.abs(reference[2] - [0, 0, 1]).max() < 1e-5  # no jitter: CADDM's matrix is affine (float32 fit)
+        corners = np.array([[[0.0, 0.0], [223.0, 0.0], [0.0, 223.0], [223.0, 223.0]]])
+        frame_corners = cv2.perspectiveTransform(corners, np.linalg.inv(reference))[0]
+        assert np.abs(transform_points(frame_corners, ours) - corners[0]).max() < 0.01  # crop px
 
 
 def test_deepfakebench_template_is_the_scaled_112_template_with_margin() -> None:

@@ -152,9 +152,13 @@ def test_context_crop_for_caddm(clips):
     config = load_config("caddm", {"sampling.frames": 2})
     _, samples = _extract(config, _record(clips["face"]))
     sample = samples[0]
-    assert set(sample.members) == {"jpg", "ldm.npy", "context.jpg", "json"}
-    crop = cv2.imdecode(np.frombuffer(sample.members["jpg"], np.uint8), cv2.IMREAD_COLOR)
-    assert crop.shape == (224, 224, 3) and "context_matrix" in json.loads(sample.members["json"])
+    assert set(sample.members) == {"png", "ldm.npy", "context.png", "json"}  # a real has no registered original
+    crop = cv2.imdecode(np.frombuffer(sample.members["png"], np.uint8), cv2.IMREAD_COLOR)
+    context = cv2.imdecode(np.frombuffer(sample.members["context.png"], np.uint8), cv2.IMREAD_COLOR)
+    assert crop.shape == (224, 224, 3) and context.shape == (448, 448, 3)
+    assert np.abs(context[112:336, 112:336].astype(int) - crop.astype(int)).max() <= 1
+    meta = json.loads(sample.members["json"])
+    assert "context_matrix" in meta and meta["has_original"] is False and sample.row["has_original"] is False
 
 
 def test_memory_stays_flat_with_video_length(tmp_path, config8):
