@@ -81,8 +81,8 @@ class OriginalFrames:
     """The original video's frames at the fake's indices, decoded in step with the fake.
 
     Requests come in the fake's frame order; each advances one decoder over the original, so one original
-    frame is held at a time. A request behind the decoder (a neighbour standing in for a faceless frame)
-    restarts it from there, which costs a seek, never memory.
+    frame is held at a time. A request the running decoder will not deliver (a neighbour standing in for a
+    faceless frame, behind it or between its frames) restarts it from there: a seek, never memory.
     """
 
     def __init__(self, info: VideoInfo, plan: Sequence[int], deadline: float | None, threads: int = 0):
@@ -91,6 +91,7 @@ class OriginalFrames:
         self.deadline, self.threads = deadline, threads
         self._frames: Iterator[DecodedFrame] | None = None
         self._current: DecodedFrame | None = None
+        self._run: frozenset[int] = frozenset()  # the frames the running decoder will deliver
         self.failure = ""  # set when the original stopped decoding: every later request gets it
 
     def at(self, index: int) -> tuple[np.ndarray | None, str]:
@@ -99,7 +100,9 @@ class OriginalFrames:
             return None, f"original has {self.info.frame_count} frames"
         if self.failure:
             return None, self.failure
-        if self._frames is None or self._current is None or index < self._current.index:
+        if self._current is not None and self._current.index == index:
+            return self._current.image, ""  # a second face on the same frame
+        if self._frames is None or index not in self._run or (self._current and index < self._current.index):
             self._restart(index)
         try:
             while self._current is None or self._current.index < index:
@@ -119,6 +122,7 @@ class OriginalFrames:
         """(Re)start decoding at `index`, then on to the later wanted frames."""
         self.close()
         later = sorted({index, *[i for i in self.wanted if i > index]})
+        self._run = frozenset(later)
         self._frames = iter(decode_frames(self.info.path, later, self.info, deadline=self.deadline,
                                           threads=self.threads))
 
