@@ -6,7 +6,6 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -19,7 +18,7 @@ from dfprep.identity import IdentityCollector
 from dfprep.models import ResolvedModel, load_check, resolve_model
 from dfprep.pairs import Pairing, family_plan, start_pairing
 from dfprep.shards import Sample, encode_image, encode_npy, sample_key
-from dfprep.video import DecodedFrame, VideoError, VideoInfo, decode_frames, frame_plan, probe
+from dfprep.video import DecodedFrame, VideoError, VideoInfo, decode_frames, probe
 
 
 @dataclass

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dfprep.synthetic import FacePlacement, linear_motion, write_clip
+from dfprep.synthetic import FacePlacement, linear_motion, write_clip, write_ffpp_pairs
 
 FFPP_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "ffpp-mini"
 
@@ -56,3 +56,18 @@ def ray_session():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def pairs_out(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny FF++ tree of fake/original pairs (dfprep.synthetic.write_ffpp_pairs), extracted once with the
+    caddm-ffpp recipe as a user runs it (4 frames per video): (dataset root, output folder). Read-only."""
+    from dfprep.catalog import scan
+    from dfprep.config import load_config
+    from dfprep.run import extract_run
+
+    root = write_ffpp_pairs(tmp_path_factory.mktemp("ffpp_pairs"))
+    out = tmp_path_factory.mktemp("pairs_out")
+    config = load_config("caddm-ffpp", {"ray.workers": 0, "sampling.frames": 4})
+    extract_run(scan("ffpp", root, config.dataset), config, str(out), quiet=True)
+    return root, out

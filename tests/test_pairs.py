@@ -10,30 +10,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 
 from dfprep.align import warp
-from dfprep.catalog import scan
 from dfprep.catalog.base import VideoRecord
 from dfprep.config import load_config
 from dfprep.extract import ExtractionModels, VideoExtractor
 from dfprep.pairs import OriginalFrames
-from dfprep.run import extract_run
 from dfprep.shards import Sample
-from dfprep.synthetic import FacePlacement, linear_motion, write_clip, write_ffpp_pairs
+from dfprep.synthetic import FacePlacement, linear_motion, write_clip
 from dfprep.video import decode_frames, probe
 
-FRAMES = 4
-
-
-@pytest.fixture(scope="module")
-def pairs_out(tmp_path_factory) -> tuple[Path, Path]:
-    """The tiny FF++ pair tree, extracted with the caddm-ffpp recipe as a user runs it (4 frames)."""
-    root = write_ffpp_pairs(tmp_path_factory.mktemp("ffpp_pairs"))
-    out = tmp_path_factory.mktemp("pairs_out")
-    config = load_config("caddm-ffpp", {"ray.workers": 0, "sampling.frames": FRAMES})
-    extract_run(scan("ffpp", root, config.dataset), config, str(out), quiet=True)
-    return root, out
+FRAMES = 4  # the `pairs_out` fixture (tests/conftest.py) samples 4 frames per video
 
 
 def read_samples(out: Path) -> dict[str, dict[str, bytes]]:
