@@ -135,6 +135,25 @@ def decoded_frames(samples: Iterable[Stored], paths: dict[str, str]) -> dict[str
     return frames
 
 
+def decoder_agreement(samples: dict[str, Stored], frames: dict[str, np.ndarray], paths: dict[str, str]) -> int:
+    """Largest pixel difference between dfprep's decoded frames and OpenCV's VideoCapture (CADDM's decoder)."""
+    wanted: dict[str, dict[int, str]] = defaultdict(dict)
+    for key in frames:
+        wanted[samples[key].meta["video_id"]][samples[key].meta["frame"]] = key
+    worst = 0
+    for video_id, by_index in wanted.items():
+        capture = cv2.VideoCapture(paths[video_id])
+        for index in range(max(by_index) + 1):
+            ok, bgr = capture.read()
+            if not ok:
+                raise RuntimeError(f"OpenCV could not read frame {index} of {paths[video_id]}")
+            if index in by_index:
+                theirs = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(int)
+                worst = max(worst, int(np.abs(theirs - frames[by_index[index]]).max()))
+        capture.release()
+    return worst
+
+
 def landmark_offset(a: np.ndarray, b: np.ndarray) -> float:
     """Mean distance between two (N, 2) landmark sets, in crop pixels."""
     return float(np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64), axis=1).mean())
@@ -234,6 +253,8 @@ def main() -> None:
     frames = decoded_frames(samples.values(), paths)
     figures = test_crop_agreement(samples, frames)
     print(f"\n2. test-time crop vs CADDM's (its detection + align_5p, re-implemented) on the same {len(frames)} frames")
+    print(f"  decoded frames vs OpenCV's VideoCapture (CADDM's decoder): largest pixel difference "
+          f"{decoder_agreement(samples, frames, paths)}")
     print(f"  stored crop: landmark offset {spread(figures['offset'], ' px', 4)}, PSNR {spread(figures['psnr'], ' dB', 1)}")
     print(f"  crop formula alone (same landmarks): offset {spread(figures['formula'], ' px', 4)}")
     print(f"  without CADDM's eye-centre truncation: offset {spread(figures['untruncated'], ' px', 3)}")

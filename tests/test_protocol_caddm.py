@@ -41,6 +41,7 @@ def test_every_fake_gets_its_registered_original_and_it_lines_up_outside_the_fac
 def test_stored_crops_are_caddms_test_crops_of_the_same_frames(caddm_pairs):
     _, _, samples, paths = caddm_pairs
     frames = protocol.decoded_frames(samples.values(), paths)
+    assert protocol.decoder_agreement(samples, frames, paths) == 0  # PyAV and CADDM's OpenCV decode the same pixels
     figures = protocol.test_crop_agreement(samples, frames)
     assert len(figures["offset"]) == 12
     assert max(figures["offset"]) < 0.01 and min(figures["psnr"]) > 60  # same landmarks, same formula, PNG
