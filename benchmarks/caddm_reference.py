@@ -74,6 +74,7 @@ def _stretched(points: np.ndarray, jitter: CropJitter) -> np.ndarray:
     moved = points.copy()
 
     def spread(i: int, j: int, factor: float) -> None:
+        """Move points i and j apart (factor > 1) or together about their middle."""
         middle, half = (moved[i] + moved[j]) / 2, (moved[i] - moved[j]) / 2
         moved[i], moved[j] = middle + half * factor, middle - half * factor
 

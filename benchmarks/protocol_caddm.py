@@ -230,20 +230,8 @@ def spread(values: list[float], unit: str = "", digits: int = 2) -> str:
     return f"{np.median(values):.{digits}f}{unit} [{min(values):.{digits}f}–{max(values):.{digits}f}]"
 
 
-def main() -> None:
-    """Extract, measure, print."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
-    parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--jitters", type=int, default=4)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as folder:
-        started = time.perf_counter()
-        report = extract_pairs(args.root, Path(folder), args.frames)
-        wall = time.perf_counter() - started
-        samples, paths = read_output(Path(folder))
-    print(f"== caddm-ffpp on ffpp-mini pairs: {report.faces} faces from {report.videos} videos, {args.frames} frames "
-          f"each, {wall:.1f} s in-process ==")
+def print_agreement(samples: dict[str, Stored], paths: dict[str, str], jitters: int) -> None:
+    """Sections 1-3: registration, the test-time crop and the training crop against CADDM's."""
     for grow in (8, 32):
         print(f"\n1. registration: PSNR outside the face (landmark hull + {grow} px), fake crop vs its registered "
               "original | vs the original's own crop")
@@ -261,14 +249,32 @@ def main() -> None:
     print(f"  dfprep's default detector (640 px, tracking, upsample ladder): offset "
           f"{spread(figures['fast_detector'], ' px', 3)}")
     try:
-        training = training_crop_agreement(samples, frames, args.jitters)
+        training = training_crop_agreement(samples, frames, jitters)
     except ImportError:
         print("\n3. skipped: needs torch")
-    else:
-        print(f"\n3. training crop (CaddmRandomCrop on the 2x context crop vs get_align5p on the frame), "
-              f"{len(training['psnr'])} crops")
-        print(f"  PSNR over covered pixels {spread(training['psnr'], ' dB', 1)}; share of crop covered "
-              f"{spread(training['coverage'], '', 4)}; fully covered {np.mean(np.array(training['coverage']) > 0.9999):.1%}")
+        return
+    covered = np.array(training["coverage"])
+    print(f"\n3. training crop (CaddmRandomCrop on the 2x context crop vs get_align5p on the frame), "
+          f"{len(training['psnr'])} crops")
+    print(f"  PSNR over covered pixels {spread(training['psnr'], ' dB', 1)}; share of crop covered "
+          f"{spread(training['coverage'], '', 4)}; fully covered {np.mean(covered > 0.9999):.1%}")
+
+
+def main() -> None:
+    """Extract, measure, print."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--jitters", type=int, default=4)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        report = extract_pairs(args.root, Path(folder), args.frames)
+        wall = time.perf_counter() - started
+        samples, paths = read_output(Path(folder))
+    print(f"== caddm-ffpp on ffpp-mini pairs: {report.faces} faces from {report.videos} videos, {args.frames} frames "
+          f"each, {wall:.1f} s in-process ==")
+    print_agreement(samples, paths, args.jitters)
     sizes = sample_bytes(samples)
     decode, original = report.timings.get("decode", 0.0), report.timings.get("decode_original", 0.0)
     print(f"\n4. cost: {sizes['fake'] / 1e3:.0f} kB per fake sample (4 PNGs), {sizes['real'] / 1e3:.0f} kB per real; "

@@ -226,7 +226,7 @@ class VideoExtractor:
             members[f"context.{output.image_format}"] = encode_image(aligned.context, output.image_format,
                                                                      output.quality)
         if self.pairing is not None:
-            self.pairing.annotate(meta, frame.index, track)
+            self.pairing.annotate(meta, frame.index, planned, track)
             members.update(self.pairing.original_members(frame.index, frame.image.shape, aligned, output, meta))
         members["json"] = json.dumps(meta, separators=(",", ":")).encode()
         row = index_row(record, frame, planned, face, meta)

@@ -149,9 +149,13 @@ class Pairing:
         """Whether this video is a fake with an original to pair with (by identity, not by file)."""
         return self.record.label == 1 and self.record.family_id != self.record.video_id
 
-    def annotate(self, meta: dict[str, Any], frame: int, track: int | None) -> None:
-        """Add pair_key (only when the original's own samples sit on the same frames) to a sample's json."""
-        if self.is_fake and self.family.shares_original_plan:
+    def annotate(self, meta: dict[str, Any], frame: int, planned: int, track: int | None) -> None:
+        """Add pair_key to a fake sample's json when the original's own sample can sit on that frame.
+
+        That is when both videos have the same plan and this face is on its planned frame (not a neighbour
+        standing in for it); the key is still absent from the shards if the original had no face there.
+        """
+        if self.is_fake and self.family.shares_original_plan and frame == planned:
             meta["pair_key"] = sample_key(self.record.family_id, frame, track)
 
     def original_members(self, frame_index: int, frame_shape: tuple[int, ...], aligned: AlignedFace,

@@ -588,13 +588,16 @@ def elastic_mask(mask: np.ndarray, alpha: float, sigma: float, noise: np.ndarray
     smooth = [cv2.GaussianBlur(n.astype(np.float32), (0, 0), sigma, borderType=cv2.BORDER_REFLECT) * alpha
               for n in noise]
     grid_x, grid_y = np.meshgrid(np.arange(cols, dtype=np.float32), np.arange(rows, dtype=np.float32))
-    return cv2.remap(mask, grid_x + smooth[0], grid_y + smooth[1], cv2.INTER_LINEAR,
+    return cv2.remap(mask.astype(np.float32), grid_x + smooth[0], grid_y + smooth[1], cv2.INTER_LINEAR,
                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
 def alpha_blend(background: np.ndarray, inserted: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """mask·inserted + (1 - mask)·background with the mask softened by a 5x5 σ 3 Gaussian (CADDM's alpha blend)."""
-    soft = cv2.GaussianBlur(mask.astype(np.float32), (5, 5), 3)[..., None] / 255.0
+    """mask·inserted + (1 - mask)·background with the mask softened by a 5x5 σ 3 Gaussian (CADDM's alpha blend).
+
+    The blur runs in the mask's own type, as CADDM's: a uint8 hull or window rounds, an elastic float mask not.
+    """
+    soft = cv2.GaussianBlur(mask, (5, 5), 3).astype(np.float32)[..., None] / 255.0
     return (soft * inserted + (1 - soft) * background).astype(np.uint8)
 
 

@@ -115,6 +115,29 @@ def test_alpha_global_swap_moves_the_whole_face_hull_one_way_or_the_other(pair_s
     assert seen == {"none", "original face on fake", "fake face on original"}
 
 
+def test_elastic_and_poisson_global_swaps_stay_on_the_face(pair_samples):
+    sample = a_fake(pair_samples)
+    fake, original = (to_uint8_hwc(sample[k]).astype(int) for k in ("image", "original"))
+    hull = face_hull_mask(sample["landmarks"].numpy(), fake.shape[:2])
+    far_outside = cv2.dilate(hull, np.ones((31, 31), np.uint8)) == 0
+    deep_inside = cv2.erode(hull, np.ones((31, 31), np.uint8)) > 0
+    kinds = set()
+    for p_poisson in (0.0, 1.0):
+        swap = MultiScaleFacialSwap(p_global=1.0, p_poisson=p_poisson, elastic_p=1.0)
+        for seed in range(6):
+            mixed = swap(sample, torch.Generator().manual_seed(seed))
+            if mixed["swap"] == "none":
+                continue
+            out = to_uint8_hwc(mixed["image"]).astype(int)
+            background = fake if np.abs(out[far_outside] - fake[far_outside]).max() <= 2 else original
+            rounding = 2 if mixed["blending"] == "poisson" else 0  # seamlessClone rewrites its whole box, ±2 levels
+            assert np.abs(out[far_outside] - background[far_outside]).max() <= rounding
+            changed = np.abs(out[deep_inside] - background[deep_inside]).mean()
+            assert changed > 2, (mixed["blending"], changed)  # the face really came from the other image
+            kinds.add(mixed["blending"])
+    assert kinds == {"alpha", "poisson"}
+
+
 def test_poisson_swap_keeps_the_outside_and_the_fakes_gradients_inside(pair_samples):
     sample = a_fake(pair_samples)
     mixed = MultiScaleFacialSwap(p_global=0.0, p_poisson=1.0)(sample, torch.Generator().manual_seed(1))
