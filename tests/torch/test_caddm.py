@@ -48,6 +48,8 @@ def test_pairs_yield_each_fake_with_its_registered_original_and_reals_with_thems
         samples = list(data)
     assert {s["method"] for s in samples} == {"youtube", "Deepfakes", "FaceSwap"} and len(samples) == 12
     assert data.skipped_unpaired == 4
+    balanced = FaceShards(str(pairs_out[1]), pairs=True, balance=True)  # 4 reals, 8 paired fakes (not 12)
+    assert balanced.label_counts == {0: 4, 1: 8} and balanced.estimated_length() == 16
     for sample in samples:
         assert sample["original"].shape == sample["image"].shape == (3, 224, 224)
         if sample["label"] == 0:
