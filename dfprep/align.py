@@ -7,9 +7,9 @@ docs/protocols.md for how far the two differ). Pixels outside the frame are blac
 as in both reference pipelines: replicated borders would smear edge pixels into streaks a detector
 could learn.
 
-The optional context crop shares the face crop's centre and orientation but covers `context_scale`
-times its extent, at the same `size`: what blending augmentations (SBI, CADDM's multi-scale swap)
-need around the face.
+The optional context crop shares the face crop's centre, orientation and zoom but covers
+`context_scale` times its extent (so it is `context_scale` × `size` pixels wide, nothing squeezed):
+what blending augmentations (SBI, CADDM's multi-scale swap) and CADDM's random crops need around the face.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class AlignedFace:
     crop: np.ndarray  # (size, size, 3) RGB uint8
     matrix: np.ndarray  # (2, 3) float64, frame pixels → crop pixels
     landmarks: np.ndarray  # float32 (N, 2), frame landmarks mapped into crop pixels
-    context: np.ndarray | None = None  # wider crop around the same centre, when context_scale > 0
+    context: np.ndarray | None = None  # wider crop, same centre and zoom, when context_scale > 0
     context_matrix: np.ndarray | None = None
 
 
@@ -104,6 +104,18 @@ def five_points(landmarks: np.ndarray) -> np.ndarray:
                      points[30], points[48], points[54]]).astype(np.float32)
 
 
+def caddm_five_points(landmarks: np.ndarray) -> np.ndarray:
+    """CADDM's five points: as `five_points`, but the eye centres truncated to whole pixels.
+
+    CADDM's `align_5p` casts the eye centres to int before the fit; doing the same keeps the crop within
+    0.001 px of its own (without it: 0.25-0.96 px apart on ffpp-mini). 5-point shapes are left as they are.
+    """
+    points = five_points(landmarks)
+    if np.asarray(landmarks).shape[0] >= 68:
+        points[:2] = np.trunc(points[:2])
+    return points
+
+
 def deepfakebench_points(landmarks: np.ndarray) -> np.ndarray:
     """The 5 shape points DeepfakeBench aligns with (eyelids, nose tip, outer lip), float32 (5, 2).
 
@@ -119,7 +131,9 @@ def deepfakebench_points(landmarks: np.ndarray) -> np.ndarray:
 
 def alignment_points(preset: str, landmarks: np.ndarray) -> np.ndarray:
     """The 5 frame points a template preset fits: DeepfakeBench's shape points, or eye centres etc."""
-    return deepfakebench_points(landmarks) if preset == "deepfakebench" else five_points(landmarks)
+    if preset == "deepfakebench":
+        return deepfakebench_points(landmarks)
+    return caddm_five_points(landmarks) if preset == "caddm" else five_points(landmarks)
 
 
 def template_points(preset: str, size: int, scale: float) -> np.ndarray:
@@ -172,11 +186,23 @@ def alignment_matrix(landmarks: np.ndarray, box: Sequence[float], config: Alignm
                              template_points(config.preset, config.size, config.scale))
 
 
-def widen(matrix: np.ndarray, size: int, context_scale: float) -> np.ndarray:
-    """The matrix of a crop with the same centre covering `context_scale` × the extent, at the same size."""
-    shift = (size / 2) * (1 - 1 / context_scale)  # keeps the crop centre fixed
-    zoom_out = np.array([[1 / context_scale, 0.0, shift], [0.0, 1 / context_scale, shift], [0.0, 0.0, 1.0]])
-    return (zoom_out @ np.vstack([matrix, [0.0, 0.0, 1.0]]))[:2]
+def context_size(size: int, context_scale: float) -> int:
+    """Side of the context crop: the face crop's pixel density over `context_scale` × its extent.
+
+    Rounded so the face crop sits on whole pixels in the middle of it (the margin is an integer).
+    """
+    return size + 2 * int(round(size * (context_scale - 1) / 2))
+
+
+def context_matrix(matrix: np.ndarray, size: int, context_scale: float) -> tuple[np.ndarray, int]:
+    """The matrix and side of a wider crop around the face crop, at the same zoom (nothing squeezed).
+
+    The face crop is the context crop's centre: context pixel (x + m, y + m) is face-crop pixel (x, y),
+    with m = (context side - size) / 2, so random crops cut from it lose no resolution.
+    """
+    side = context_size(size, context_scale)
+    margin = (side - size) / 2
+    return matrix + np.array([[0.0, 0.0, margin], [0.0, 0.0, margin]]), side
 
 
 def warp(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
@@ -193,5 +219,5 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, box: Sequence[float],
     crop_landmarks = transform_points(landmarks, matrix)
     if config.context_scale <= 0:
         return AlignedFace(crop, matrix, crop_landmarks)
-    context_matrix = widen(matrix, config.size, config.context_scale)
-    return AlignedFace(crop, matrix, crop_landmarks, warp(image, context_matrix, config.size), context_matrix)
+    wide, side = context_matrix(matrix, config.size, config.context_scale)
+    return AlignedFace(crop, matrix, crop_landmarks, warp(image, wide, side), wide)

@@ -84,6 +84,8 @@ class OutputConfig:
     quality: int = 95
     videos_per_shard: int = 48  # ~1.5k samples at 32 frames
     maps: tuple[str, ...] = ()  # region maps computed inline during extract (e.g. landmarks)
+    registered_original: bool = False  # fakes also store their original's frame at the same index, cut with the
+    # fake's own matrix (<key>.original.<ext>, and <key>.original_context.<ext> beside a context crop)
 
 
 @dataclass(frozen=True)
@@ -463,3 +465,10 @@ def validate(config: PipelineConfig, origin: Mapping[str, str] | None = None) ->
     for name in config.output.maps:
         if name not in ("landmarks",):
             raise ConfigError(f"output.maps: unknown inline map method {name!r} (expected landmarks)")
+    _validate_context(config.alignment)
+
+
+def _validate_context(alignment: AlignmentConfig) -> None:
+    """A context crop is at least as wide as the face crop (or absent)."""
+    if alignment.context_scale != 0 and alignment.context_scale < 1:
+        raise ConfigError(f"alignment.context_scale: must be 0 (no context crop) or >= 1, got {alignment.context_scale}")

@@ -6,7 +6,6 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -18,8 +17,9 @@ from dfprep.errors import ConfigError, one_line
 from dfprep.faces import Face, FaceAnalyzer
 from dfprep.identity import IdentityCollector
 from dfprep.models import ResolvedModel, load_check, resolve_model
+from dfprep.pairs import Pairing, family_plan, start_pairing
 from dfprep.shards import Sample, encode_image, encode_npy, sample_key
-from dfprep.video import DecodedFrame, VideoError, VideoInfo, decode_frames, frame_plan, probe
+from dfprep.video import DecodedFrame, VideoError, VideoInfo, decode_frames, probe
 
 
 @dataclass
@@ -60,20 +60,10 @@ class ExtractionModels:
 
 def plan_for_family(record: VideoRecord, info: VideoInfo, original_path: str | None,
                     config: PipelineConfig, probe_cache: dict[str, VideoInfo]) -> tuple[list[int], str]:
-    """A fake reuses its original's frame indices when frame counts agree; else its own plan, and why."""
-    own = frame_plan(info, config.sampling)
-    if record.label == 0 or not config.sampling.pair_with_original:
-        return own, "own"
-    if not original_path or not Path(original_path).is_file():
-        return own, "own: original video absent"
-    try:
-        original = probe_cache.get(original_path) or probe(original_path)
-    except VideoError as exc:
-        return own, f"own: original unreadable ({exc})"
-    probe_cache[original_path] = original
-    if original.frame_count != info.frame_count:
-        return own, f"own: frame counts differ (fake {info.frame_count}, original {original.frame_count})"
-    return frame_plan(original, config.sampling), "paired"
+    """A fake samples its original's frames (clamped to the shorter video); else its own plan, and why."""
+    family = family_plan(record, info, original_path, config.sampling, probe_cache,
+                         config.output.registered_original)
+    return family.plan, family.note
 
 
 def neighbour_order(planned: int, reach: int, frame_count: int) -> list[int]:
@@ -97,6 +87,7 @@ class VideoExtractor:
         self.probe_cache: dict[str, VideoInfo] = {}
         self._stage = "probe"  # where the current video is, for an internal_error row's reason
         self._faces = 0  # faces of the current video handed to the sink
+        self.pairing: Pairing | None = None  # the current video's pair state (pair_key, registered originals)
 
     def extract(self, record: VideoRecord, original_path: str | None,
                 sink: Callable[[Sample], None]) -> VideoResult:
@@ -125,6 +116,10 @@ class VideoExtractor:
             if self._stage == "write":
                 raise
             status, error = "internal_error", internal_reason(self.stage(), exc)
+        finally:
+            pairing = self._close_pairing(timings)
+        if pairing is not None and pairing.registering:
+            row["pair"] = pairing.summary(self._faces)
         if self.identity is not None:
             status, error = self._identity_columns(row, status, error)
         row.update(status=status, error=error, faces_written=self._faces)
@@ -147,15 +142,33 @@ class VideoExtractor:
         info = probe(record.path)
         self.probe_cache[record.path] = info
         self._stage = "plan"
-        plan, plan_note = plan_for_family(record, info, original_path, self.config, self.probe_cache)
-        timings["probe"] += time.monotonic() - started
-        row.update(frames_planned=len(plan), plan=plan_note, frame_count=info.frame_count, fps=info.fps)
         deadline = started + self.config.sampling.video_timeout_s
+        self.pairing = self._start_pairing(record, info, original_path, deadline)
+        plan = self.pairing.family.plan
+        timings["probe"] += time.monotonic() - started
+        row.update(frames_planned=len(plan), plan=self.pairing.family.note, frame_count=info.frame_count,
+                   fps=info.fps)
         return outcome(self._run_plan(record, info, plan, deadline, sink, timings), plan)
 
     def stage(self) -> str:
         """The stage the current video is in; detection reports whether it was finding faces or landmarks."""
         return self.analyzer.stage if self._stage == "detect" else self._stage
+
+    def _start_pairing(self, record: VideoRecord, info: VideoInfo, original_path: str | None,
+                       deadline: float) -> Pairing:
+        """Plan this video's frames with its family, and open its original when originals are registered."""
+        registering = self.config.output.registered_original
+        family = family_plan(record, info, original_path, self.config.sampling, self.probe_cache, registering)
+        return start_pairing(record, family, registering, deadline, self.decode_threads)
+
+    def _close_pairing(self, timings: Counter[str]) -> Pairing | None:
+        """Close the current video's original decoder; its decode time moves from encode to its own stage."""
+        pairing, self.pairing = self.pairing, None
+        if pairing is not None:
+            pairing.close()
+            timings["encode"] -= pairing.seconds  # the original's decode ran inside the encode stage
+            timings["decode_original"] += pairing.seconds
+        return pairing
 
     def _run_plan(self, record: VideoRecord, info: VideoInfo, plan: list[int], deadline: float,
                   sink: Callable[[Sample], None], timings: Counter[str]) -> dict[int, int]:
@@ -261,8 +274,14 @@ class VideoExtractor:
         if aligned.context is not None:
             members[f"context.{output.image_format}"] = encode_image(aligned.context, output.image_format,
                                                                      output.quality)
+        if self.pairing is not None:
+            self.pairing.annotate(meta, frame.index, planned, track)
+            members.update(self.pairing.original_members(frame.index, frame.image.shape, aligned, output, meta))
         members["json"] = json.dumps(meta, separators=(",", ":")).encode()
-        return Sample(key, members, index_row(record, frame, planned, face, meta))
+        row = index_row(record, frame, planned, face, meta)
+        if output.registered_original:
+            row["has_original"] = bool(meta.get("has_original"))
+        return Sample(key, members, row)
 
 
 _UNDECIDED = -1
@@ -314,8 +333,6 @@ def sample_meta(record: VideoRecord, frame: DecodedFrame, planned: int, face: Fa
     }
     if aligned.context_matrix is not None:
         meta["context_matrix"] = np.round(aligned.context_matrix, 6).tolist()
-    if record.label == 1 and record.family_id != record.video_id:
-        meta["pair_key"] = sample_key(record.family_id, frame.index, track)
     return meta
 
 

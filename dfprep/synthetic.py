@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -116,3 +117,29 @@ def lfw_face(index: int, size: int = 170) -> np.ndarray:
 
     gray = cv2.resize(data.lfw_subset()[index], (size, size), interpolation=cv2.INTER_CUBIC)
     return cv2.cvtColor(np.clip(gray * 255, 0, 255).astype(np.uint8), cv2.COLOR_GRAY2RGB)
+
+
+def write_ffpp_pairs(root: Path, frames: int = 16, width: int = 400, height: int = 300) -> Path:
+    """A tiny FF++ tree of fake/original pairs: one footage, the face swapped in the fakes (tests, benchmarks).
+
+    `000` is an original; `Deepfakes/000_001` is the same footage with a swapped face (same frame count);
+    `FaceSwap/000_002` the same but 4 frames shorter; `Face2Face/003_004` a fake whose original is absent.
+    """
+    from dfprep.demo import swapped_patch  # the demo's crude face swap: a recoloured, shifted inner face
+
+    places = linear_motion(FacePlacement(30, 20, 0.9), FacePlacement(150, 60, 0.95))
+    videos = root / "original_sequences" / "youtube" / "c23" / "videos"
+    write_clip(videos / "000.mp4", width, height, frames, places, gop=8, seed=5)
+    fakes = {("Deepfakes", "000_001"): (frames, 1), ("FaceSwap", "000_002"): (frames - 4, 2),
+             ("Face2Face", "003_004"): (frames, 3)}
+    for (method, name), (count, patch_seed) in fakes.items():
+        patch = swapped_patch(patch_seed)
+        swap = (lambda p: lambda index, frame: render_frame(width, height, places(index, frames), 5, p))(patch)
+        write_clip(root / "manipulated_sequences" / method / "c23" / "videos" / f"{name}.mp4", width, height,
+                   count, places, gop=8, seed=5, frame_filter=swap)
+    (root / "splits").mkdir(parents=True, exist_ok=True)
+    pairs = [["000", "001"], ["000", "002"], ["003", "004"]]
+    (root / "splits" / "train.json").write_text(json.dumps(pairs))
+    for split in ("val", "test"):
+        (root / "splits" / f"{split}.json").write_text("[]")
+    return root

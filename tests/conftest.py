@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from dfprep.shards import encode_image, encode_npy
-from dfprep.synthetic import FacePlacement, linear_motion, write_clip
+from dfprep.synthetic import FacePlacement, linear_motion, write_clip, write_ffpp_pairs
 
 FFPP_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "ffpp-mini"
 
@@ -145,3 +145,18 @@ class HostileKit:
 def hostile() -> HostileKit:
     """Helpers that write hostile shards (huge image headers, sparse members, odd json) without ShardWriter."""
     return HostileKit()
+
+
+@pytest.fixture(scope="session")
+def pairs_out(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny FF++ tree of fake/original pairs (dfprep.synthetic.write_ffpp_pairs), extracted once with the
+    caddm-ffpp recipe as a user runs it (4 frames per video): (dataset root, output folder). Read-only."""
+    from dfprep.catalog import scan
+    from dfprep.config import load_config
+    from dfprep.run import extract_run
+
+    root = write_ffpp_pairs(tmp_path_factory.mktemp("ffpp_pairs"))
+    out = tmp_path_factory.mktemp("pairs_out")
+    config = load_config("caddm-ffpp", {"ray.workers": 0, "sampling.frames": 4})
+    extract_run(scan("ffpp", root, config.dataset), config, str(out), quiet=True)
+    return root, out

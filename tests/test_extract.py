@@ -118,7 +118,12 @@ def test_fakes_reuse_their_originals_frame_plan(tmp_path, clips, config8):
     assert note == "paired" and plan == plan_for_family(original, probe(clips["face"]), None, config8, cache)[0]
     shorter = write_clip(tmp_path / "short.mp4", 480, 360, 30, moving_face(), gop=7)
     plan, note = plan_for_family(fake, probe(shorter), str(clips["face"]), config8, cache)
-    assert note.startswith("own: frame counts differ (fake 30, original 40)")
+    assert note.startswith("clamped: frame counts differ (fake 30, original 40)")
+    assert plan == [0, 4, 8, 12, 16, 20, 24, 29]  # the shorter video's linspace, the same indices in both
+    original_of_30 = _record(shorter)
+    plan, note = plan_for_family(_record(same_length, 1, "t/fake/raw/clip", original_of_30.video_id),
+                                 probe(same_length), str(shorter), config8, cache)
+    assert note.startswith("clamped: frame counts differ (fake 40, original 30)") and max(plan) == 29
     _, note = plan_for_family(fake, probe(shorter), str(tmp_path / "absent.mp4"), config8, cache)
     assert note == "own: original video absent"
     row, samples = _extract(config8, fake, str(clips["face"]))
@@ -149,9 +154,13 @@ def test_context_crop_for_caddm(clips):
     config = load_config("caddm", {"sampling.frames": 2})
     _, samples = _extract(config, _record(clips["face"]))
     sample = samples[0]
-    assert set(sample.members) == {"jpg", "ldm.npy", "context.jpg", "json"}
-    crop = cv2.imdecode(np.frombuffer(sample.members["jpg"], np.uint8), cv2.IMREAD_COLOR)
-    assert crop.shape == (224, 224, 3) and "context_matrix" in json.loads(sample.members["json"])
+    assert set(sample.members) == {"png", "ldm.npy", "context.png", "json"}  # a real has no registered original
+    crop = cv2.imdecode(np.frombuffer(sample.members["png"], np.uint8), cv2.IMREAD_COLOR)
+    context = cv2.imdecode(np.frombuffer(sample.members["context.png"], np.uint8), cv2.IMREAD_COLOR)
+    assert crop.shape == (224, 224, 3) and context.shape == (448, 448, 3)
+    assert np.abs(context[112:336, 112:336].astype(int) - crop.astype(int)).max() <= 1
+    meta = json.loads(sample.members["json"])
+    assert "context_matrix" in meta and meta["has_original"] is False and sample.row["has_original"] is False
 
 
 def test_memory_stays_flat_with_video_length(tmp_path, config8):

@@ -2,7 +2,7 @@
 
 Pipeline per reader (one reader = one DataLoader worker of one rank), each stage a small generator:
 epoch shard order → this reader's shards → raw samples (safe members only, integrity checked, maps joined)
-→ filter → class balance → shuffle buffer → decode → transform. Shards are dealt round-robin over all
+→ filter → class balance → shuffle buffer → decode (+ context crop, + registered original) → transform. Shards are dealt round-robin over all
 ``world_size × num_workers`` readers, so every sample is read exactly once per epoch. Ranks can receive
 unequal sample counts when shards differ in size; with DDP, cap the steps per epoch (or use shards of one
 size) so that no rank waits for a batch that never comes.
@@ -18,11 +18,13 @@ from typing import Any, Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
+import pyarrow.parquet as pq
 from webdataset.filters import shuffle as shuffle_stage
 
 from dfprep.payloads import (CRC_FIELD, DEFAULT_LIMITS, PayloadError, ReadLimits, crc_mismatch, decode_image,
                              load_json, load_landmarks)
 from dfprep.payloads import load_plain_npy, npy_layout  # noqa: F401 - re-exported for existing callers
+from dfprep.shards import resolve_uri
 from dfprep.torch._require import require_torch
 from dfprep.torch.shardio import RawSample, ShardError, read_shard
 from dfprep.torch.shardlist import (SampleFilter, ShardListError, ShardSource, map_shard, resolve_shards,
@@ -158,11 +160,76 @@ def decode_landmarks(sample: RawSample, limits: ReadLimits = DEFAULT_LIMITS) -> 
         raise ShardError(f"{sample.shard}: {sample.key}.ldm.npy: {exc}") from None
 
 
-def decode_sample(sample: RawSample, limits: ReadLimits = DEFAULT_LIMITS) -> Sample:
-    """The dict FaceShards yields: image, label, ids, and landmarks/map when the shard has them."""
+def image_extension(sample: RawSample) -> str:
+    """The face image's member type (jpg, png, …); every sample must have one."""
     extension = next((e for e in IMAGE_TYPES if e in sample.members), None)
     if extension is None:
         raise ShardError(f"{sample.shard}: sample {sample.key!r} has no face image ({'/'.join(IMAGE_TYPES)})")
+    return extension
+
+
+def crop_to_context(meta: dict[str, Any]) -> np.ndarray:
+    """The 2x3 map from face-crop pixels to context-crop pixels, from the sample's two frame matrices."""
+    face, wide = (np.vstack([np.asarray(meta[k], np.float64), [0.0, 0.0, 1.0]]) for k in ("matrix", "context_matrix"))
+    return (wide @ np.linalg.inv(face))[:2]
+
+
+def with_context(raw: RawSample, sample: Sample, limits: ReadLimits = DEFAULT_LIMITS) -> Sample:
+    """Swap in the context crop: image, landmarks in its pixels, and where the face crop sits inside it."""
+    member = f"context.{image_extension(raw)}"
+    if member not in raw.members or "context_matrix" not in raw.meta:
+        raise ShardError(f"{raw.shard}: sample {raw.key!r} has no context crop (extract with "
+                         "alignment.context_scale >= 1, as the caddm recipes do)")
+    to_context = crop_to_context(raw.meta)
+    size = sample["image"].shape[-1]
+    corners = np.array([[0.0, 0.0], [size, size]]) @ to_context[:, :2].T + to_context[:, 2]
+    widened = {**sample, "image": image_tensor(decode_rgb(raw, member, limits)),
+               "face_box": torch.tensor(corners.reshape(-1), dtype=torch.float32)}
+    if sample.get("landmarks") is not None:
+        points = sample["landmarks"].numpy().astype(np.float64)
+        widened["landmarks"] = torch.from_numpy((points @ to_context[:, :2].T + to_context[:, 2]).astype(np.float32))
+    return widened
+
+
+def with_frame_geometry(raw: RawSample, sample: Sample, context: bool) -> Sample:
+    """`frame_landmarks` (frame pixels) and `frame_matrix` (frame → the yielded image): CADDM's crop needs both."""
+    key = "context_matrix" if context else "matrix"
+    if "landmarks" not in raw.meta or key not in raw.meta:
+        raise ShardError(f"{raw.shard}: sample {raw.key!r} has no frame landmarks or {key} in its json")
+    return {**sample, "frame_landmarks": torch.tensor(raw.meta["landmarks"], dtype=torch.float32),
+            "frame_matrix": torch.tensor(raw.meta[key], dtype=torch.float32)}
+
+
+def with_original(raw: RawSample, sample: Sample, context: bool,
+                  limits: ReadLimits = DEFAULT_LIMITS) -> Sample | None:
+    """Add `original`: a fake's registered original (None when it has none); a real is its own original (CADDM)."""
+    if int(raw.meta["label"]) == 0:
+        return {**sample, "original": sample["image"].clone()}
+    member = f"original{'_context' if context else ''}.{image_extension(raw)}"
+    if member not in raw.members:
+        return None
+    return {**sample, "original": image_tensor(decode_rgb(raw, member, limits))}
+
+
+def index_unpaired_fakes(shards: Sequence[ShardSource], wanted: SampleFilter) -> int | None:
+    """Fakes without a registered original among the selected samples (from the indexes; None without them)."""
+    total = 0
+    for shard in shards:
+        if shard.index is None:
+            return None
+        filesystem, path = resolve_uri(shard.index)
+        if "has_original" not in pq.read_schema(path, filesystem=filesystem).names:
+            raise ShardListError(f"{shard.index}: no has_original column; pairs=True needs shards extracted with "
+                                 "output.registered_original: true (the caddm recipes)")
+        columns = ["label", "has_original", *[f for f in wanted.active() if f != "label"]]
+        table = pq.read_table(path, columns=columns, filesystem=filesystem).to_pylist()
+        total += sum(1 for row in table if row["label"] == 1 and not row["has_original"] and wanted.keeps(row))
+    return total
+
+
+def decode_sample(sample: RawSample, limits: ReadLimits = DEFAULT_LIMITS) -> Sample:
+    """The dict FaceShards yields: image, label, ids, and landmarks/map when the shard has them."""
+    extension = image_extension(sample)
     check_crcs(sample)
     meta = sample.meta
     decoded: Sample = {
@@ -201,7 +268,7 @@ class FaceShards(torch.utils.data.IterableDataset):
                  dataset: str | Sequence[str] | None = None, shuffle: int = 0, seed: int = 0,
                  balance: bool | str = False, transform: Callable[..., Sample] | None = None,
                  rank: int | None = None, world_size: int | None = None, skip_bad_shards: bool = False,
-                 limits: ReadLimits = DEFAULT_LIMITS):
+                 limits: ReadLimits = DEFAULT_LIMITS, pairs: bool = False, context: bool = False):
         """Resolve and pre-filter the shard list once; `shuffle` is the buffer size (0: fixed order).
 
         `limits` bounds what one member may cost (bytes, image pixels from its header, json size); a member
@@ -212,12 +279,17 @@ class FaceShards(torch.utils.data.IterableDataset):
         self.balance = _balance_mode(balance)
         shards, self.label_counts = select_shards(resolve_shards(source), self.filter, need_counts=bool(self.balance))
         self.shards = [map_shard(shard, maps) for shard in shards] if maps else shards
+        self.pairs, self.context = pairs, context
+        self.unpaired_fakes = index_unpaired_fakes(self.shards, self.filter) if pairs else 0  # skipped when read
+        if self.unpaired_fakes and self.label_counts is not None:
+            self.label_counts = self.label_counts - Counter({1: self.unpaired_fakes})
         self.shuffle, self.seed, self.transform = shuffle, seed, transform
         self.weights = class_weights(self._counts_for_balance(), self.balance) if self.balance else None
         self.rank, self.world_size = rank, world_size
         self.skip_bad_shards, self.limits = skip_bad_shards, limits
         self.skipped_shards: list[str] = []  # counted per reader: DataLoader workers keep their own
         self.skipped_samples = 0
+        self.skipped_unpaired = 0  # fakes without a registered original this reader skipped (pairs=True)
         self.epoch = 0
 
     def _counts_for_balance(self) -> Counter[int]:
@@ -265,11 +337,12 @@ class FaceShards(torch.utils.data.IterableDataset):
         first: tuple[tuple[int, ...], ...] | None = None
         for raw in samples:
             try:
-                sample = decode_sample(raw, self.limits)
-                first = first or sample_shapes(sample)
-                problem = shapes_problem(first, sample_shapes(sample))
-                if problem is not None:
-                    raise ShardError(f"{raw.shard}: sample {raw.key!r}: {problem}")
+                sample = self._decode_one(raw)
+                if sample is not None:
+                    first = first or sample_shapes(sample)
+                    problem = shapes_problem(first, sample_shapes(sample))
+                    if problem is not None:
+                        raise ShardError(f"{raw.shard}: sample {raw.key!r}: {problem}")
             except ShardError as exc:
                 if not self.skip_bad_shards:
                     raise
@@ -277,7 +350,28 @@ class FaceShards(torch.utils.data.IterableDataset):
                 warnings.warn(f"skipping bad sample ({self.skipped_samples} by this reader): {exc}",
                               stacklevel=2)
                 continue
+            if sample is None:
+                self._skip_unpaired(raw)
+                continue
             yield apply_transform(self.transform, sample, generator) if self.transform else sample
+
+    def _decode_one(self, raw: RawSample) -> Sample | None:
+        """One sample's dict, with its context crop and original as asked; None for a fake without its original."""
+        sample = decode_sample(raw, self.limits)
+        if not (self.context or self.pairs):
+            return sample
+        sample = with_frame_geometry(raw, sample, self.context)
+        if self.context:
+            sample = with_context(raw, sample, self.limits)
+        return with_original(raw, sample, self.context, self.limits) if self.pairs else sample
+
+    def _skip_unpaired(self, raw: RawSample) -> None:
+        """Count a fake streamed without its original; warn once per reader (the index count is the total)."""
+        self.skipped_unpaired += 1
+        if self.skipped_unpaired == 1:
+            total = "" if self.unpaired_fakes is None else f" ({self.unpaired_fakes} such fakes in the selection)"
+            warnings.warn(f"pairs=True skips fakes without a registered original{total}, e.g. {raw.key} "
+                          f"({raw.meta.get('original_missing') or 'no original member'})", stacklevel=3)
 
     def __iter__(self) -> Iterator[Sample]:
         """This reader's share of one epoch."""

@@ -382,3 +382,359 @@ class Normalize(SampleTransform):
     def __call__(self, sample: Sample, generator: Any = None) -> Sample:
         """Normalise the image (no randomness) as one fused multiply-add."""
         return {**sample, "image": torch.addcmul(self.shift, sample["image"], self.scale)}
+
+
+# CADDM ("Implicit Identity Leakage", CVPR 2023) training augmentation, re-implemented from its public code
+# (lib/data_preprocess/preprocess.py prepare_train_input, mfs.py, cropface.py get_align5p, augmentor.py).
+# The shards hold what its code reads from full frames: the fake crop, the original's frame registered with
+# the fake's matrix, and both as full-density context crops (FaceShards(..., pairs=True, context=True)).
+CADDM_MEAN_FACE = np.array([[-0.17607, -0.172844], [0.1736, -0.17356], [-0.00182, 0.0357164],
+                            [-0.14617, 0.20185], [0.14496, 0.19943]])  # eyes, nose tip, mouth corners
+CADDM_EYE_DISTANCE_UNITS = 0.34967  # the mean face's eye distance: CADDM's face_width is measured in it
+CADDM_EYE_LINE = 1 / 2.42  # CADDM keeps the eye line at this share of the crop height, whatever the scale
+CADDM_WINDOWS = ((40, 80), (80, 120), (120, 160), (224, 224))  # partial-swap windows (h, w) in 224-px units
+SWAP_KINDS = ("real", "none", "global", "partial")
+
+
+def caddm_template(size: int, scale: float, face_width: float = 80.0) -> np.ndarray:
+    """Where CADDM's crop puts the five points (its get_mean_face): eyes `face_width`·scale/224·size apart."""
+    zoom = scale * (face_width / 224) / CADDM_EYE_DISTANCE_UNITS
+    spread = CADDM_MEAN_FACE * zoom + 0.5
+    points = np.empty_like(spread)
+    points[:, 0] = spread[:, 0] * size
+    points[:, 1] = spread[:, 1] * size * CADDM_EYE_LINE / spread[0, 1]
+    return points
+
+
+def face_five_points(landmarks: np.ndarray) -> np.ndarray:
+    """Eye centres, nose tip and mouth corners of a 68- or 81-point shape (iBUG indices)."""
+    points = np.asarray(landmarks, dtype=np.float64)
+    if points.ndim != 2 or points.shape[0] < 68 or points.shape[1] != 2:
+        raise ValueError(f"CADDM's crop needs 68 or 81 (x, y) landmarks, got shape {points.shape}")
+    return np.stack([points[36:42].mean(0), points[42:48].mean(0), points[30], points[48], points[54]])
+
+
+def caddm_five_points(sample: Sample) -> np.ndarray:
+    """The five points CADDM fits, in the sample image's pixels.
+
+    CADDM truncates the eye centres to whole *frame* pixels; with the frame landmarks and the frame → image
+    matrix (FaceShards yields both with pairs or context) the same truncated points are carried into the image.
+    """
+    if sample.get("frame_landmarks") is None or sample.get("frame_matrix") is None:
+        return face_five_points(np.asarray(sample["landmarks"]))
+    five = face_five_points(np.asarray(sample["frame_landmarks"]))
+    five[:2] = np.trunc(five[:2])
+    matrix = np.asarray(sample["frame_matrix"], np.float64)
+    return five @ matrix[:, :2].T + matrix[:, 2]
+
+
+def least_squares_similarity(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """3x3 rotation + uniform scale + shift taking `source` points closest to `target` (closed form)."""
+    src, dst = source - source.mean(0), target - target.mean(0)
+    norm = float((src ** 2).sum())
+    a = float((src * dst).sum()) / norm
+    b = float((src[:, 0] * dst[:, 1] - src[:, 1] * dst[:, 0]).sum()) / norm
+    linear = np.array([[a, -b], [b, a]])
+    shift = target.mean(0) - linear @ source.mean(0)
+    return np.array([[a, -b, shift[0]], [b, a, shift[1]], [0.0, 0.0, 1.0]])
+
+
+def caddm_crop_matrix(five: np.ndarray, size: int = 224, scale: float = 0.9,
+                      shift: tuple[float, float] = (0.0, 0.0), rotation: float = 0.0, stretch_eyes: float = 1.0,
+                      stretch_sides: float = 1.0, face_width: float = 80.0) -> np.ndarray:
+    """CADDM's 3x3 image → crop matrix (its align_5p) from the five points: fit, rotate, then stretch and shift.
+
+    The stretch moves the eye/mouth quadrilateral apart (eyes by `stretch_eyes`, mouth by its inverse; left
+    side by `stretch_sides`, right by its inverse), so with stretches ≠ 1 the matrix is a true perspective.
+    """
+    template = caddm_template(size, scale, face_width)
+    fit = least_squares_similarity(np.asarray(five, np.float64), template)
+    turn = np.vstack([cv2.getRotationMatrix2D((size / 2, size / 2), rotation, 1.0), [0.0, 0.0, 1.0]])
+    quad = template[[0, 1, 3, 4]]
+    moved = quad.copy()
+    for (i, j), factor in (((0, 1), stretch_eyes), ((2, 3), 1 / stretch_eyes), ((0, 2), stretch_sides),
+                           ((1, 3), 1 / stretch_sides)):
+        middle, half = (moved[i] + moved[j]) / 2, (moved[i] - moved[j]) / 2
+        moved[i], moved[j] = middle + half * factor, middle - half * factor
+    stretch = cv2.getPerspectiveTransform(quad.astype(np.float32), (moved + np.asarray(shift)).astype(np.float32))
+    return stretch @ turn @ fit
+
+
+def perspective_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """(N, 2) points through a 3x3 matrix, with the perspective division."""
+    moved = cv2.perspectiveTransform(np.asarray(points, np.float64).reshape(-1, 1, 2), matrix)
+    return moved.reshape(-1, 2)
+
+
+def moved_box(box: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+    """The bounding box of a box's corners through a matrix, clipped to the crop; zeros when nothing is left."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if x1 <= x0 or y1 <= y0:
+        return np.zeros(4, np.float32)
+    corners = perspective_points(np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]]), matrix)
+    low, high = np.clip(corners.min(0), 0, size), np.clip(corners.max(0), 0, size)
+    if (high - low).min() <= 0:
+        return np.zeros(4, np.float32)
+    return np.array([low[0], low[1], high[0], high[1]], np.float32)
+
+
+def warp_chw(image: Any, matrix: np.ndarray, size: int) -> Any:
+    """One bilinear perspective warp of a CHW float image into a size×size crop, black outside (as CADDM)."""
+    hwc = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
+    warped = cv2.warpPerspective(hwc, matrix, (size, size), flags=cv2.INTER_LINEAR,
+                                 borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    warped = warped.reshape(size, size, -1)
+    return torch.from_numpy(np.ascontiguousarray(warped.transpose(2, 0, 1)))
+
+
+class CaddmRandomCrop(SampleTransform):
+    """CADDM's face crop from landmarks with its training jitter (get_align5p), on an image and its pair.
+
+    Scale ~ N(0.9, 0.1), shift U(-25, 25)² px, rotation 30·U(-1, 1)³ degrees, and with probability 0.2 each
+    a ±3% stretch; ``train=False`` gives the plain crop at scale 0.9. Feed it the context crops
+    (``FaceShards(..., pairs=True, context=True)``): they hold the face at full density with room around it,
+    so the jittered crop rarely reaches past their edge. ``image``, ``original``, ``landmarks`` and
+    ``swap_box`` move together; the five fitted points come from ``frame_landmarks``/``frame_matrix`` when
+    the sample has them (eye centres truncated in frame pixels, as CADDM), else from ``landmarks``.
+    ``frame_matrix`` becomes 3x3 (frame → crop, a perspective map when stretched).
+    """
+
+    def __init__(self, size: int = 224, scale: tuple[float, float] = (0.9, 0.1), shift: float = 25.0,
+                 rotation: float = 30.0, stretch: tuple[float, float] = (0.97, 1.03), stretch_p: float = 0.2,
+                 face_width: float = 80.0, train: bool = True, seed: int = 0):
+        super().__init__(seed)
+        self.size, self.scale, self.shift, self.rotation = size, tuple(scale), shift, rotation
+        self.stretch, self.stretch_p, self.face_width, self.train = tuple(stretch), stretch_p, face_width, train
+
+    def jitter(self, generator: Any) -> dict[str, Any]:
+        """One draw of the crop parameters (CADDM's distributions)."""
+        if not self.train:
+            return {"scale": self.scale[0]}
+        scale = self.scale[0] + self.scale[1] * float(torch.randn((), generator=generator))
+        shift = (uniform(generator, -self.shift, self.shift), uniform(generator, -self.shift, self.shift))
+        rotation = self.rotation * uniform(generator, -1, 1) ** 3
+        eyes = uniform(generator, *self.stretch) if chance(generator, self.stretch_p) else 1.0
+        sides = uniform(generator, *self.stretch) if chance(generator, self.stretch_p) else 1.0
+        return {"scale": scale, "shift": shift, "rotation": rotation, "stretch_eyes": eyes, "stretch_sides": sides}
+
+    def __call__(self, sample: Sample, generator: Any = None) -> Sample:
+        """Crop every spatial member of the sample with one drawn matrix."""
+        params = self.jitter(self.generator(generator))
+        matrix = caddm_crop_matrix(caddm_five_points(sample), self.size, face_width=self.face_width, **params)
+        cropped = {**sample, "image": warp_chw(sample["image"], matrix, self.size), "crop_matrix": matrix}
+        if sample.get("frame_matrix") is not None:
+            frame_matrix = np.vstack([np.asarray(sample["frame_matrix"], np.float64), [0.0, 0.0, 1.0]])
+            cropped["frame_matrix"] = torch.from_numpy((matrix @ frame_matrix).astype(np.float32))
+        if sample.get("original") is not None:
+            cropped["original"] = warp_chw(sample["original"], matrix, self.size)
+        cropped["landmarks"] = torch.from_numpy(
+            perspective_points(np.asarray(sample["landmarks"]), matrix).astype(np.float32))
+        if sample.get("swap_box") is not None:
+            cropped["swap_box"] = torch.from_numpy(moved_box(np.asarray(sample["swap_box"]), matrix, self.size))
+        return cropped
+
+
+class RandomDownscale(SampleTransform):
+    """With probability p halve the image and its pair (CADDM's resize_aug: frames at half resolution)."""
+
+    def __init__(self, p: float = 0.3, factor: int = 2, seed: int = 0):
+        super().__init__(seed)
+        if factor < 1:
+            raise ValueError(f"factor must be >= 1, got {factor}")
+        self.p, self.factor = p, factor
+
+    def __call__(self, sample: Sample, generator: Any = None) -> Sample:
+        """Shrink image, original and landmarks together (bilinear, as CADDM's cv2.resize)."""
+        if not chance(self.generator(generator), self.p):
+            return sample
+        shrunk = dict(sample)
+        for key in ("image", "original"):
+            if sample.get(key) is not None:
+                hwc = np.ascontiguousarray(sample[key].permute(1, 2, 0).numpy())
+                size = (hwc.shape[1] // self.factor, hwc.shape[0] // self.factor)
+                small = cv2.resize(hwc, size, interpolation=cv2.INTER_LINEAR).reshape(size[1], size[0], -1)
+                shrunk[key] = torch.from_numpy(np.ascontiguousarray(small.transpose(2, 0, 1)))
+        if sample.get("landmarks") is not None:
+            shrunk["landmarks"] = sample["landmarks"] / self.factor
+        if sample.get("swap_box") is not None:
+            shrunk["swap_box"] = sample["swap_box"] / self.factor
+        if sample.get("frame_matrix") is not None:
+            shrunk["frame_matrix"] = sample["frame_matrix"] / self.factor  # frame → the smaller image
+        return shrunk
+
+
+def face_hull_mask(landmarks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The filled convex hull of the landmarks as an (H, W) uint8 mask, 255 inside (CADDM's global swap mask)."""
+    mask = np.zeros(shape, np.uint8)
+    cv2.fillConvexPoly(mask, cv2.convexHull(np.asarray(landmarks, np.float32)).astype(np.int32), 255)
+    return mask
+
+
+def dssim_map(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Per-pixel, per-channel structural dissimilarity (1 - SSIM) / 2 with an 11-px σ 1.5 Gaussian window."""
+    a, b = first.astype(np.float64), second.astype(np.float64)
+    blur = lambda x: cv2.GaussianBlur(x, (11, 11), 1.5)  # noqa: E731
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mean_a, mean_b = blur(a), blur(b)
+    var_a, var_b = blur(a * a) - mean_a ** 2, blur(b * b) - mean_b ** 2
+    covariance = blur(a * b) - mean_a * mean_b
+    ssim = ((2 * mean_a * mean_b + c1) * (2 * covariance + c2)) / ((mean_a ** 2 + mean_b ** 2 + c1) * (var_a + var_b + c2))
+    return np.abs((1 - ssim) / 2).reshape(first.shape)
+
+
+def face_cut(landmarks: np.ndarray, shape: tuple[int, int], grow: float = 1.2) -> tuple[int, int, int, int]:
+    """The landmarks' bounding box grown by `grow` about its top-left-shifted centre, clipped (CADDM's cut_face)."""
+    low, high = np.asarray(landmarks).min(0).astype(int), np.asarray(landmarks).max(0).astype(int)
+    width, height = int((high[0] - low[0]) * grow), int((high[1] - low[1]) * grow)
+    x0 = int(low[0] - (high[0] - low[0]) * (grow - 1) // 2)
+    y0 = int(low[1] - (high[1] - low[1]) * (grow - 1) // 2)
+    return max(x0, 0), max(y0, 0), min(x0 + width, shape[1]), min(y0 + height, shape[0])
+
+
+def most_different_window(dissimilarity: np.ndarray, height: int, width: int) -> tuple[int, int] | None:
+    """Top-left (row, col) of the window with the largest summed dissimilarity, on a grid of fifths; None if all 0."""
+    rows, cols = dissimilarity.shape[:2]
+    totals = dissimilarity.reshape(rows, cols, -1).sum(2)
+    best, where = 0.0, None
+    for row in range(0, rows, max(rows // 5, 1)):
+        for col in range(0, cols, max(cols // 5, 1)):
+            if row + height <= rows and col + width <= cols:
+                total = float(totals[row:row + height, col:col + width].sum())
+                if total > best:
+                    best, where = total, (row, col)
+    return where
+
+
+def partial_swap_box(fake: np.ndarray, original: np.ndarray, landmarks: np.ndarray, window: tuple[int, int],
+                     units: int = 224) -> tuple[int, int, int, int] | None:
+    """Where fake and original differ most inside the face: a window (h, w in `units` of the face cut), or None."""
+    x0, y0, x1, y1 = face_cut(landmarks, fake.shape[:2])
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return None
+    dissimilarity = dssim_map(fake[y0:y1, x0:x1], original[y0:y1, x0:x1])
+    dissimilarity[face_hull_mask(landmarks, fake.shape[:2])[y0:y1, x0:x1] == 0] = 0
+    height = max(int(window[0] * (y1 - y0) / units), 1)
+    width = max(int(window[1] * (x1 - x0) / units), 1)
+    corner = most_different_window(dissimilarity, height, width)
+    if corner is None:
+        return None
+    return x0 + corner[1], y0 + corner[0], x0 + corner[1] + width, y0 + corner[0] + height
+
+
+def elastic_mask(mask: np.ndarray, alpha: float, sigma: float, noise: np.ndarray) -> np.ndarray:
+    """The mask displaced by a smooth random field (CADDM's elastic_transform); `noise` is (2, H, W) in [-1, 1]."""
+    rows, cols = mask.shape
+    smooth = [cv2.GaussianBlur(n.astype(np.float32), (0, 0), sigma, borderType=cv2.BORDER_REFLECT) * alpha
+              for n in noise]
+    grid_x, grid_y = np.meshgrid(np.arange(cols, dtype=np.float32), np.arange(rows, dtype=np.float32))
+    return cv2.remap(mask.astype(np.float32), grid_x + smooth[0], grid_y + smooth[1], cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def alpha_blend(background: np.ndarray, inserted: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """mask·inserted + (1 - mask)·background with the mask softened by a 5x5 σ 3 Gaussian (CADDM's alpha blend).
+
+    The blur runs in the mask's own type, as CADDM's: a uint8 hull or window rounds, an elastic float mask not.
+    """
+    soft = cv2.GaussianBlur(mask, (5, 5), 3).astype(np.float32)[..., None] / 255.0
+    return (soft * inserted + (1 - soft) * background).astype(np.uint8)
+
+
+def poisson_blend(background: np.ndarray, inserted: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Poisson (seamless) cloning of the masked region in place: cv2.seamlessClone centred on the mask's box.
+
+    OpenCV places the mask's bounding box centred on the given point, so the point is that box's own centre
+    (x + w // 2, y + h // 2); CADDM's code passed (y, x) of the landmark extremes instead, which moves the face.
+    """
+    binary = np.where(mask >= 128, 255, 0).astype(np.uint8)
+    x, y, width, height = cv2.boundingRect(binary)
+    if width == 0 or height == 0:
+        raise ValueError("empty blending mask")
+    return cv2.seamlessClone(np.ascontiguousarray(inserted), np.ascontiguousarray(background), binary,
+                             (x + width // 2, y + height // 2), cv2.NORMAL_CLONE)
+
+
+class MultiScaleFacialSwap(SampleTransform):
+    """CADDM's multi-scale facial swap on a fake and its registered original (its prepare_train_input + mfs.py).
+
+    For a fake (label 1), with probability ``p_global`` (0.8) a global swap: half the time the original's face
+    (landmark hull, elastically deformed with probability ``elastic_p``) goes onto the fake, a quarter of the
+    time the fake's face onto the original, a quarter the fake stays as it is; else a partial swap: one window
+    of ``windows`` (h, w in 224-px units of the face) is placed where fake and original differ most (DSSIM)
+    inside the face, and the fake's pixels there go onto the original. Blending is Poisson
+    (cv2.seamlessClone) or alpha, each with probability ½; a failed Poisson clone falls back to alpha.
+    Sets ``image`` (the mix), ``swap_box`` (x0, y0, x1, y1 in image pixels: the window for a partial swap,
+    the whole image otherwise, zeros for a real), ``swap`` (real, none, global, partial) and ``blending``.
+    Reals pass through. Needs ``original`` and ``landmarks`` (FaceShards(..., pairs=True)).
+    """
+
+    def __init__(self, p_global: float = 0.8, p_poisson: float = 0.5, elastic_p: float = 0.5,
+                 windows: Sequence[tuple[int, int]] = CADDM_WINDOWS, seed: int = 0):
+        super().__init__(seed)
+        if not windows or any(min(w) <= 0 for w in windows):
+            raise ValueError(f"windows must be (height, width) pairs > 0, got {list(windows)}")
+        self.p_global, self.p_poisson, self.elastic_p, self.windows = p_global, p_poisson, elastic_p, tuple(windows)
+
+    def __call__(self, sample: Sample, generator: Any = None) -> Sample:
+        """Mix one fake with its original (or pass a real through) and say where the swapped pixels are."""
+        generator = self.generator(generator)
+        if int(sample["label"]) == 0:
+            return {**sample, "swap_box": torch.zeros(4), "swap": "real", "blending": ""}
+        if sample.get("original") is None or sample.get("landmarks") is None:
+            raise KeyError("MultiScaleFacialSwap needs sample['original'] and ['landmarks']: stream with "
+                           "FaceShards(..., pairs=True)")
+        fake, original = to_uint8_hwc(sample["image"]), to_uint8_hwc(sample["original"])
+        landmarks = np.asarray(sample["landmarks"], np.float32)
+        blending = "poisson" if chance(generator, self.p_poisson) else "alpha"
+        if chance(generator, self.p_global):
+            mixed, box, kind = self._global(fake, original, landmarks, blending, generator)
+        else:
+            mixed, box, kind = self._partial(fake, original, landmarks, blending, generator)
+        blending = blending if kind != "none" else ""
+        return {**sample, "image": from_uint8_hwc(mixed), "swap_box": torch.tensor(box, dtype=torch.float32),
+                "swap": kind, "blending": blending}
+
+    def _global(self, fake: np.ndarray, original: np.ndarray, landmarks: np.ndarray, blending: str,
+                generator: Any) -> tuple[np.ndarray, list[float], str]:
+        """A whole face from one image onto the other (or the fake as it is); the box is the whole image."""
+        whole = [0.0, 0.0, float(fake.shape[1]), float(fake.shape[0])]
+        direction = float(torch.rand((), generator=generator))
+        if direction <= 0.5 and not chance(generator, 0.5):
+            return fake, whole, "none"
+        background, inserted = (fake, original) if direction > 0.5 else (original, fake)
+        mask = face_hull_mask(landmarks, fake.shape[:2])
+        if chance(generator, self.elastic_p):
+            alpha = float(torch.randint(300, 501, (), generator=generator))
+            noise = torch.rand((2, *mask.shape), generator=generator).numpy() * 2 - 1
+            mask = elastic_mask(mask, alpha, mask.shape[0] * 0.08, noise)
+        return self._blend(background, inserted, mask, blending), whole, "global"
+
+    def _partial(self, fake: np.ndarray, original: np.ndarray, landmarks: np.ndarray, blending: str,
+                 generator: Any) -> tuple[np.ndarray, list[float], str]:
+        """The fake's most different window onto the original; the fake as it is when nothing differs."""
+        window = self.windows[int(torch.randint(len(self.windows), (), generator=generator))]
+        box = partial_swap_box(fake, original, landmarks, window)
+        if box is None:
+            return fake, [0.0, 0.0, float(fake.shape[1]), float(fake.shape[0])], "none"
+        mask = np.zeros(fake.shape[:2], np.uint8)
+        mask[box[1]:box[3], box[0]:box[2]] = 255
+        return self._blend(original, fake, mask, blending), [float(v) for v in box], "partial"
+
+    @staticmethod
+    def _blend(background: np.ndarray, inserted: np.ndarray, mask: np.ndarray, blending: str) -> np.ndarray:
+        """Poisson or alpha blending; a Poisson clone OpenCV refuses falls back to alpha, as in CADDM."""
+        if blending == "poisson":
+            try:
+                return poisson_blend(background, inserted, mask)
+            except (cv2.error, ValueError):
+                pass
+        return alpha_blend(background, inserted, mask)
+
+
+def caddm_augmentation(seed: int = 0) -> Compose:
+    """CADDM's training-time chain in its order: half resolution (p 0.3), multi-scale facial swap, jittered crop.
+
+    Feed it ``FaceShards(..., pairs=True, context=True)`` samples. CADDM then adds colour, noise, blur and
+    JPEG augmentations (its add_noise): append ColorJitter, GaussianBlur, JpegRecompression as wanted.
+    """
+    return Compose([RandomDownscale(p=0.3), MultiScaleFacialSwap(), CaddmRandomCrop()], seed=seed)
