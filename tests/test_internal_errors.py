@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 import dfprep.extract as extract_module
+import dfprep.pairs as pairs_module
 from dfprep.catalog.base import VideoRecord
 from dfprep.cli import cli
 from dfprep.config import load_config
@@ -109,7 +110,7 @@ def _inject_probe(monkeypatch, injector: Injector) -> None:
 # stage → (what to patch, the exception, faces the bad video keeps)
 STAGES = {
     "probe": (_inject_probe, ValueError("bad frame count"), 0),
-    "plan": (lambda mp, inj: inj.wrap(extract_module, "frame_plan"), ZeroDivisionError("division by zero"), 0),
+    "plan": (lambda mp, inj: inj.wrap(pairs_module, "frame_plan"), ZeroDivisionError("division by zero"), 0),
     "decode": (_inject_decode, RuntimeError("FFmpeg exploded"), 1),
     "detect": (lambda mp, inj: inj.wrap(FaceAnalyzer, "_run_detector"), RuntimeError("Unsupported image type"), 1),
     "landmarks": (lambda mp, inj: inj.wrap(FaceAnalyzer, "landmarks"), RuntimeError("dlib shape predictor"), 1),
