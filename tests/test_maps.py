@@ -200,7 +200,7 @@ def test_a_crash_mid_run_keeps_committed_shards_and_the_rerun_finishes(out, monk
 
 
 def test_cam_maps_fuse_the_zoo_and_zero_values_at_or_below_the_threshold(out, zoo):
-    settings = MapSettings(method="cam", zoo=tuple(map(str, zoo)), fusion="max", batch_size=5)
+    settings = MapSettings(method="cam", zoo=tuple(map(str, zoo)), fusion="max", batch_size=5, target="fake")
     report = maps_run(str(out), settings, workers=0, quiet=True)
     folder = out / "maps" / "cam"
     assert report.maps_written == 24
@@ -214,13 +214,14 @@ def test_cam_maps_fuse_the_zoo_and_zero_values_at_or_below_the_threshold(out, zo
     manifest = json.loads((folder / "manifest.json").read_text())
     assert [z["file"] for z in manifest["zoo"]] == ["tiny0.pt", "tiny1.pt"]
     assert [z["sha256"] for z in manifest["zoo"]] == [hashlib.sha256(p.read_bytes()).hexdigest() for p in zoo]
-    assert [z["layer"] for z in manifest["zoo"]] == ["features", "features"]
+    assert [z["layers"] for z in manifest["zoo"]] == [["features.2", "features.4"]] * 2
     assert manifest["fusion"] == "max" and manifest["threshold"] == 0.3 and manifest["target"] == "fake"
+    assert manifest["released_halving"] is False
 
 
 def test_cam_label_target_explains_each_crops_own_class(out, zoo):
     common = {"method": "cam", "zoo": tuple(map(str, zoo)), "threshold": 0.0, "batch_size": 8}
-    maps_run(str(out), MapSettings(**common), workers=0, quiet=True)
+    maps_run(str(out), MapSettings(**common, target="fake"), workers=0, quiet=True)
     maps_run(str(out), MapSettings(**common, target="label", name="by-label"), workers=0, quiet=True)
     fake_target, by_label = _maps(out / "maps" / "cam"), _maps(out / "maps" / "by-label")
     labels = {key: json.loads(members["json"])["label"] for key, members in _faces(out).items()}
