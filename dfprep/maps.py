@@ -90,7 +90,7 @@ class MapSettings:
             "zoo": [{"file": c.file, "sha256": c.sha256, "layers": list(names)}
                     for c, names in zip(checkpoints, layers)],
             "fusion": self.fusion if cam else None, "target": self.target if cam else None,
-            "released_halving": self.released_halving if cam else None,
+            "released_halving": self.released_halving if cam else None, "bits": 16 if cam else None,
         }
 
     def cam_recipe(self) -> CamRecipe:
@@ -206,6 +206,8 @@ def batched(samples: Iterable[FaceSample], size: int) -> Iterator[list[FaceSampl
 class LandmarkMapper:
     """The model-free prior: hulls of the stored landmarks, no detection, no model."""
 
+    bits = 8  # a smooth prior: 256 levels are plenty
+
     def __init__(self, settings: MapSettings):
         self.weights, self.sigma = dict(settings.weights), settings.blur_sigma
         self.threshold, self.batch_size = float(settings.threshold or 0.0), settings.batch_size
@@ -219,6 +221,8 @@ class LandmarkMapper:
 
 class CamMapper:
     """PRLE's static localization: Grad-CAM of every zoo detector, fused and thresholded, batched."""
+
+    bits = 16  # erasing ranks the values (PRLE keeps float .npy maps): 8 bits would tie many of them
 
     def __init__(self, settings: MapSettings, checkpoints: list[ZooCheckpoint]):
         from dfprep.regions import CamZoo
@@ -262,7 +266,8 @@ def map_unit(unit: MapUnit, faces: Storage, maps: Storage, mapper: Any,
         samples = read_face_samples(faces, unit.name) if unit.samples else iter(())
         for batch in batched(samples, mapper.batch_size):
             for sample, region_map in zip(batch, mapper.maps(batch)):
-                writer.add(Sample(sample.key, {MAP_MEMBER: encode_map_png(region_map)}, map_row(region_map)))
+                writer.add(Sample(sample.key, {MAP_MEMBER: encode_map_png(region_map, mapper.bits)},
+                                  map_row(region_map)))
                 size = size or list(region_map.shape)
             if report is not None:
                 report(unit.name, len(writer.rows))
@@ -361,7 +366,7 @@ def manifest_base(settings: MapSettings, checkpoints: list[ZooCheckpoint], layer
     return {"name": settings.name, "identity": identity, "settings_hash": settings_hash(identity),
             "size": source.get("size"), "dfprep_version": __version__, "batch_size": settings.batch_size,
             **{k: identity[k] for k in ("method", "zoo", "fusion", "threshold", "weights", "blur_sigma", "target",
-                                        "released_halving")}}
+                                        "released_halving", "bits")}}
 
 
 def finalize_maps(maps: Storage, manifest: dict[str, Any], units: list[MapUnit]) -> dict[str, dict[str, Any]]:

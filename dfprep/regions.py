@@ -28,6 +28,8 @@ REGION_PARTS_68: dict[str, tuple[tuple[int, ...], ...]] = {
 DEFAULT_WEIGHTS: dict[str, float] = {"eyes": 1.0, "mouth": 0.9, "nose": 0.7}
 DEFAULT_BLUR_SIGMA = 4.0  # pixels, for a 256-px crop: softens hull edges without bridging the parts
 FUSIONS = ("mean", "max")
+MAP_BITS = (8, 16)  # landmark maps: 8 bits; CAM maps: 16, because erasing ranks their values (PRLE keeps floats)
+MIN_MAX_EPSILON = 1e-7  # pytorch_grad_cam's scale_cam_image: (x − min) / (1e-7 + max)
 TARGETS = ("predicted", "label", "fake")  # whose score Grad-CAM explains (PRLE: the predicted class)
 
 
@@ -130,11 +132,13 @@ def smooth_keeping_peak(canvas: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def normalise_min_max(cams: np.ndarray) -> np.ndarray:
-    """Per-image ReLU then min–max to [0, 1] over the last two axes; a flat map becomes all zeros."""
+    """Per-image ReLU then (x − min) / (1e-7 + max − min) over the last two axes; a flat map becomes all zeros.
+
+    The 1e-7 is pytorch_grad_cam's (PRLE's CAM library): it matters when a weak detector's CAMs are tiny.
+    """
     cams = np.maximum(np.asarray(cams, dtype=np.float32), 0.0)
-    low = cams.min(axis=(-2, -1), keepdims=True)
-    span = cams.max(axis=(-2, -1), keepdims=True) - low
-    return np.where(span > 0, (cams - low) / np.where(span > 0, span, 1.0), 0.0).astype(np.float32)
+    shifted = cams - cams.min(axis=(-2, -1), keepdims=True)
+    return (shifted / (MIN_MAX_EPSILON + shifted.max(axis=(-2, -1), keepdims=True))).astype(np.float32)
 
 
 def fuse_maps(maps: np.ndarray | Sequence[np.ndarray], fusion: str = "mean") -> np.ndarray:
@@ -152,9 +156,12 @@ def apply_threshold(region_map: np.ndarray, threshold: float) -> np.ndarray:
     return np.where(region_map > threshold, region_map, 0.0).astype(np.float32)
 
 
-def encode_map_png(region_map: np.ndarray) -> bytes:
-    """A [0, 1] float map as the 8-bit grayscale PNG the shards carry (value · 255, rounded)."""
-    levels = np.rint(np.clip(np.asarray(region_map, dtype=np.float32), 0.0, 1.0) * 255).astype(np.uint8)
+def encode_map_png(region_map: np.ndarray, bits: int = 8) -> bytes:
+    """A [0, 1] float map as the grayscale PNG the shards carry: value · 255 (8 bits) or · 65535 (16 bits), rounded."""
+    if bits not in MAP_BITS:
+        raise RegionMapError(f"map PNGs hold 8 or 16 bits, not {bits}")
+    top, dtype = (255, np.uint8) if bits == 8 else (65535, np.uint16)
+    levels = np.rint(np.clip(np.asarray(region_map, dtype=np.float32), 0.0, 1.0) * top).astype(dtype)
     ok, buffer = cv2.imencode(".png", levels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise RegionMapError("cannot encode a region map as PNG")
@@ -162,11 +169,11 @@ def encode_map_png(region_map: np.ndarray) -> bytes:
 
 
 def decode_map_png(payload: bytes) -> np.ndarray:
-    """The inverse of encode_map_png: (H, W) float32 in [0, 1]."""
-    levels = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_GRAYSCALE)
-    if levels is None:
-        raise RegionMapError("cannot decode a region map PNG")
-    return levels.astype(np.float32) / 255.0
+    """The inverse of encode_map_png, 8- or 16-bit alike: (H, W) float32 in [0, 1]."""
+    levels = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_ANYDEPTH)
+    if levels is None or levels.ndim != 2 or levels.dtype not in (np.uint8, np.uint16):
+        raise RegionMapError("cannot decode a region map PNG (expected 8- or 16-bit grayscale)")
+    return levels.astype(np.float32) / (255.0 if levels.dtype == np.uint8 else 65535.0)
 
 
 # ---------------------------------------------------------------- Grad-CAM over a detector zoo (torch, lazily)

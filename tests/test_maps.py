@@ -76,15 +76,15 @@ def _face_shards(out: Path) -> list[str]:
     return sorted(p.name[: -len("_stats.json")] for p in out.glob("*_stats.json"))
 
 
-def _maps(folder: Path) -> dict[str, np.ndarray]:
-    """key → decoded map (uint8) over every map shard of a folder, checking one 8-bit gray PNG per key."""
+def _maps(folder: Path, dtype: type = np.uint8) -> dict[str, np.ndarray]:
+    """key → decoded map over every map shard of a folder, checking one gray PNG per key (8-bit, 16 for CAM)."""
     decoded = {}
     for tar_path in sorted(folder.glob("*.tar")):
         for name, payload in _members(tar_path):
             key, extension = name.split(".", 1)
             assert extension == "prmap.png" and key not in decoded
             decoded[key] = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_UNCHANGED)
-            assert decoded[key].dtype == np.uint8 and decoded[key].ndim == 2
+            assert decoded[key].dtype == dtype and decoded[key].ndim == 2
     return decoded
 
 
@@ -207,10 +207,10 @@ def test_cam_maps_fuse_the_zoo_and_zero_values_at_or_below_the_threshold(out, zo
     for shard in _face_shards(out):
         if (out / f"{shard}.tar").exists():
             assert _keys(folder / f"{shard}.tar") == _keys(out / f"{shard}.tar")
-    maps = _maps(folder)
+    maps = _maps(folder, np.uint16)  # CAM maps: 16-bit, since erasing ranks their values
     levels = np.concatenate([m.ravel() for m in maps.values()])
-    assert levels.max() > 200 and (levels == 0).any()
-    assert levels[levels > 0].min() >= 76  # everything at or below 0.3 (76.5 of 255) was zeroed
+    assert levels.max() > 60000 and (levels == 0).any()
+    assert levels[levels > 0].min() >= 19661  # everything at or below 0.3 (19660.5 of 65535) was zeroed
     manifest = json.loads((folder / "manifest.json").read_text())
     assert [z["file"] for z in manifest["zoo"]] == ["tiny0.pt", "tiny1.pt"]
     assert [z["sha256"] for z in manifest["zoo"]] == [hashlib.sha256(p.read_bytes()).hexdigest() for p in zoo]
@@ -223,11 +223,11 @@ def test_cam_label_target_explains_each_crops_own_class(out, zoo):
     common = {"method": "cam", "zoo": tuple(map(str, zoo)), "threshold": 0.0, "batch_size": 8}
     maps_run(str(out), MapSettings(**common, target="fake"), workers=0, quiet=True)
     maps_run(str(out), MapSettings(**common, target="label", name="by-label"), workers=0, quiet=True)
-    fake_target, by_label = _maps(out / "maps" / "cam"), _maps(out / "maps" / "by-label")
+    fake_target, by_label = _maps(out / "maps" / "cam", np.uint16), _maps(out / "maps" / "by-label", np.uint16)
     labels = {key: json.loads(members["json"])["label"] for key, members in _faces(out).items()}
     for key, label in labels.items():
         difference = np.abs(fake_target[key].astype(int) - by_label[key].astype(int)).max()
-        assert (difference <= 1) if label == 1 else (difference > 10), (key, label, difference)
+        assert (difference <= 1) if label == 1 else (difference > 2570), (key, label, difference)
 
 
 def test_a_checkpoint_that_does_not_fit_its_architecture_fails_before_any_map(out, tmp_path):
@@ -286,6 +286,6 @@ def test_ray_actors_write_what_in_process_writes(out, zoo, ray_session):
     cam = {"method": "cam", "zoo": (str(zoo[0]),), "batch_size": 6}
     maps_run(str(out), MapSettings(**cam, name="cam-local"), workers=0, quiet=True)
     maps_run(str(out), MapSettings(**cam, name="cam-ray"), workers=2, quiet=True)
-    in_process, distributed = _maps(out / "maps/cam-local"), _maps(out / "maps/cam-ray")
+    in_process, distributed = _maps(out / "maps/cam-local", np.uint16), _maps(out / "maps/cam-ray", np.uint16)
     assert in_process.keys() == distributed.keys()
     assert all(np.abs(in_process[k].astype(int) - distributed[k].astype(int)).max() <= 1 for k in in_process)

@@ -143,6 +143,14 @@ def test_map_png_is_8bit_grayscale_and_round_trips():
     assert levels.dtype == np.uint8 and levels.shape == SIZE and levels.max() == 255
     assert np.array_equal(levels, np.rint(region_map * 255).astype(np.uint8))
     assert np.abs(decode_map_png(payload) - region_map).max() <= 0.5 / 255 + 1e-6
+    deep = encode_map_png(region_map, 16)  # CAM maps: 16 bits, so erasing's ranking keeps its order
+    levels = cv2.imdecode(np.frombuffer(deep, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert levels.dtype == np.uint16 and levels.max() == 65535
+    assert np.abs(decode_map_png(deep) - region_map).max() <= 0.5 / 65535 + 1e-6
+    with pytest.raises(RegionMapError, match="8 or 16 bits"):
+        encode_map_png(region_map, 12)
+    with pytest.raises(RegionMapError, match="cannot decode"):
+        decode_map_png(b"not a png")
 
 
 def test_regions_and_maps_import_without_torch():

@@ -112,11 +112,11 @@ def image_tensor(rgb: np.ndarray) -> Any:
 
 
 def decode_map(sample: RawSample) -> Any:
-    """The companion map as (H, W) float32 in [0, 1] (stored as 8-bit grayscale, value / 255)."""
-    array = cv2.imdecode(np.frombuffer(sample.members["map"], np.uint8), cv2.IMREAD_GRAYSCALE)
-    if array is None:
-        raise ShardError(f"{sample.shard}: cannot decode the map of {sample.key}")
-    return torch.from_numpy(array).float().div_(255)
+    """The companion map as (H, W) float32 in [0, 1] (8-bit grayscale value / 255, or 16-bit value / 65535)."""
+    array = cv2.imdecode(np.frombuffer(sample.members["map"], np.uint8), cv2.IMREAD_ANYDEPTH)
+    if array is None or array.ndim != 2 or array.dtype not in (np.uint8, np.uint16):
+        raise ShardError(f"{sample.shard}: cannot decode the map of {sample.key} (expected 8- or 16-bit grayscale)")
+    return torch.from_numpy(array.astype(np.float32)).div_(255 if array.dtype == np.uint8 else 65535)
 
 
 _NPY_LAYOUTS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool]] = {}
