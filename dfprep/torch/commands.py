@@ -92,12 +92,18 @@ def format_epochs(rows: list[dict[str, Any]]) -> str:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the rows as JSON here.")
 @click.option("--skip-bad-shards", is_flag=True, help="Skip truncated/corrupt shards with a warning instead of stopping.")
+@click.option("--faceless", type=click.Choice(["score", "drop"]), default="score", show_default=True,
+              help="Listed videos without any face: score them 0.5, or drop them (as DeepfakeBench and CADDM do).")
+@click.option("--per-method/--pooled-only", default=True, show_default=True,
+              help="With several fake methods (FF++): a row per method (FF-DF, FF-F2F, …) beside the pooled row.")
 @_one_line_errors
 def evaluate_command(checkpoint: str, outs: tuple[str, ...], split: str, aggregate: str, batch_size: int,
-                     workers: int, device: str, json_path: str | None, skip_bad_shards: bool) -> None:
-    """Frame/video AUC, ACC and EER of CHECKPOINT on each OUT folder (the cross-dataset table)."""
+                     workers: int, device: str, json_path: str | None, skip_bad_shards: bool, faceless: str,
+                     per_method: bool) -> None:
+    """Frame/video AUC, AP, ACC and EER of CHECKPOINT on each OUT folder (the cross-dataset table)."""
     from dfprep.torch.evaluate import evaluate, format_table
 
     rows = evaluate(checkpoint, list(outs), split=split, batch_size=batch_size, aggregate=aggregate,
-                    workers=workers, device=device, json_path=json_path, skip_bad_shards=skip_bad_shards)
+                    workers=workers, device=device, json_path=json_path, skip_bad_shards=skip_bad_shards,
+                    faceless=faceless, per_method=per_method)
     click.echo(format_table(rows))
