@@ -157,7 +157,7 @@ def apply_threshold(region_map: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def encode_map_png(region_map: np.ndarray, bits: int = 8) -> bytes:
-    """A [0, 1] float map as the grayscale PNG the shards carry: value · 255 (8 bits) or · 65535 (16 bits), rounded."""
+    """A [0, 1] float map as the grayscale PNG the shards carry: value · 255 (8 bits) or · 65535 (16 bits)."""
     if bits not in MAP_BITS:
         raise RegionMapError(f"map PNGs hold 8 or 16 bits, not {bits}")
     top, dtype = (255, np.uint8) if bits == 8 else (65535, np.uint16)
@@ -256,7 +256,8 @@ def resolve_cam_layers(model: Any, model_name: str, layers: Sequence[str], file:
         unknown = [layer for layer in layers if layer not in modules or layer == ""]
         if unknown:
             sample = ", ".join(name for name in list(modules)[1:6])
-            raise RegionMapError(f"{file}: no module named {unknown[0]!r} in {model_name} (modules include {sample}, …)")
+            raise RegionMapError(f"{file}: no module named {unknown[0]!r} in {model_name} "
+                                 f"(modules include {sample}, …)")
         if len(set(layers)) != len(layers):
             raise RegionMapError(f"{file}: a Grad-CAM layer is named twice in {list(layers)}")
         return tuple(layers)
@@ -379,7 +380,7 @@ class CamZoo:
 
 
 def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(B, h, w) → (B, H, W) by bilinear interpolation (half-pixel centres, like cv2.INTER_LINEAR), clipped to [0, 1]."""
+    """(B, h, w) → (B, H, W), bilinear with half-pixel centres (like cv2.INTER_LINEAR), clipped to [0, 1]."""
     import torch.nn.functional as F
 
     if tuple(maps.shape[1:]) == tuple(size):

@@ -253,8 +253,17 @@ def test_cli_maps_cam_landmarks_and_one_line_errors(out, zoo):
                                  "--name", "sharp", "--workers", "0", "--quiet"])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "maps/sharp/manifest.json").read_text())["weights"] == {"eyes": 1.0, "eyebrows": 0.5}
+    result = runner.invoke(cli, ["maps", str(out), "--method", "cam", "--zoo", str(zoo[0]), "--target", "label",
+                                 "--released-halving", "--layer", "features.4", "--name", "halved", "--workers", "0",
+                                 "--quiet"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "maps/halved/manifest.json").read_text())
+    assert (manifest["target"], manifest["released_halving"], manifest["zoo"][0]["layers"]) == (
+        "label", True, ["features.4"])
+    assert max(m.max() for m in _maps(out / "maps" / "halved", np.uint16).values()) <= 32768  # halved: ≤ 0.5
     for arguments in (["--method", "cam"], [str(zoo[0])], ["--weights", "ears=1"], ["--name", "a/b"],
-                      ["--method", "cam", "--zoo", str(zoo[0]), "--fusion", "max"]):
+                      ["--method", "cam", "--zoo", str(zoo[0]), "--fusion", "max"], ["--released-halving"],
+                      ["--layer", "features.4"], ["--method", "cam", "--zoo", str(zoo[0]), "--layer", "nope"]):
         result = runner.invoke(cli, ["maps", str(out), "--workers", "0", "--quiet", *arguments])
         assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, (arguments, result.output)
 

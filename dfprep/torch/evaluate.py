@@ -181,7 +181,8 @@ def method_subsets(frames: FrameScores,
     A method's originals are the real videos of the methods its fakes derive from (their family_id's
     method: FF++ youtube, DeepFakeDetection actors), else every real video of the split.
     """
-    pairs = {(v.method, v.label) for v in listed.values()} | set(zip(frames.methods, np.asarray(frames.labels).tolist()))
+    pairs = {(v.method, v.label) for v in listed.values()}
+    pairs |= set(zip(frames.methods, np.asarray(frames.labels).tolist()))
     fake_methods = sorted({m for m, y in pairs if y == 1} - {m for m, y in pairs if y == 0})  # methods of fakes only
     if len(fake_methods) < 2:
         return {}

@@ -53,7 +53,7 @@ def test_eer_exact_crossing_and_interpolated_crossing():
 
 
 def stepwise_ap(labels, scores) -> float:
-    """The definition, one threshold at a time: Σ over distinct scores t (high to low) of ΔRecall(t) · Precision(t)."""
+    """The definition, one threshold at a time: Σ over distinct scores t (high to low) of ΔRecall · Precision."""
     total, previous_recall, positives = 0.0, 0.0, sum(labels)
     for threshold in sorted(set(scores), reverse=True):
         called = [y for s, y in zip(scores, labels) if s >= threshold]
