@@ -106,6 +106,13 @@ def inline_settings(method: str, cam: Any) -> MapSettings:
                        fusion=cam.fusion, threshold=cam.threshold, released_halving=cam.released_halving)
 
 
+def check_inline_maps(config: Any) -> None:
+    """Before extract starts: every zoo checkpoint of inline `cam` maps reads and loads (not hours later)."""
+    if "cam" in config.output.maps and config.cam.zoo:
+        settings = inline_settings("cam", config.cam).resolved()
+        zoo_layers(settings, [ZooCheckpoint.read(path) for path in settings.zoo])
+
+
 def cam_maps_command(output: str, cam: Any, zoo: str) -> str:
     """`dfprep maps … --method cam` with every option the config sets away from the defaults."""
     default = MapSettings(method="cam")
@@ -119,8 +126,8 @@ def cam_maps_command(output: str, cam: Any, zoo: str) -> str:
 
 def cam_next_steps(output: str, cam: Any) -> list[str]:
     """What to run when a `prle` extract has no zoo yet: PRLE's maps come from detectors trained on these faces."""
-    zoo = "runs/zoo-resnet18/model.pt runs/zoo-efficientnet_small/model.pt"
-    name = cam.name
+    members = ["runs/zoo-resnet18/model.pt", "runs/zoo-efficientnet_small/model.pt"]
+    zoo, name = " ".join(members), cam.name
     return [f"cam maps: not made yet: PRLE's maps are Grad-CAMs of a zoo of detectors trained on these faces, and "
             f"cam.zoo is empty. Next:",
             f"  dfprep train {output} -o runs/zoo-resnet18 --model resnet18 --seed 1",
@@ -128,7 +135,7 @@ def cam_next_steps(output: str, cam: Any) -> list[str]:
             f"  {cam_maps_command(output, cam, zoo)}",
             f"  dfprep train {output} -o runs/prle --region-erasing --maps {name}",
             f"  dfprep evaluate runs/prle/model.pt {output}",
-            "  (or rerun this extract with --set 'cam.zoo=[A.pt,B.pt]' to make the maps in the same command)"]
+            f"  (or, instead of dfprep maps: rerun this extract with --set 'cam.zoo=[{','.join(members)}]')"]
 
 
 @dataclass(frozen=True)

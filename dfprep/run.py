@@ -230,8 +230,10 @@ def extract_run(records: Iterable[VideoRecord], config: PipelineConfig, output: 
                 extend: bool = False, quiet: bool = False, filesystem: Any = None) -> RunReport:
     """The whole `dfprep extract`: resolve models, plan, run what is not committed, index, report."""
     from dfprep.extract import ExtractionModels
+    from dfprep.maps import check_inline_maps
 
     started = time.monotonic()
+    check_inline_maps(config)  # a bad zoo checkpoint fails now, not after the extraction
     models = ExtractionModels.resolve(config)
     storage = Storage(output, filesystem)
     units, committed, removed, note = prepare(storage, records, config, overwrite, extend)

@@ -298,3 +298,25 @@ def test_ray_actors_write_what_in_process_writes(out, zoo, ray_session):
     in_process, distributed = _maps(out / "maps/cam-local", np.uint16), _maps(out / "maps/cam-ray", np.uint16)
     assert in_process.keys() == distributed.keys()
     assert all(np.abs(in_process[k].astype(int) - distributed[k].astype(int)).max() <= 1 for k in in_process)
+
+
+def test_the_printed_maps_command_makes_the_maps_the_recipe_describes():
+    import shlex
+
+    from dfprep.cli import maps as maps_command
+    from dfprep.maps import cam_next_steps, inline_settings
+
+    config = load_config("prle", {"cam.released_halving": True, "cam.target": "label", "cam.threshold": 0.4,
+                                  "cam.layers": ["features.4"], "cam.name": "cam2", "cam.fusion": "max"})
+    lines = cam_next_steps("out/ffpp", config.cam)
+    command = next(line.strip() for line in lines if line.strip().startswith("dfprep maps "))
+    context = maps_command.make_context("maps", shlex.split(command)[2:])
+    parsed, recipe = context.params, inline_settings("cam", config.cam)
+    assert parsed["method"] == "cam" and parsed["zoo"] + parsed["more_zoo"] == (
+        "runs/zoo-resnet18/model.pt", "runs/zoo-efficientnet_small/model.pt")
+    for option in ("name", "layers", "target", "fusion", "threshold", "released_halving"):
+        assert parsed[option] == getattr(recipe, option), option
+    assert "  dfprep train out/ffpp -o runs/prle --region-erasing --maps cam2" in lines
+    defaults = next(line for line in cam_next_steps("o", load_config("prle").cam) if "dfprep maps" in line)
+    assert defaults.strip() == ("dfprep maps o --method cam --zoo runs/zoo-resnet18/model.pt "
+                                "runs/zoo-efficientnet_small/model.pt")  # the recipe's settings are the defaults

@@ -82,7 +82,18 @@ def test_extract_without_a_zoo_writes_faces_and_prints_the_exact_next_commands(c
             f"runs/zoo-efficientnet_small/model.pt\n") in printed
     assert f"dfprep train {out} -o runs/prle --region-erasing --maps cam" in printed
     assert f"dfprep evaluate runs/prle/model.pt {out}" in printed
+    assert ("rerun this extract with --set 'cam.zoo=[runs/zoo-resnet18/model.pt,"
+            "runs/zoo-efficientnet_small/model.pt]'") in printed
     assert "landmarks maps" not in printed  # no silent landmark heuristic in place of the CAM maps
+
+
+def test_a_zoo_that_cannot_load_is_refused_before_any_extraction(chain, tmp_path):
+    out = tmp_path / "never"
+    result = CliRunner().invoke(cli, ["extract", "folder", str(chain["root"] / "videos"), "-o", str(out),
+                                      "--pipeline", "prle", "--workers", "0", "--quiet",
+                                      "--set", f"cam.zoo=[{chain['zoo'][0]},{tmp_path / 'missing.pt'}]"])
+    assert result.exit_code == 2 and "cannot read checkpoint" in result.output and "missing.pt" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not out.exists()
 
 
 def test_extract_with_a_zoo_makes_the_cam_maps_and_dfprep_maps_agrees(chain):
