@@ -199,9 +199,12 @@ def leakage(outputs: tuple[str, ...], threshold: float, strict: bool, as_json: b
 @click.option("--zoo", multiple=True, metavar="A.pt [B.pt …]", help="Detector checkpoints for --method cam.")
 @click.option("--fusion", type=click.Choice(["mean", "max"]), default="mean", show_default=True)
 @click.option("--threshold", type=float, help="Zero map values <= this (default 0.3 for cam, 0 for landmarks).")
-@click.option("--layer", help="Module Grad-CAM reads (default: the architecture's last conv stage).")
-@click.option("--target", type=click.Choice(["fake", "label"]), default="fake", show_default=True,
-              help="Explain the fake logit, or each crop's ground-truth class.")
+@click.option("--layer", "layers", multiple=True,
+              help="Module Grad-CAM reads; repeat for several (default: the architecture's PRLE-style layers).")
+@click.option("--target", type=click.Choice(["predicted", "label", "fake"]), default="predicted", show_default=True,
+              help="Explain each crop's predicted class (PRLE's code), its ground-truth class, or the fake logit.")
+@click.option("--released-halving", is_flag=True,
+              help="Halve each detector's map before fusion, as PRLE's released maps are (0.3 then acts as 0.6).")
 @click.option("--weights", help="Landmark region weights, e.g. eyes=1,mouth=0.9,nose=0.7[,eyebrows=0.5].")
 @click.option("--blur-sigma", type=float, help="Landmark map smoothing in pixels (0 = sharp hulls).")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Crops per batch.")
@@ -214,9 +217,9 @@ def leakage(outputs: tuple[str, ...], threshold: float, strict: bool, as_json: b
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_fail_cleanly
 def maps(output: str, more_zoo: tuple[str, ...], method: str, name: str, zoo: tuple[str, ...], fusion: str,
-         threshold: float | None, layer: str | None, target: str, weights: str | None, blur_sigma: float | None,
-         batch_size: int, device: str, models: tuple[str, ...], workers: int | None, address: str | None,
-         overwrite: bool, quiet: bool) -> None:
+         threshold: float | None, layers: tuple[str, ...], target: str, released_halving: bool,
+         weights: str | None, blur_sigma: float | None, batch_size: int, device: str, models: tuple[str, ...],
+         workers: int | None, address: str | None, overwrite: bool, quiet: bool) -> None:
     """Primary-region maps for every face under OUTPUT, as companion shards in OUTPUT/maps/NAME/."""
     from dfprep.maps import MapSettings, format_map_summary, maps_run
     from dfprep.regions import parse_weights
@@ -226,7 +229,8 @@ def maps(output: str, more_zoo: tuple[str, ...], method: str, name: str, zoo: tu
     landmark_options = {"weights": tuple(parse_weights(weights).items()) if weights is not None else None,
                         "blur_sigma": blur_sigma}
     settings = MapSettings(method=method, name=name, zoo=zoo + more_zoo, fusion=fusion, threshold=threshold,
-                           layer=layer, target=target, batch_size=batch_size, device=device, models=models,
+                           layers=layers, target=target, released_halving=released_halving,
+                           batch_size=batch_size, device=device, models=models,
                            **{k: v for k, v in landmark_options.items() if v is not None})
     report = maps_run(output, settings, workers=workers, address=address, overwrite=overwrite, quiet=quiet)
     click.echo(format_map_summary(report))

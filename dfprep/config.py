@@ -89,6 +89,20 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class CamConfig:
+    """PRLE's CAM maps when `output.maps` names `cam`: a recipe cannot ship trained detectors, so the zoo is
+    given on the command line (`--set cam.zoo=[a.pt,b.pt]`); without one, extract prints the next commands."""
+
+    zoo: tuple[str, ...] = ()  # checkpoints from `dfprep train`, one per zoo member
+    layers: tuple[str, ...] = ()  # Grad-CAM modules; empty: each architecture's PRLE-style layers
+    target: str = "predicted"  # predicted (PRLE's released code) | label | fake
+    fusion: str = "mean"  # mean (PRLE) | max
+    threshold: float = 0.3  # PRLE: values <= 0.3 of the min-max normalised fused map are zeroed
+    released_halving: bool = False  # halve each detector's map first, as PRLE's saved maps are (0.3 acts as 0.6)
+    name: str = "cam"  # folder under OUT/maps/
+
+
+@dataclass(frozen=True)
 class RayConfig:
     """Where and how widely to run."""
 
@@ -110,15 +124,17 @@ class PipelineConfig:
     alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    cam: CamConfig = field(default_factory=CamConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples as lists), JSON-serialisable."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     def output_hash(self) -> str:
-        """sha256 over everything that changes the produced samples (not where/how wide it runs)."""
+        """sha256 over everything that changes the produced samples (not where/how wide it runs, nor the maps)."""
         content = self.to_dict()
         content.pop("ray")
+        content.pop("cam")  # map settings live in the map folder's own manifest
         content["dataset"].pop("root", None)
         blob = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
@@ -194,6 +210,7 @@ _SECTION_TYPES: dict[str, type] = {
     "alignment": AlignmentConfig,
     "output": OutputConfig,
     "ray": RayConfig,
+    "cam": CamConfig,
 }
 
 
@@ -387,6 +404,8 @@ _CHOICES = {
     ("output", "image_format"): ("jpg", "png", "webp"),
     ("dataset", "dfd_split"): ("train", "val", "test"),
     ("dataset", "default_split"): ("train", "val", "test", "unassigned"),
+    ("cam", "target"): ("predicted", "label", "fake"),
+    ("cam", "fusion"): ("mean", "max"),
 }
 
 
@@ -441,6 +460,7 @@ RANGES: dict[tuple[str, str], Range] = {
     ("ray", "decode_threads"): Range(0, 64),
     ("ray", "task_retries"): Range(0, 100),
     ("ray", "actor_restarts"): Range(0, 100),
+    ("cam", "threshold"): Range(0, 1, open_high=True),
 }
 
 
@@ -463,12 +483,5 @@ def validate(config: PipelineConfig, origin: Mapping[str, str] | None = None) ->
             raise ConfigError(f"{section}.{key}: expected one of {', '.join(choices)}, got {shown(value)}")
     check_ranges(config, origin)
     for name in config.output.maps:
-        if name not in ("landmarks",):
-            raise ConfigError(f"output.maps: unknown inline map method {name!r} (expected landmarks)")
-    _validate_context(config.alignment)
-
-
-def _validate_context(alignment: AlignmentConfig) -> None:
-    """A context crop is at least as wide as the face crop (or absent)."""
-    if alignment.context_scale != 0 and alignment.context_scale < 1:
-        raise ConfigError(f"alignment.context_scale: must be 0 (no context crop) or >= 1, got {alignment.context_scale}")
+        if name not in ("landmarks", "cam"):
+            raise ConfigError(f"output.maps: unknown inline map method {name!r} (expected landmarks or cam)")

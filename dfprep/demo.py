@@ -95,9 +95,9 @@ def run_demo(root: Path, workers: int | None, quiet: bool, echo: Callable[[str],
     echo(f"1/6 demo videos from scikit-image's astronaut photo → {videos}")
     clips = build_demo_dataset(videos)
     echo(f"    {len(clips)} clips: real ones and crudely face-swapped fakes, in train/val/test folders")
-    config = load_config("prle", {"dataset.name": "folder", "dataset.root": str(videos), "sampling.frames": 8,
-                                  "output.videos_per_shard": 4, "ray.workers": workers})
-    echo("2/6 dfprep extract folder videos/ -o shards/ --pipeline prle  (8 frames/video, aligned 256 px, maps)")
+    config = load_config("prle-landmarks", {"dataset.name": "folder", "dataset.root": str(videos),
+                                            "sampling.frames": 8, "output.videos_per_shard": 4, "ray.workers": workers})
+    echo("2/6 dfprep extract folder videos/ -o shards/ --pipeline prle-landmarks  (8 frames/video, 256 px, maps)")
     echo(format_summary(extract_run(scan("folder", videos, config.dataset), config, str(shards), quiet=quiet)))
     echo("3/6 dfprep stats shards/")
     echo(_indent(format_stats(compute_stats(str(shards))).split("\n\n")[0]))

@@ -23,8 +23,8 @@ from dfprep import __version__
 from dfprep.errors import DfprepError
 from dfprep.integrity import damaged_units
 from dfprep.payloads import PayloadError, decode_image, load_json, load_landmarks
-from dfprep.regions import (DEFAULT_BLUR_SIGMA, DEFAULT_WEIGHTS, FUSIONS, TARGETS, ZooCheckpoint, apply_threshold,
-                            check_weights, encode_map_png, landmark_prior_map)
+from dfprep.regions import (DEFAULT_BLUR_SIGMA, DEFAULT_WEIGHTS, FUSIONS, TARGETS, CamRecipe, ZooCheckpoint,
+                            apply_threshold, check_weights, encode_map_png, landmark_prior_map)
 from dfprep.shards import (STATS_SUFFIX, Sample, ShardWriter, Storage, committed_units, read_samples,
                            remove_uncommitted)
 
@@ -50,8 +50,9 @@ class MapSettings:
     zoo: tuple[str, ...] = ()  # checkpoint paths (cam)
     fusion: str = "mean"
     threshold: float | None = None  # default: 0.3 for cam (PRLE), 0 for landmarks (keep the soft edges)
-    layer: str | None = None
-    target: str = "fake"  # fake: explain the fake logit; label: explain each crop's ground-truth class
+    layers: tuple[str, ...] = ()  # Grad-CAM modules; default: the architecture's PRLE-style layers
+    target: str = "predicted"  # predicted (PRLE's code) | label (each crop's own class) | fake (the fake logit)
+    released_halving: bool = False  # halve each detector's map before fusion, as PRLE's released maps are
     batch_size: int = 32
     device: str = "auto"
     models: tuple[str, ...] = ()  # model factories the user trusts (--model), for zoo checkpoints that name one
@@ -66,6 +67,8 @@ class MapSettings:
             (not _NAME.match(name), f"--name {name!r}: use letters, digits, '_' or '-'"),
             (self.method == "cam" and not self.zoo, "--method cam needs checkpoints: --zoo A.pt [B.pt …]"),
             (self.method == "landmarks" and bool(self.zoo), "--zoo is only used by --method cam"),
+            (self.method == "landmarks" and self.released_halving, "--released-halving is only used by --method cam"),
+            (self.method == "landmarks" and bool(self.layers), "--layer is only used by --method cam"),
             (self.fusion not in FUSIONS, f"--fusion {self.fusion!r}: use one of {list(FUSIONS)}"),
             (self.target not in TARGETS, f"--target {self.target!r}: use one of {list(TARGETS)}"),
             (not 0.0 <= threshold < 1.0, f"--threshold {threshold}: expected 0 <= threshold < 1"),
@@ -77,17 +80,64 @@ class MapSettings:
                 raise DfprepError(reason)
         weights = tuple(sorted(check_weights(dict(self.weights)).items()))
         zoo = tuple(str(Path(path).resolve()) for path in self.zoo)  # actors may run in another directory
-        return replace(self, name=name, threshold=threshold, weights=weights, zoo=zoo)
+        return replace(self, name=name, threshold=threshold, weights=weights, zoo=zoo, layers=tuple(self.layers))
 
-    def identity(self, checkpoints: list[ZooCheckpoint], layers: list[str], source_hash: str | None) -> dict[str, Any]:
+    def identity(self, checkpoints: list[ZooCheckpoint], layers: list[tuple[str, ...]],
+                 source_hash: str | None) -> dict[str, Any]:
         """Everything that changes the maps (and nothing about how widely they run): compared on every rerun."""
         cam = self.method == "cam"
         return {
             "method": self.method, "threshold": self.threshold, "source_config_hash": source_hash,
             "weights": None if cam else dict(self.weights), "blur_sigma": None if cam else self.blur_sigma,
-            "zoo": [{"file": c.file, "sha256": c.sha256, "layer": layer} for c, layer in zip(checkpoints, layers)],
+            "zoo": [{"file": c.file, "sha256": c.sha256, "layers": list(names)}
+                    for c, names in zip(checkpoints, layers)],
             "fusion": self.fusion if cam else None, "target": self.target if cam else None,
+            "released_halving": self.released_halving if cam else None, "bits": 16 if cam else None,
         }
+
+    def cam_recipe(self) -> CamRecipe:
+        """The CAM options as regions.CamZoo takes them."""
+        return CamRecipe(self.layers, self.target, self.fusion, float(self.threshold or 0.0), self.released_halving)
+
+
+def inline_settings(method: str, cam: Any) -> MapSettings:
+    """The settings extract's `output.maps` uses: landmark defaults, or the config's `cam` section."""
+    if method != "cam":
+        return MapSettings(method=method)
+    return MapSettings(method="cam", name=cam.name, zoo=tuple(cam.zoo), layers=tuple(cam.layers), target=cam.target,
+                       fusion=cam.fusion, threshold=cam.threshold, released_halving=cam.released_halving)
+
+
+def check_inline_maps(config: Any) -> None:
+    """Before extract starts: every zoo checkpoint of inline `cam` maps reads and loads (not hours later)."""
+    if "cam" in config.output.maps and config.cam.zoo:
+        settings = inline_settings("cam", config.cam).resolved()
+        zoo_layers(settings, [ZooCheckpoint.read(path) for path in settings.zoo])
+
+
+def cam_maps_command(output: str, cam: Any, zoo: str) -> str:
+    """`dfprep maps … --method cam` with every option the config sets away from the defaults."""
+    default = MapSettings(method="cam")
+    flags = [f"--layer {layer}" for layer in cam.layers]
+    flags += [f"--{option} {value}" for option, value, usual in (
+        ("name", cam.name, "cam"), ("target", cam.target, default.target), ("fusion", cam.fusion, default.fusion),
+        ("threshold", cam.threshold, DEFAULT_THRESHOLDS["cam"])) if value != usual]
+    flags += ["--released-halving"] if cam.released_halving else []
+    return " ".join([f"dfprep maps {output} --method cam --zoo {zoo}", *flags])
+
+
+def cam_next_steps(output: str, cam: Any) -> list[str]:
+    """What to run when a `prle` extract has no zoo yet: PRLE's maps come from detectors trained on these faces."""
+    members = ["runs/zoo-resnet18/model.pt", "runs/zoo-efficientnet_small/model.pt"]
+    zoo, name = " ".join(members), cam.name
+    return [f"cam maps: not made yet: PRLE's maps are Grad-CAMs of a zoo of detectors trained on these faces, and "
+            f"cam.zoo is empty. Next:",
+            f"  dfprep train {output} -o runs/zoo-resnet18 --model resnet18 --seed 1",
+            f"  dfprep train {output} -o runs/zoo-efficientnet_small --model efficientnet_small --seed 2",
+            f"  {cam_maps_command(output, cam, zoo)}",
+            f"  dfprep train {output} -o runs/prle --region-erasing --maps {name}",
+            f"  dfprep evaluate runs/prle/model.pt {output}",
+            f"  (or, instead of dfprep maps: rerun this extract with --set 'cam.zoo=[{','.join(members)}]')"]
 
 
 @dataclass(frozen=True)
@@ -175,6 +225,8 @@ def batched(samples: Iterable[FaceSample], size: int) -> Iterator[list[FaceSampl
 class LandmarkMapper:
     """The model-free prior: hulls of the stored landmarks, no detection, no model."""
 
+    bits = 8  # a smooth prior: 256 levels are plenty
+
     def __init__(self, settings: MapSettings):
         self.weights, self.sigma = dict(settings.weights), settings.blur_sigma
         self.threshold, self.batch_size = float(settings.threshold or 0.0), settings.batch_size
@@ -189,24 +241,25 @@ class LandmarkMapper:
 class CamMapper:
     """PRLE's static localization: Grad-CAM of every zoo detector, fused and thresholded, batched."""
 
+    bits = 16  # erasing ranks the values (PRLE keeps float .npy maps): 8 bits would tie many of them
+
     def __init__(self, settings: MapSettings, checkpoints: list[ZooCheckpoint]):
         from dfprep.regions import CamZoo
 
-        self.zoo = CamZoo(checkpoints, settings.layer, settings.fusion, float(settings.threshold or 0.0),
-                          settings.device, settings.models)
+        self.zoo = CamZoo(checkpoints, settings.cam_recipe(), settings.device, settings.models)
         self.target, self.batch_size = settings.target, settings.batch_size
 
     def maps(self, batch: list[FaceSample]) -> list[np.ndarray]:
         """Maps for a batch, run through the zoo in runs of equally sized crops."""
         crops = [sample.image() for sample in batch]
-        fake = [True if self.target == "fake" else sample.label() == 1 for sample in batch]
+        labels = np.array([sample.label() for sample in batch]) if self.target == "label" else None
         maps: list[np.ndarray] = []
         start = 0
         while start < len(crops):
             end = start + 1
             while end < len(crops) and crops[end].shape == crops[start].shape:
                 end += 1
-            maps += list(self.zoo.maps(np.stack(crops[start:end]), np.array(fake[start:end])))
+            maps += list(self.zoo.maps(np.stack(crops[start:end]), None if labels is None else labels[start:end]))
             start = end
         return maps
 
@@ -232,7 +285,8 @@ def map_unit(unit: MapUnit, faces: Storage, maps: Storage, mapper: Any,
         samples = read_face_samples(faces, unit.name) if unit.samples else iter(())
         for batch in batched(samples, mapper.batch_size):
             for sample, region_map in zip(batch, mapper.maps(batch)):
-                members = {MAP_MEMBER: encode_map_png(region_map), "json": json.dumps({"key": sample.key}).encode()}
+                members = {MAP_MEMBER: encode_map_png(region_map, mapper.bits),
+                           "json": json.dumps({"key": sample.key}).encode()}
                 writer.add(Sample(sample.key, members, map_row(region_map)))  # the json records the map's crc32
                 size = size or list(region_map.shape)
             if report is not None:
@@ -332,13 +386,14 @@ def prepare_maps(maps: Storage, manifest: dict[str, Any], units: list[MapUnit], 
     return removed + stray
 
 
-def manifest_base(settings: MapSettings, checkpoints: list[ZooCheckpoint], layers: list[str],
+def manifest_base(settings: MapSettings, checkpoints: list[ZooCheckpoint], layers: list[tuple[str, ...]],
                   source: dict[str, Any]) -> dict[str, Any]:
     """The manifest's fixed part: identity (compared on reruns) plus the fields a reader looks for."""
     identity = settings.identity(checkpoints, layers, source.get("config_hash"))
     return {"name": settings.name, "identity": identity, "settings_hash": settings_hash(identity),
             "size": source.get("size"), "dfprep_version": __version__, "batch_size": settings.batch_size,
-            **{k: identity[k] for k in ("method", "zoo", "fusion", "threshold", "weights", "blur_sigma", "target")}}
+            **{k: identity[k] for k in ("method", "zoo", "fusion", "threshold", "weights", "blur_sigma", "target",
+                                        "released_halving", "bits")}}
 
 
 def finalize_maps(maps: Storage, manifest: dict[str, Any], units: list[MapUnit]) -> dict[str, dict[str, Any]]:
@@ -352,11 +407,11 @@ def finalize_maps(maps: Storage, manifest: dict[str, Any], units: list[MapUnit])
     return committed
 
 
-def zoo_layers(settings: MapSettings, checkpoints: list[ZooCheckpoint]) -> list[str]:
+def zoo_layers(settings: MapSettings, checkpoints: list[ZooCheckpoint]) -> list[tuple[str, ...]]:
     """Load every zoo checkpoint once on the driver: a bad one fails here, before any work."""
     from dfprep.regions import load_detector
 
-    return [load_detector(checkpoint, settings.layer, settings.models)[2] for checkpoint in checkpoints]
+    return [load_detector(checkpoint, settings.layers, settings.models)[2] for checkpoint in checkpoints]
 
 
 def maps_run(output: str, settings: MapSettings, *, workers: int | None = None, address: str | None = None,

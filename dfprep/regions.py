@@ -29,7 +29,9 @@ REGION_PARTS_68: dict[str, tuple[tuple[int, ...], ...]] = {
 DEFAULT_WEIGHTS: dict[str, float] = {"eyes": 1.0, "mouth": 0.9, "nose": 0.7}
 DEFAULT_BLUR_SIGMA = 4.0  # pixels, for a 256-px crop: softens hull edges without bridging the parts
 FUSIONS = ("mean", "max")
-TARGETS = ("fake", "label")
+MAP_BITS = (8, 16)  # landmark maps: 8 bits; CAM maps: 16, because erasing ranks their values (PRLE keeps floats)
+MIN_MAX_EPSILON = 1e-7  # pytorch_grad_cam's scale_cam_image: (x − min) / (1e-7 + max)
+TARGETS = ("predicted", "label", "fake")  # whose score Grad-CAM explains (PRLE: the predicted class)
 
 
 class RegionMapError(DfprepError):
@@ -131,11 +133,13 @@ def smooth_keeping_peak(canvas: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def normalise_min_max(cams: np.ndarray) -> np.ndarray:
-    """Per-image ReLU then min–max to [0, 1] over the last two axes; a flat map becomes all zeros."""
+    """Per-image ReLU then (x − min) / (1e-7 + max − min) over the last two axes; a flat map becomes all zeros.
+
+    The 1e-7 is pytorch_grad_cam's (PRLE's CAM library): it matters when a weak detector's CAMs are tiny.
+    """
     cams = np.maximum(np.asarray(cams, dtype=np.float32), 0.0)
-    low = cams.min(axis=(-2, -1), keepdims=True)
-    span = cams.max(axis=(-2, -1), keepdims=True) - low
-    return np.where(span > 0, (cams - low) / np.where(span > 0, span, 1.0), 0.0).astype(np.float32)
+    shifted = cams - cams.min(axis=(-2, -1), keepdims=True)
+    return (shifted / (MIN_MAX_EPSILON + shifted.max(axis=(-2, -1), keepdims=True))).astype(np.float32)
 
 
 def fuse_maps(maps: np.ndarray | Sequence[np.ndarray], fusion: str = "mean") -> np.ndarray:
@@ -153,9 +157,12 @@ def apply_threshold(region_map: np.ndarray, threshold: float) -> np.ndarray:
     return np.where(region_map > threshold, region_map, 0.0).astype(np.float32)
 
 
-def encode_map_png(region_map: np.ndarray) -> bytes:
-    """A [0, 1] float map as the 8-bit grayscale PNG the shards carry (value · 255, rounded)."""
-    levels = np.rint(np.clip(np.asarray(region_map, dtype=np.float32), 0.0, 1.0) * 255).astype(np.uint8)
+def encode_map_png(region_map: np.ndarray, bits: int = 8) -> bytes:
+    """A [0, 1] float map as the grayscale PNG the shards carry: value · 255 (8 bits) or · 65535 (16 bits)."""
+    if bits not in MAP_BITS:
+        raise RegionMapError(f"map PNGs hold 8 or 16 bits, not {bits}")
+    top, dtype = (255, np.uint8) if bits == 8 else (65535, np.uint16)
+    levels = np.rint(np.clip(np.asarray(region_map, dtype=np.float32), 0.0, 1.0) * top).astype(dtype)
     ok, buffer = cv2.imencode(".png", levels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise RegionMapError("cannot encode a region map as PNG")
@@ -163,19 +170,29 @@ def encode_map_png(region_map: np.ndarray) -> bytes:
 
 
 def decode_map_png(payload: bytes) -> np.ndarray:
-    """The inverse of encode_map_png: (H, W) float32 in [0, 1]; its size is checked from the header first."""
+    """The inverse of encode_map_png, 8- or 16-bit alike: (H, W) float32 in [0, 1]; size checked from the header first."""
     try:
-        levels = decode_image(payload, cv2.IMREAD_GRAYSCALE)
+        levels = decode_image(payload, cv2.IMREAD_ANYDEPTH)
     except PayloadError as exc:
         raise RegionMapError(f"cannot decode a region map PNG ({exc})") from None
-    return levels.astype(np.float32) / 255.0
+    if levels.ndim != 2 or levels.dtype not in (np.uint8, np.uint16):
+        raise RegionMapError("cannot decode a region map PNG (expected 8- or 16-bit grayscale)")
+    return levels.astype(np.float32) / (255.0 if levels.dtype == np.uint8 else 65535.0)
 
 
 # ---------------------------------------------------------------- Grad-CAM over a detector zoo (torch, lazily)
 
-# The last convolutional stage of each reference architecture (dfprep.torch.models).
-DEFAULT_CAM_LAYERS = {"tiny_cnn": "features", "resnet18": "stages", "resnet34": "stages",
-                      "efficientnet_small": "features"}
+# Modules Grad-CAM reads per reference architecture (dfprep.torch.models), chosen the way PRLE's
+# utils/heatmap_vis.py `select_layer` does: the last two convolutional stages (Xception: conv3 and conv4), or
+# only the 1×1 head convolution for EfficientNet (`_conv_head`). Each layer's map is normalised on its own,
+# the layers are averaged and the mean normalised again (pytorch_grad_cam's multi-layer aggregation).
+DEFAULT_CAM_LAYERS: dict[str, tuple[str, ...]] = {
+    "tiny_cnn": ("features.2", "features.4"),  # the 2nd and 3rd conv+BN
+    "resnet18": ("stages.5", "stages.7"),  # the last block of stages 3 and 4
+    "resnet34": ("stages.12", "stages.15"),
+    "efficientnet_small": ("features.12",),  # the 1×1 head conv+BN
+}
+RELEASED_HALVING = 0.5  # PRLE's heatmap_vis.py saves `grayscale_cam / 2`, so its 0.3 threshold acts as 0.6
 
 
 @dataclass(frozen=True)
@@ -200,9 +217,9 @@ class ZooCheckpoint:
         return cls(Path(path).name, digest, payload)
 
 
-def load_detector(checkpoint: ZooCheckpoint, layer: str | None = None,
-                  trusted: Sequence[str] = ()) -> tuple[Any, dict[str, Any], str]:
-    """The checkpoint's model (weights checked against its architecture, eval mode), its config, its CAM layer.
+def load_detector(checkpoint: ZooCheckpoint, layers: Sequence[str] = (),
+                  trusted: Sequence[str] = ()) -> tuple[Any, dict[str, Any], tuple[str, ...]]:
+    """The checkpoint's model (weights checked against its architecture, eval mode), its config, its CAM layers.
 
     Only data is taken from the file: it may name a registered model, or a factory the user trusted (--model).
     """
@@ -220,7 +237,7 @@ def load_detector(checkpoint: ZooCheckpoint, layer: str | None = None,
         raise RegionMapError(str(exc)) from None
     model.requires_grad_(False)
     config = payload.get("config") or {}
-    return model, config, resolve_cam_layer(model, payload["model_name"], layer, checkpoint.file)
+    return model, config, resolve_cam_layers(model, payload["model_name"], layers, checkpoint.file)
 
 
 def check_state_dict(file: str, model_name: str, expected: Mapping[str, Any], found: Mapping[str, Any]) -> None:
@@ -232,97 +249,148 @@ def check_state_dict(file: str, model_name: str, expected: Mapping[str, Any], fo
         raise RegionMapError(f"{file}: state_dict does not match its declared architecture {model_name!r}: {problem}")
 
 
-def resolve_cam_layer(model: Any, model_name: str, layer: str | None, file: str) -> str:
-    """The module Grad-CAM reads: as asked, else the architecture's last conv stage, else the last Conv2d."""
+def resolve_cam_layers(model: Any, model_name: str, layers: Sequence[str], file: str) -> tuple[str, ...]:
+    """The modules Grad-CAM reads: as asked, else the architecture's PRLE-style layers, else the last Conv2d."""
     import torch
 
     modules = dict(model.named_modules())
-    if layer is not None:
-        if layer not in modules or layer == "":
+    if layers:
+        unknown = [layer for layer in layers if layer not in modules or layer == ""]
+        if unknown:
             sample = ", ".join(name for name in list(modules)[1:6])
-            raise RegionMapError(f"{file}: no module named {layer!r} in {model_name} (modules include {sample}, …)")
-        return layer
-    if model_name in DEFAULT_CAM_LAYERS and DEFAULT_CAM_LAYERS[model_name] in modules:
-        return DEFAULT_CAM_LAYERS[model_name]
+            raise RegionMapError(f"{file}: no module named {unknown[0]!r} in {model_name} "
+                                 f"(modules include {sample}, …)")
+        if len(set(layers)) != len(layers):
+            raise RegionMapError(f"{file}: a Grad-CAM layer is named twice in {list(layers)}")
+        return tuple(layers)
+    defaults = DEFAULT_CAM_LAYERS.get(model_name, ())
+    if defaults and all(layer in modules for layer in defaults):
+        return defaults
     convolutions = [name for name, module in modules.items() if isinstance(module, torch.nn.Conv2d)]
     if not convolutions:
         raise RegionMapError(f"{file}: {model_name} has no Conv2d layer for Grad-CAM; pass --layer")
-    return convolutions[-1]
+    return (convolutions[-1],)
 
 
-def grad_cam(model: Any, layer: str, images: Any, targets: Any) -> Any:
-    """Raw Grad-CAM (B, h, w): ReLU(Σ_c mean(∂score/∂A_c) · A_c) at `layer`, score = target · fake logit.
+def grad_cam(model: Any, layers: Sequence[str], images: Any, signs: Any = None) -> list[Any]:
+    """Raw Grad-CAM (B, h, w) per layer: ReLU(Σ_c mean(∂score/∂A_c) · A_c), score = sign · fake logit.
 
-    `targets` is (B,) of +1 (explain "fake") or -1 (explain "real"). A forward hook captures the layer's
-    activation and hands the rest of the network a copy, so in-place ops downstream cannot alter it.
+    `signs` is (B,) of +1 (explain "fake") or -1 (explain "real"); None explains each crop's predicted
+    class (+1 where the fake logit is ≥ 0), as PRLE's code does when it passes no target. One forward and
+    one backward pass serve every layer. A forward hook captures each layer's activation and hands the
+    rest of the network a copy, so in-place ops downstream cannot alter it.
     """
     import torch
 
     from dfprep.torch.models import fake_logit
 
     captured: dict[str, Any] = {}
+    handles = [dict(model.named_modules())[layer].register_forward_hook(_capture(layer, captured))
+               for layer in layers]
+    try:
+        with torch.enable_grad():
+            logits = fake_logit(model(images.detach().requires_grad_(True)))
+            if signs is None:
+                signs = torch.where(logits.detach() >= 0, 1.0, -1.0)
+            activations = [captured[layer] for layer in layers]
+            gradients = torch.autograd.grad((logits * signs).sum(), activations, allow_unused=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    cams = []
+    for layer, activation, gradient in zip(layers, activations, gradients):
+        if gradient is None:
+            raise RegionMapError(f"Grad-CAM layer {layer!r} does not feed the model's logit: pick another --layer")
+        weights = gradient.mean(dim=(2, 3), keepdim=True)
+        cams.append(torch.relu((weights * activation.detach()).sum(dim=1)))
+    return cams
+
+
+def _capture(layer: str, captured: dict[str, Any]) -> Any:
+    """A forward hook that keeps a layer's (B, C, h, w) output and passes a copy on."""
+    import torch
 
     def keep_activation(module: Any, inputs: Any, output: Any) -> Any:
         if not isinstance(output, torch.Tensor) or output.dim() != 4:
             raise RegionMapError(f"Grad-CAM layer {layer!r} must output a (B, C, h, w) tensor")
-        captured["activation"] = output
+        captured[layer] = output
         return output.clone()
 
-    handle = dict(model.named_modules())[layer].register_forward_hook(keep_activation)
-    try:
-        with torch.enable_grad():
-            logits = fake_logit(model(images.detach().requires_grad_(True)))
-            activation = captured["activation"]
-            (gradient,) = torch.autograd.grad((logits * targets).sum(), activation, allow_unused=True)
-    finally:
-        handle.remove()
-    if gradient is None:
-        raise RegionMapError(f"Grad-CAM layer {layer!r} does not feed the model's logit: pick another --layer")
-    weights = gradient.mean(dim=(2, 3), keepdim=True)
-    return torch.relu((weights * activation.detach()).sum(dim=1))
+    return keep_activation
+
+
+@dataclass(frozen=True)
+class CamRecipe:
+    """How a zoo's CAMs become one map: PRLE's choices by default (see docs/protocols.md, ## prle)."""
+
+    layers: tuple[str, ...] = ()  # default: DEFAULT_CAM_LAYERS per architecture
+    target: str = "predicted"
+    fusion: str = "mean"
+    threshold: float = 0.3
+    released_halving: bool = False  # halve each detector's map before fusion, as PRLE's saved .npy maps are
 
 
 class CamZoo:
     """Loaded detectors that turn a batch of crops into fused, thresholded primary-region maps."""
 
-    def __init__(self, checkpoints: Sequence[ZooCheckpoint], layer: str | None = None, fusion: str = "mean",
-                 threshold: float = 0.3, device: str = "auto", trusted: Sequence[str] = ()):
+    def __init__(self, checkpoints: Sequence[ZooCheckpoint], recipe: CamRecipe = CamRecipe(), device: str = "auto",
+                 trusted: Sequence[str] = ()):
         import torch
 
-        if fusion not in FUSIONS:
-            raise RegionMapError(f"unknown fusion {fusion!r}: use one of {list(FUSIONS)}")
+        if recipe.fusion not in FUSIONS:
+            raise RegionMapError(f"unknown fusion {recipe.fusion!r}: use one of {list(FUSIONS)}")
+        if recipe.target not in TARGETS:
+            raise RegionMapError(f"unknown target {recipe.target!r}: use one of {list(TARGETS)}")
         name = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         self.device = torch.device(name)
-        self.detectors = [self._prepare(checkpoint, layer, trusted) for checkpoint in checkpoints]
-        self.fusion, self.threshold = fusion, threshold
+        self.recipe = recipe
+        self.detectors = [self._prepare(checkpoint, recipe.layers, trusted) for checkpoint in checkpoints]
 
-    def _prepare(self, checkpoint: ZooCheckpoint, layer: str | None, trusted: Sequence[str]) -> tuple[Any, str, Any, Any]:
-        """Model on the device, its CAM layer, and the mean/std it was trained with."""
+    def _prepare(self, checkpoint: ZooCheckpoint, layers: Sequence[str],
+                 trusted: Sequence[str]) -> tuple[Any, tuple[str, ...], Any, Any]:
+        """Model on the device, its CAM layers, and the mean/std it was trained with."""
         import torch
 
-        model, config, resolved = load_detector(checkpoint, layer, trusted)
+        model, config, resolved = load_detector(checkpoint, layers, trusted)
         mean = torch.tensor(_three_numbers(config, "mean", checkpoint.file), dtype=torch.float32, device=self.device)
         std = torch.tensor(_three_numbers(config, "std", checkpoint.file), dtype=torch.float32, device=self.device)
         return model.to(self.device), resolved, mean[:, None, None], std[:, None, None]
 
-    def maps(self, crops: np.ndarray, fake_targets: np.ndarray) -> np.ndarray:
-        """(B, H, W, 3) RGB uint8 crops + (B,) bool "explain fake" → (B, H, W) float32 maps in [0, 1]."""
-        import torch
-
-        pixels = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device).permute(0, 3, 1, 2).float() / 255
-        signs = torch.from_numpy(np.where(fake_targets, 1.0, -1.0).astype(np.float32)).to(self.device)
+    def maps(self, crops: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+        """(B, H, W, 3) RGB uint8 crops (+ (B,) 0/1 labels for target "label") → (B, H, W) float32 maps in [0, 1]."""
+        pixels = torch_from(crops).to(self.device).permute(0, 3, 1, 2).float() / 255
+        signs = self._signs(len(crops), labels)
         per_model = [self._one_detector(detector, pixels, signs, crops.shape[1:3]) for detector in self.detectors]
-        return apply_threshold(fuse_maps(per_model, self.fusion), self.threshold)
+        return apply_threshold(fuse_maps(per_model, self.recipe.fusion), self.recipe.threshold)
 
-    def _one_detector(self, detector: tuple[Any, str, Any, Any], pixels: Any, signs: Any,
+    def _signs(self, count: int, labels: np.ndarray | None) -> Any:
+        """+1/−1 per crop for targets fake and label; None (the predicted class) for predicted."""
+        if self.recipe.target == "predicted":
+            return None
+        if self.recipe.target == "fake":
+            return torch_from(np.ones(count, np.float32)).to(self.device)
+        if labels is None or len(labels) != count:
+            raise RegionMapError("target 'label' needs one 0/1 label per crop")
+        return torch_from(np.where(np.asarray(labels) == 1, 1.0, -1.0).astype(np.float32)).to(self.device)
+
+    def _one_detector(self, detector: tuple[Any, tuple[str, ...], Any, Any], pixels: Any, signs: Any,
                       size: tuple[int, int]) -> np.ndarray:
-        """One detector's maps: Grad-CAM, per-image min–max, bilinear resize to the crop size."""
-        import torch.nn.functional as F
+        """One detector's map: per layer min–max and bilinear resize to the crop, layer mean, min–max again."""
+        model, layers, mean, std = detector
+        cams = grad_cam(model, layers, (pixels - mean) / std, signs)
+        per_layer = [resize_maps(normalise_min_max(cam.cpu().numpy()), size) for cam in cams]
+        combined = normalise_min_max(np.mean(per_layer, axis=0))
+        return combined * RELEASED_HALVING if self.recipe.released_halving else combined
 
-        model, layer, mean, std = detector
-        cams = normalise_min_max(grad_cam(model, layer, (pixels - mean) / std, signs).cpu().numpy())
-        resized = F.interpolate(torch_from(cams)[:, None], size=tuple(size), mode="bilinear", align_corners=False)
-        return np.clip(resized[:, 0].numpy(), 0.0, 1.0)
+
+def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(B, h, w) → (B, H, W), bilinear with half-pixel centres (like cv2.INTER_LINEAR), clipped to [0, 1]."""
+    import torch.nn.functional as F
+
+    if tuple(maps.shape[1:]) == tuple(size):
+        return maps
+    resized = F.interpolate(torch_from(maps)[:, None], size=tuple(size), mode="bilinear", align_corners=False)
+    return np.clip(resized[:, 0].numpy(), 0.0, 1.0)
 
 
 def _three_numbers(config: Mapping[str, Any], name: str, file: str) -> tuple[float, ...]:

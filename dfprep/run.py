@@ -235,8 +235,10 @@ def extract_run(records: Iterable[VideoRecord], config: PipelineConfig, output: 
                 extend: bool = False, quiet: bool = False, filesystem: Any = None) -> RunReport:
     """The whole `dfprep extract`: resolve models, plan, run what is not committed, index, report."""
     from dfprep.extract import ExtractionModels
+    from dfprep.maps import check_inline_maps
 
     started = time.monotonic()
+    check_inline_maps(config)  # a bad zoo checkpoint fails now, not after the extraction
     models = ExtractionModels.resolve(config)
     storage = Storage(output, filesystem)
     units, committed, removed, note = prepare(storage, records, config, overwrite, extend)
@@ -261,11 +263,14 @@ def extract_run(records: Iterable[VideoRecord], config: PipelineConfig, output: 
 
 def inline_maps(config: PipelineConfig, output: str, filesystem: Any, quiet: bool) -> list[str]:
     """`output.maps`: region maps computed in the same command, as companion shards (resumable like maps)."""
-    from dfprep.maps import MapSettings, maps_run
+    from dfprep.maps import cam_next_steps, inline_settings, maps_run
 
     lines = []
     for method in config.output.maps:
-        map_report = maps_run(output, MapSettings(method=method), workers=worker_count(config),
+        if method == "cam" and not config.cam.zoo:
+            lines += cam_next_steps(output, config.cam)  # a recipe cannot ship the zoo: say what to run next
+            continue
+        map_report = maps_run(output, inline_settings(method, config.cam), workers=worker_count(config),
                               address=config.ray.address, quiet=quiet, filesystem=filesystem)
         lines.append(f"{method} maps: {map_report.maps_total} in {map_report.output}")
     return lines

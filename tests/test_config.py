@@ -13,7 +13,8 @@ def test_defaults_file_matches_dataclass_defaults():
 
 
 @pytest.mark.parametrize("recipe", ["ffpp", "celebdf", "dfdc", "dfdcp", "deeperforensics", "folder",
-                                    "deepfakebench", "caddm", "prle", "caddm-ffpp"])
+                                    "deepfakebench", "caddm", "prle", "caddm-ffpp", "prle-ffpp", "prle-landmarks",
+                                    "prle-landmarks-ffpp"])
 def test_every_named_recipe_loads(recipe):
     assert recipe in available_recipes()
     load_config(recipe)
@@ -27,7 +28,26 @@ def test_paper_protocols():
     assert (caddm.alignment.preset, caddm.alignment.size, caddm.alignment.scale) == ("caddm", 224, 0.9)
     assert caddm.alignment.context_scale > 1
     prle = load_config("prle")
-    assert prle.alignment == dfb.alignment and prle.output.maps == ("landmarks",)
+    assert prle.alignment == dfb.alignment and prle.output.maps == ("cam",)
+    assert (prle.cam.target, prle.cam.fusion, prle.cam.threshold, prle.cam.released_halving, prle.cam.zoo) == (
+        "predicted", "mean", 0.3, False, ())
+    landmarks = load_config("prle-landmarks")
+    assert landmarks.alignment == dfb.alignment and landmarks.output.maps == ("landmarks",)
+    assert load_config("prle-ffpp").output.maps == ("cam",) and load_config("prle-ffpp").dataset.name == "ffpp"
+    assert load_config("prle-landmarks-ffpp").output.maps == ("landmarks",)
+
+
+def test_cam_settings_do_not_change_the_output_hash_and_are_checked():
+    base = load_config("prle")
+    with_zoo = load_config("prle", {"cam.zoo": ["a.pt", "b.pt"], "cam.released_halving": True})
+    assert with_zoo.cam.zoo == ("a.pt", "b.pt") and with_zoo.output_hash() == base.output_hash()
+    assert load_config("prle-landmarks").output_hash() != base.output_hash()  # maps: [landmarks] vs [cam]
+    with pytest.raises(ConfigError, match="cam.target: expected one of predicted, label, fake"):
+        load_config("prle", {"cam.target": "real"})
+    with pytest.raises(ConfigError, match=r"cam.threshold: must be in \[0, 1\)"):
+        load_config("prle", {"cam.threshold": 1.5})
+    with pytest.raises(ConfigError, match="output.maps: unknown inline map method 'gradcam'"):
+        load_config(None, {"output.maps": ["gradcam"]})
 
 
 def test_recipes_compose_and_flags_win():

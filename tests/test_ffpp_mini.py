@@ -18,7 +18,7 @@ from dfprep.run import extract_run
 @pytest.fixture(scope="module")
 def ffpp_shards(ffpp_mini, tmp_path_factory):
     out = tmp_path_factory.mktemp("ffpp_shards")
-    config = load_config("prle-ffpp", {"ray.workers": 0})
+    config = load_config("prle-landmarks-ffpp", {"ray.workers": 0})
     report = extract_run(scan("ffpp", ffpp_mini, config.dataset), config, str(out), quiet=True)
     return out, report
 
@@ -37,7 +37,7 @@ def test_ffpp_mini_gives_32_faces_per_video(ffpp_shards):
     assert fake_frames == real_frames and len(fake_frames) == 32  # CADDM-style pairs line up
     pairs = {m["pair_key"] for m in metas if m.get("pair_key") and m["video_id"].endswith("519_515")}
     assert pairs <= {m["key"] for m in metas}
-    assert len(report.maps) == 1 and "224" in report.maps[0]  # the prle recipe adds landmark maps
+    assert len(report.maps) == 1 and "224" in report.maps[0]  # the prle-landmarks recipe adds landmark maps
 
 
 def test_train_and_evaluate_on_ffpp_mini(ffpp_shards, tmp_path):

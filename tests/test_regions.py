@@ -143,6 +143,14 @@ def test_map_png_is_8bit_grayscale_and_round_trips():
     assert levels.dtype == np.uint8 and levels.shape == SIZE and levels.max() == 255
     assert np.array_equal(levels, np.rint(region_map * 255).astype(np.uint8))
     assert np.abs(decode_map_png(payload) - region_map).max() <= 0.5 / 255 + 1e-6
+    deep = encode_map_png(region_map, 16)  # CAM maps: 16 bits, so erasing's ranking keeps its order
+    levels = cv2.imdecode(np.frombuffer(deep, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert levels.dtype == np.uint16 and levels.max() == 65535
+    assert np.abs(decode_map_png(deep) - region_map).max() <= 0.5 / 65535 + 1e-6
+    with pytest.raises(RegionMapError, match="8 or 16 bits"):
+        encode_map_png(region_map, 12)
+    with pytest.raises(RegionMapError, match="cannot decode"):
+        decode_map_png(b"not a png")
 
 
 def test_regions_and_maps_import_without_torch():
@@ -191,14 +199,22 @@ def test_grad_cam_matches_its_definition(torch_one_thread):
     activation = model.features(images.clone()).detach().requires_grad_(True)
     (gradient,) = torch.autograd.grad((model.head(activation) * signs).sum(), activation)
     expected = torch.relu((gradient.mean(dim=(2, 3), keepdim=True) * activation).sum(dim=1))
-    got = grad_cam(model, "features", images, signs)
+    (got,) = grad_cam(model, ["features"], images, signs)
     assert got.shape == (3, 5, 6) and torch.allclose(got, expected.detach(), atol=1e-6)
     assert not any(p.grad is not None for p in model.parameters())  # explaining never touches the weights
+    predicted = torch.where(model(images) >= 0, 1.0, -1.0)
+    (by_prediction,) = grad_cam(model, ["features"], images)  # no signs: each crop's predicted class
+    assert torch.allclose(by_prediction, grad_cam(model, ["features"], images, predicted)[0], atol=1e-6)
+    # several layers in one pass: each equals the single-layer CAM of that layer
+    both = grad_cam(model, ["features.2", "features.4"], images, signs)
+    assert [tuple(c.shape) for c in both] == [(3, 10, 12), (3, 5, 6)]
+    for layer, cam in zip(["features.2", "features.4"], both):
+        assert torch.allclose(cam, grad_cam(model, [layer], images, signs)[0], atol=1e-6)
 
 
 def test_cam_of_a_trained_tiny_cnn_points_at_the_fake_artefact(torch_one_thread):
     torch = torch_one_thread
-    from dfprep.regions import CamZoo, ZooCheckpoint
+    from dfprep.regions import CamRecipe, CamZoo, ZooCheckpoint
     from dfprep.torch.models import build_model
 
     rng = np.random.default_rng(0)
@@ -222,9 +238,9 @@ def test_cam_of_a_trained_tiny_cnn_points_at_the_fake_artefact(torch_one_thread)
         optimizer.step()
     buffer = io.BytesIO()
     torch.save({"model_name": "tiny_cnn", "state_dict": model.state_dict(), "config": {}}, buffer)
-    zoo = CamZoo([ZooCheckpoint("trained.pt", "0" * 64, buffer.getvalue())], threshold=0.3, device="cpu")
+    zoo = CamZoo([ZooCheckpoint("trained.pt", "0" * 64, buffer.getvalue())], CamRecipe(target="fake"), device="cpu")
     images, labels, corners = crops(24)
-    maps = zoo.maps(images, np.ones(24, bool))
+    maps = zoo.maps(images)
     assert maps.shape == (24, 64, 64) and maps.dtype == np.float32
     assert maps.min() >= 0 and maps.max() <= 1 and not ((maps > 0) & (maps <= 0.3)).any()
     fakes = np.flatnonzero(labels == 1)
@@ -235,35 +251,60 @@ def test_cam_of_a_trained_tiny_cnn_points_at_the_fake_artefact(torch_one_thread)
 
 def test_cam_zoo_with_random_weights_gives_fused_maps_in_unit_range(torch_one_thread):
     torch = torch_one_thread
-    from dfprep.regions import CamZoo
+    from dfprep.regions import CamRecipe, CamZoo
 
     zoo_members = [_checkpoint(torch, "tiny_cnn", seed=0), _checkpoint(torch, "tiny_cnn", seed=1)]
     crops = np.random.default_rng(1).integers(0, 256, (5, 48, 40, 3)).astype(np.uint8)
-    raw = {f: CamZoo(zoo_members, fusion=f, threshold=0.0, device="cpu").maps(crops, np.ones(5, bool))
-           for f in ("mean", "max")}
+
+    def maps(members, labels=None, **recipe):
+        return CamZoo(members, CamRecipe(**{"threshold": 0.0, "target": "fake", **recipe}), "cpu").maps(crops, labels)
+
+    raw = {f: maps(zoo_members, fusion=f) for f in ("mean", "max")}
     assert raw["mean"].shape == (5, 48, 40)
     assert all(m.min() >= 0 and m.max() <= 1 for m in raw.values())
     assert (raw["max"] >= raw["mean"] - 1e-6).all() and (raw["max"] > raw["mean"] + 1e-3).any()
-    each = [CamZoo([member], threshold=0.0, device="cpu").maps(crops, np.ones(5, bool)) for member in zoo_members]
+    each = [maps([member]) for member in zoo_members]
+    assert all(np.isclose(m.reshape(5, -1).max(axis=1), 1.0).all() for m in each)  # min–max per image
     assert np.allclose(raw["mean"], (each[0] + each[1]) / 2, atol=1e-5)
-    thresholded = CamZoo(zoo_members, fusion="mean", threshold=0.3, device="cpu").maps(crops, np.ones(5, bool))
+    thresholded = maps(zoo_members, threshold=0.3)
     assert np.array_equal(thresholded, np.where(raw["mean"] > 0.3, raw["mean"], 0))
-    explain_real = CamZoo(zoo_members, threshold=0.0, device="cpu").maps(crops, np.zeros(5, bool))
+    halved = maps(zoo_members, released_halving=True)
+    assert np.allclose(halved, raw["mean"] / 2, atol=1e-6) and halved.max() <= 0.5 + 1e-6
+    assert np.array_equal(maps(zoo_members, threshold=0.3, released_halving=True),
+                          np.where(raw["mean"] / 2 > 0.3, halved, 0))  # halved maps: 0.3 acts as 0.6
+    explain_real = maps(zoo_members, np.zeros(5), target="label")
     assert not np.allclose(explain_real, raw["mean"])  # the label target explains the other class
+    assert np.allclose(maps(zoo_members, np.ones(5), target="label"), raw["mean"], atol=1e-6)
+    with pytest.raises(RegionMapError, match="needs one 0/1 label per crop"):
+        maps(zoo_members, target="label")
 
 
 def test_default_cam_layers_and_an_unknown_layer(torch_one_thread):
     torch = torch_one_thread
-    from dfprep.regions import load_detector, resolve_cam_layer
+    from dfprep.regions import DEFAULT_CAM_LAYERS, load_detector, resolve_cam_layers
+    from dfprep.torch.models import MODELS, build_model
 
-    assert load_detector(_checkpoint(torch, "tiny_cnn"))[2] == "features"
-    assert load_detector(_checkpoint(torch, "resnet18"))[2] == "stages"
-    assert load_detector(_checkpoint(torch, "tiny_cnn"), "features.3")[2] == "features.3"
+    for name in MODELS:  # every registered architecture has PRLE-style layers that exist and give 4-D maps
+        model = build_model(name).eval()
+        modules = dict(model.named_modules())
+        assert DEFAULT_CAM_LAYERS[name] and all(layer in modules for layer in DEFAULT_CAM_LAYERS[name]), name
+        shapes = []
+        hooks = [modules[layer].register_forward_hook(lambda m, i, o: shapes.append(o.dim()))
+                 for layer in DEFAULT_CAM_LAYERS[name]]
+        with torch.no_grad():
+            model(torch.zeros(1, 3, 64, 64))
+        [hook.remove() for hook in hooks]
+        assert shapes == [4] * len(DEFAULT_CAM_LAYERS[name]), name
+    assert load_detector(_checkpoint(torch, "tiny_cnn"))[2] == ("features.2", "features.4")
+    assert load_detector(_checkpoint(torch, "resnet18"))[2] == ("stages.5", "stages.7")
+    assert load_detector(_checkpoint(torch, "tiny_cnn"), ["features.3"])[2] == ("features.3",)
     custom = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3),
                                  torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-    assert resolve_cam_layer(custom, "mine:factory", None, "custom.pt") == "2"
+    assert resolve_cam_layers(custom, "mine:factory", (), "custom.pt") == ("2",)
     with pytest.raises(RegionMapError, match="no module named 'stage9'"):
-        load_detector(_checkpoint(torch, "tiny_cnn"), "stage9")
+        load_detector(_checkpoint(torch, "tiny_cnn"), ["features.2", "stage9"])
+    with pytest.raises(RegionMapError, match="named twice"):
+        load_detector(_checkpoint(torch, "tiny_cnn"), ["features.2", "features.2"])
 
 
 def test_a_checkpoint_that_does_not_fit_its_architecture_is_a_one_line_error(torch_one_thread):

@@ -115,14 +115,18 @@ def format_epochs(rows: list[dict[str, Any]]) -> str:
 @click.option("--allow-incomplete", is_flag=True, help="Score an OUT that is incomplete or damaged instead of refusing.")
 @click.option("--model", metavar="PKG.MOD:FACTORY",
               help="Trust this model factory when the checkpoint names one (never imported from the file alone).")
+@click.option("--faceless", type=click.Choice(["score", "drop"]), default="score", show_default=True,
+              help="Listed videos without any face: score them 0.5, or drop them (as DeepfakeBench and CADDM do).")
+@click.option("--per-method/--pooled-only", default=True, show_default=True,
+              help="With several fake methods (FF++): a row per method (FF-DF, FF-F2F, …) beside the pooled row.")
 @_one_line_errors
 def evaluate_command(checkpoint: str, outs: tuple[str, ...], split: str, aggregate: str, batch_size: int,
                      workers: int, device: str, json_path: str | None, skip_bad_shards: bool, allow_incomplete: bool,
-                     model: str | None) -> None:
-    """Frame/video AUC, ACC and EER of CHECKPOINT on each OUT folder (the cross-dataset table)."""
+                     model: str | None, faceless: str, per_method: bool) -> None:
+    """Frame/video AUC, AP, ACC and EER of CHECKPOINT on each OUT folder (the cross-dataset table)."""
     from dfprep.torch.evaluate import evaluate, format_table
 
     rows = evaluate(checkpoint, list(outs), split=split, batch_size=batch_size, aggregate=aggregate,
                     workers=workers, device=device, json_path=json_path, skip_bad_shards=skip_bad_shards,
-                    model=model, allow_incomplete=allow_incomplete)
+                    model=model, allow_incomplete=allow_incomplete, faceless=faceless, per_method=per_method)
     click.echo(format_table(rows))

@@ -144,12 +144,14 @@ def image_tensor(rgb: np.ndarray) -> Any:
 
 
 def decode_map(sample: RawSample, limits: ReadLimits = DEFAULT_LIMITS) -> Any:
-    """The companion map as (H, W) float32 in [0, 1] (stored as 8-bit grayscale, value / 255)."""
+    """The companion map as (H, W) float32 in [0, 1] (8-bit grayscale value / 255, or 16-bit value / 65535)."""
     try:
-        array = decode_image(sample.members["map"], cv2.IMREAD_GRAYSCALE, limits)
+        array = decode_image(sample.members["map"], cv2.IMREAD_ANYDEPTH, limits)
     except PayloadError as exc:
         raise ShardError(f"{sample.shard}: the map of {sample.key}: {exc}") from None
-    return torch.from_numpy(array).float().div_(255)
+    if array.ndim != 2 or array.dtype not in (np.uint8, np.uint16):
+        raise ShardError(f"{sample.shard}: cannot decode the map of {sample.key} (expected 8- or 16-bit grayscale)")
+    return torch.from_numpy(array.astype(np.float32)).div_(255 if array.dtype == np.uint8 else 65535)
 
 
 def decode_landmarks(sample: RawSample, limits: ReadLimits = DEFAULT_LIMITS) -> Any:

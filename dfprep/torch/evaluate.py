@@ -1,8 +1,14 @@
-"""Score a checkpoint on one or more OUT folders: frame and video AUC, ACC, EER — the cross-dataset table.
+"""Score a checkpoint on one or more OUT folders: frame and video AUC, AP, ACC, EER — the cross-dataset table.
 
 Videos listed in an OUT's videos.parquet for the split but without any face sample (no face found,
-undecodable file) still count at the video level with score 0.5, and are reported as
-``videos_without_faces``: dropping them would flatter a detector on hard data.
+undecodable file) by default still count at the video level with score 0.5, and are reported as
+``videos_without_faces``: dropping them would flatter a detector on hard data. ``faceless="drop"`` leaves
+them out, as DeepfakeBench's and CADDM's test code do (they only ever see videos with face frames); the
+``faceless`` column says which was used.
+
+An OUT whose split holds fakes of several methods (FF++) also gets one row per method beside the pooled
+row: that method's fakes against the originals they derive from (FF++: every youtube original of the
+split), as DeepfakeBench's FF-DF/FF-F2F/FF-FS/FF-NT test sets pair each method with the shared FF-real.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import json
 import math
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,7 +28,7 @@ from dfprep.integrity import require_complete
 from dfprep.shards import Storage
 from dfprep.torch._require import require_torch
 from dfprep.torch.data import FaceShards
-from dfprep.torch.metrics import AGGREGATES, NO_FACE_SCORE, accuracy, auc, eer, video_scores
+from dfprep.torch.metrics import AGGREGATES, NO_FACE_SCORE, accuracy, auc, average_precision, eer, video_scores
 from dfprep.torch.models import ModelBuildError, check_trusted_names, fake_logit, model_from_checkpoint
 from dfprep.torch.transforms import Normalize
 
@@ -30,17 +36,38 @@ torch = require_torch()
 
 VIDEOS_TABLE = "videos.parquet"
 DEFAULT_MEAN = DEFAULT_STD = (0.5, 0.5, 0.5)
-TABLE_COLUMNS = ("dataset", "frames", "videos", "frame_auc", "video_auc", "acc", "eer", "videos_without_faces")
+TABLE_COLUMNS = ("dataset", "frames", "videos", "frame_auc", "video_auc", "ap", "acc", "eer", "videos_without_faces",
+                 "faceless")
+FACELESS = {"score": "scored 0.5", "drop": "dropped"}  # --faceless: what happens to listed videos without a face
+# DeepfakeBench's names of the FF++ per-method test sets (preprocessing/rearrange.py)
+FFPP_METHOD_ROWS = {"Deepfakes": "FF-DF", "Face2Face": "FF-F2F", "FaceSwap": "FF-FS", "NeuralTextures": "FF-NT",
+                    "FaceShifter": "FF-FH", "DeepFakeDetection": "DFD"}
 
 
 @dataclass
 class FrameScores:
-    """Fake probabilities of every frame streamed, with their labels and videos."""
+    """Fake probabilities of every frame streamed, with their labels, videos and methods."""
 
     scores: np.ndarray
     labels: np.ndarray
     video_ids: list[str]
     datasets: list[str]
+    methods: list[str] = field(default_factory=list)
+
+    def subset(self, keep: np.ndarray) -> "FrameScores":
+        """The frames where `keep` is true."""
+        picked = np.flatnonzero(keep)
+        return FrameScores(self.scores[picked], self.labels[picked], [self.video_ids[i] for i in picked],
+                           [self.datasets[i] for i in picked], [self.methods[i] for i in picked])
+
+
+@dataclass(frozen=True)
+class ListedVideo:
+    """A video of the split as videos.parquet lists it (with or without faces)."""
+
+    label: int
+    method: str = ""
+    family_id: str = ""
 
 
 def pick_device(name: str = "auto") -> Any:
@@ -89,7 +116,7 @@ def normalizer(config: dict[str, Any]) -> Normalize:
 @torch.no_grad()
 def score_frames(model: Any, loader: Any, device: Any) -> FrameScores:
     """Run the model over a loader of FaceShards batches; sigmoid of the fake logit per frame."""
-    scores, labels, video_ids, datasets = [], [], [], []
+    scores, labels, video_ids, datasets, methods = [], [], [], [], []
     use_amp = device.type == "cuda"
     for batch in loader:
         images = batch["image"].to(device, non_blocking=True)
@@ -99,22 +126,26 @@ def score_frames(model: Any, loader: Any, device: Any) -> FrameScores:
         labels.append(batch["label"].numpy())
         video_ids += list(batch["video_id"])
         datasets += list(batch["dataset"])
+        methods += list(batch["method"])
     if not scores:
-        return FrameScores(np.zeros(0), np.zeros(0, np.int64), [], [])
-    return FrameScores(np.concatenate(scores), np.concatenate(labels), video_ids, datasets)
+        return FrameScores(np.zeros(0), np.zeros(0, np.int64), [], [], [])
+    return FrameScores(np.concatenate(scores), np.concatenate(labels), video_ids, datasets, methods)
 
 
-def listed_videos(out: str, split: str) -> dict[str, int]:
-    """video_id → label of every video videos.parquet lists for the split ({} when the table is absent)."""
+def listed_videos(out: str, split: str) -> dict[str, ListedVideo]:
+    """Every video videos.parquet lists for the split, by video_id ({} when the table is absent)."""
     storage = Storage(out)
     if not storage.exists(VIDEOS_TABLE):
         return {}
     try:
-        table = storage.read_table(VIDEOS_TABLE).select(["video_id", "label", "split"]).to_pylist()
+        table = storage.read_table(VIDEOS_TABLE)
+        columns = [c for c in ("video_id", "label", "split", "method", "family_id") if c in table.column_names]
+        rows = table.select(columns).to_pylist()
     except (OSError, ValueError, KeyError) as exc:  # pyarrow's errors derive from these
         raise DfprepError(f"{storage.path(VIDEOS_TABLE)} is unreadable ({type(exc).__name__}); rerun the extract "
                           "command to rebuild it") from None
-    return {row["video_id"]: int(row["label"]) for row in table if row["split"] == split}
+    return {row["video_id"]: ListedVideo(int(row["label"]), row.get("method") or "", row.get("family_id") or "")
+            for row in rows if row["split"] == split}
 
 
 def dataset_name(out: str, frames: FrameScores) -> str:
@@ -128,24 +159,67 @@ def _finite(value: float) -> float | None:
     return None if math.isnan(value) else round(value, 6)
 
 
-def score_table_row(out: str, frames: FrameScores, split: str, aggregate: str) -> dict[str, Any]:
-    """One OUT's row: frame metrics, then video AUC with face-less videos at 0.5."""
+def score_table_row(out: str, frames: FrameScores, split: str, aggregate: str, faceless: str = "score",
+                    listed: dict[str, ListedVideo] | None = None, name: str | None = None) -> dict[str, Any]:
+    """One row: frame metrics, then video metrics with face-less videos at 0.5 (or dropped)."""
+    if faceless not in FACELESS:
+        raise ValueError(f"faceless must be one of {tuple(FACELESS)}, got {faceless!r}")
+    listed = listed_videos(out, split) if listed is None else listed
     videos = video_scores(frames.video_ids, frames.labels, frames.scores, aggregate)
-    missing = {vid: label for vid, label in listed_videos(out, split).items() if vid not in videos}
-    for video_id, label in missing.items():
-        videos[video_id] = (label, NO_FACE_SCORE)
+    missing = {vid: video.label for vid, video in listed.items() if vid not in videos}
+    if faceless == "score":
+        videos.update({video_id: (label, NO_FACE_SCORE) for video_id, label in missing.items()})
     video_labels = [label for label, _ in videos.values()]
     video_values = [score for _, score in videos.values()]
     return {
-        "dataset": dataset_name(out, frames), "out": out, "split": split, "aggregate": aggregate,
+        "dataset": name or dataset_name(out, frames), "out": out, "split": split, "aggregate": aggregate,
         "frames": int(frames.scores.size), "videos": len(videos),
         "frame_auc": _finite(auc(frames.labels, frames.scores)),
         "video_auc": _finite(auc(video_labels, video_values)),
+        "ap": _finite(average_precision(frames.labels, frames.scores)),
         "acc": _finite(accuracy(frames.labels, frames.scores)), "eer": _finite(eer(frames.labels, frames.scores)),
+        "video_ap": _finite(average_precision(video_labels, video_values)),
         "video_acc": _finite(accuracy(video_labels, video_values)),
         "video_eer": _finite(eer(video_labels, video_values)),
-        "videos_without_faces": len(missing),
+        "videos_without_faces": len(missing), "faceless": FACELESS[faceless],
     }
+
+
+def score_rows(out: str, frames: FrameScores, split: str, aggregate: str, faceless: str = "score",
+               per_method: bool = True) -> list[dict[str, Any]]:
+    """One OUT's rows: the pooled row, then (with several fake methods) one row per method."""
+    listed = listed_videos(out, split)
+    rows = [score_table_row(out, frames, split, aggregate, faceless, listed)]
+    if not per_method or len(frames.methods) != frames.scores.size:
+        return rows
+    dataset = rows[0]["dataset"]
+    for method, (frame_keep, videos) in method_subsets(frames, listed).items():
+        name = FFPP_METHOD_ROWS.get(method, method) if dataset == "ffpp" else f"{dataset}/{method}"
+        rows.append(score_table_row(out, frames.subset(frame_keep), split, aggregate, faceless, videos, name))
+    return rows
+
+
+def method_subsets(frames: FrameScores,
+                   listed: dict[str, ListedVideo]) -> dict[str, tuple[np.ndarray, dict[str, ListedVideo]]]:
+    """fake method → (its frames and its originals' frames, the same as listed videos); {} with one method.
+
+    A method's originals are the real videos of the methods its fakes derive from (their family_id's
+    method: FF++ youtube, DeepFakeDetection actors), else every real video of the split.
+    """
+    pairs = {(v.method, v.label) for v in listed.values()}
+    pairs |= set(zip(frames.methods, np.asarray(frames.labels).tolist()))
+    fake_methods = sorted({m for m, y in pairs if y == 1} - {m for m, y in pairs if y == 0})  # methods of fakes only
+    if len(fake_methods) < 2:
+        return {}
+    methods, labels = np.array(frames.methods, dtype=object), np.asarray(frames.labels)
+    subsets = {}
+    for method in fake_methods:
+        sources = {listed[v.family_id].method for v in listed.values()
+                   if v.label == 1 and v.method == method and v.family_id in listed and listed[v.family_id].label == 0}
+        frame_keep = np.array([_in_subset(y, m, method, sources) for m, y in zip(methods, labels)], bool)
+        videos = {vid: v for vid, v in listed.items() if _in_subset(v.label, v.method, method, sources)}
+        subsets[method] = (frame_keep, videos)
+    return subsets
 
 
 def frame_loader(out: str | Sequence[str], split: str, config: dict[str, Any], batch_size: int, workers: int,
@@ -163,17 +237,25 @@ def require_outputs(out_dirs: Sequence[str | os.PathLike[str]], allow_incomplete
             require_complete(str(out), allow_incomplete)
 
 
+def _in_subset(label: int, method: str, fake_method: str, sources: set[str]) -> bool:
+    """A fake of `fake_method`, or a real of one of its source methods (any real when none is known)."""
+    return method == fake_method if label == 1 else (not sources or method in sources)
+
+
 def evaluate(checkpoint: str | os.PathLike[str], out_dirs: Sequence[str], split: str = "test", batch_size: int = 64,
              aggregate: str = "mean", workers: int = 0, device: str = "auto",
              json_path: str | os.PathLike[str] | None = None, skip_bad_shards: bool = False,
-             model: str | None = None, allow_incomplete: bool = False) -> list[dict[str, Any]]:
-    """Score one checkpoint on every OUT folder; one row per OUT (optionally also written as JSON).
+             model: str | None = None, allow_incomplete: bool = False, faceless: str = "score",
+             per_method: bool = True) -> list[dict[str, Any]]:
+    """Score one checkpoint on every OUT folder: a pooled row per OUT, plus per-method rows (optionally as JSON).
 
     An incomplete or damaged OUT is refused unless `allow_incomplete`; `model` names the factory to trust
     when the checkpoint records a `package.module:factory` instead of a registered model.
     """
     if aggregate not in AGGREGATES:
         raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
+    if faceless not in FACELESS:
+        raise ValueError(f"faceless must be one of {tuple(FACELESS)}, got {faceless!r}")
     require_outputs(out_dirs, allow_incomplete)
     target = pick_device(device)
     network, payload = load_detector(checkpoint, target, model)
@@ -181,7 +263,7 @@ def evaluate(checkpoint: str | os.PathLike[str], out_dirs: Sequence[str], split:
     for out in out_dirs:
         loader = frame_loader(str(out), split, payload["config"], batch_size, workers,
                               skip_bad_shards=skip_bad_shards)
-        rows.append(score_table_row(str(out), score_frames(network, loader, target), split, aggregate))
+        rows += score_rows(str(out), score_frames(network, loader, target), split, aggregate, faceless, per_method)
     if json_path is not None:
         Path(json_path).write_text(json.dumps({"checkpoint": str(checkpoint), "rows": rows}, indent=1) + "\n")
     return rows

@@ -1,4 +1,4 @@
-"""Detection metrics written out in numpy: rank AUC with ties, ROC, EER, accuracy and per-video aggregation.
+"""Detection metrics written out in numpy: rank AUC with ties, ROC, EER, AP, accuracy and per-video aggregation.
 
 Labels are 1 = fake (the positive class), scores are fake probabilities. Video aggregation strategies:
 
@@ -79,6 +79,25 @@ def eer(labels: Values, scores: Values) -> float:
     before, after = gap[crossing - 1], gap[crossing]
     weight = before / (before - after)
     return float(fpr[crossing - 1] + weight * (fpr[crossing] - fpr[crossing - 1]))
+
+
+def average_precision(labels: Values, scores: Values) -> float:
+    """AP the way DeepfakeBench reports it (sklearn's average_precision_score): Σ_k (R_k − R_k−1) · P_k.
+
+    k runs over the distinct scores from the highest down (tied scores form one step), P_k and R_k are the
+    precision and recall of calling fake at score ≥ that value; no interpolation. NaN without fakes.
+    """
+    y, s = _labels_scores(labels, scores)
+    positives = int(y.sum())
+    if positives == 0:
+        return float("nan")
+    order = np.argsort(-s, kind="mergesort")
+    y, s = y[order], s[order]
+    last_of_value = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]
+    true_positives = np.cumsum(y)[last_of_value]
+    precision = true_positives / (last_of_value + 1)
+    recall = true_positives / positives
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
 def accuracy(labels: Values, scores: Values, threshold: float = 0.5) -> float:

@@ -28,6 +28,13 @@ def test_train_then_evaluate_from_the_command_line(learnable_out, shared_out, tm
     assert result.output.splitlines()[0].startswith("dataset")
     rows = json.loads(table.read_text())["rows"]
     assert [row["aggregate"] for row in rows] == ["max", "max"] and rows[1]["videos_without_faces"] == 2
+    assert rows[1]["faceless"] == "scored 0.5" and rows[1]["videos"] == 6
+    result = runner.invoke(evaluate_command, [str(run / "model.pt"), str(shared_out), "--workers", "0",
+                                              "--faceless", "drop", "--pooled-only", "--json", str(table)])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(table.read_text())["rows"]
+    assert row["faceless"] == "dropped" and row["videos"] == 4 and row["videos_without_faces"] == 2
+    assert result.output.splitlines()[1].split()[-2:] == ["2", "dropped"]
 
 
 def test_user_errors_are_one_line_and_exit_2(learnable_out, tmp_path):

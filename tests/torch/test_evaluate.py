@@ -1,14 +1,16 @@
-"""Evaluation: the cross-dataset rows, face-less videos scored 0.5 and counted, JSON output."""
+"""Evaluation: the cross-dataset rows, face-less videos scored 0.5 or dropped, per-method FF++ rows, JSON output."""
 
 import json
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from dfprep.torch.evaluate import FrameScores, evaluate, format_table, score_table_row  # noqa: E402
-from dfprep.torch.metrics import auc  # noqa: E402
+from dfprep.torch.evaluate import FrameScores, evaluate, format_table, score_rows, score_table_row  # noqa: E402
+from dfprep.torch.metrics import auc, average_precision  # noqa: E402
 from dfprep.torch.train import train  # noqa: E402
 
 
@@ -29,9 +31,11 @@ def test_rows_per_out_with_face_less_videos_counted(checkpoint, learnable_out, s
     saved = json.loads((tmp_path / "table.json").read_text())
     assert saved["rows"] == rows and saved["checkpoint"] == str(checkpoint)
     table = format_table(rows)
-    assert table.splitlines()[0].split() == ["dataset", "frames", "videos", "frame_auc", "video_auc", "acc", "eer",
-                                            "videos_without_faces"]
-    assert len(table.splitlines()) == 3
+    assert table.splitlines()[0].split() == ["dataset", "frames", "videos", "frame_auc", "video_auc", "ap", "acc",
+                                            "eer", "videos_without_faces", "faceless"]
+    assert len(table.splitlines()) == 3  # one fake method per OUT: no per-method rows
+    assert all(row["faceless"] == "scored 0.5" and 0 <= row["ap"] <= 1 for row in rows)
+    assert table.splitlines()[1].rstrip().endswith("scored 0.5")  # the table says what happened to them
 
 
 def test_video_auc_scores_videos_without_faces_at_one_half(shared_out):
@@ -46,6 +50,77 @@ def test_video_auc_scores_videos_without_faces_at_one_half(shared_out):
     assert row["video_auc"] == pytest.approx((2.5 + 2 + 1.5) / 9)  # pairs won, ties count one half
     assert row["frame_auc"] == pytest.approx(auc(frames.labels, frames.scores))
     assert row["acc"] == pytest.approx(5 / 6)
+    # frames by score: 0.9 F, 0.8 R, 0.7 F, 0.6 F, 0.4 R, 0.2 R → AP = 1/3·1 + 1/3·2/3 + 1/3·3/4
+    assert row["ap"] == pytest.approx(29 / 36) and row["faceless"] == "scored 0.5"
+    dropped = score_table_row(str(shared_out), frames, "test", "mean", faceless="drop")
+    assert dropped["videos"] == 4 and dropped["videos_without_faces"] == 2 and dropped["faceless"] == "dropped"
+    # only the videos with faces: fakes 0.8, 0.6; reals 0.3, 0.8 → 0.8 ties 0.8, beats 0.3; 0.6 beats 0.3
+    assert dropped["video_auc"] == pytest.approx((0.5 + 1 + 1) / 4)
+    assert dropped["frame_auc"] == row["frame_auc"]  # frames never include face-less videos
+    with pytest.raises(ValueError, match="faceless"):
+        score_table_row(str(shared_out), frames, "test", "mean", faceless="ignore")
+
+
+def _ffpp_like_out(folder) -> FrameScores:
+    """An FF++-shaped test split: videos.parquet (3 youtube, 2 actors, Deepfakes, FaceSwap, DFD) and frame scores."""
+    videos = [  # video_id, label, method, family_id, frame scores ([] = no face found)
+        ("ffpp/youtube/c23/000", 0, "youtube", "ffpp/youtube/c23/000", [0.1, 0.3]),
+        ("ffpp/youtube/c23/001", 0, "youtube", "ffpp/youtube/c23/001", [0.5]),
+        ("ffpp/youtube/c23/002", 0, "youtube", "ffpp/youtube/c23/002", []),
+        ("ffpp/actors/c23/01__talk", 0, "actors", "ffpp/actors/c23/01__talk", [0.35]),
+        ("ffpp/actors/c23/02__walk", 0, "actors", "ffpp/actors/c23/02__walk", [0.55]),
+        ("ffpp/Deepfakes/c23/000_001", 1, "Deepfakes", "ffpp/youtube/c23/000", [0.9, 0.7]),
+        ("ffpp/Deepfakes/c23/001_000", 1, "Deepfakes", "ffpp/youtube/c23/001", [0.6]),
+        ("ffpp/FaceSwap/c23/000_001", 1, "FaceSwap", "ffpp/youtube/c23/000", [0.4]),
+        ("ffpp/FaceSwap/c23/001_000", 1, "FaceSwap", "ffpp/youtube/c23/001", []),
+        ("ffpp/DeepFakeDetection/c23/01_02__talk__X", 1, "DeepFakeDetection", "ffpp/actors/c23/01__talk", [0.45]),
+    ]
+    table = {"video_id": [v[0] for v in videos], "label": [v[1] for v in videos], "method": [v[2] for v in videos],
+             "family_id": [v[3] for v in videos], "split": ["test"] * len(videos)}
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(table), folder / "videos.parquet")
+    frames = [(score, v) for v in videos for score in v[4]]
+    return FrameScores(np.array([f[0] for f in frames]), np.array([f[1][1] for f in frames]),
+                       [f[1][0] for f in frames], ["ffpp"] * len(frames), [f[1][2] for f in frames])
+
+
+def test_ffpp_gets_a_row_per_method_against_the_originals_it_derives_from(tmp_path):
+    frames = _ffpp_like_out(tmp_path / "ffpp")
+    rows = {row["dataset"]: row for row in score_rows(str(tmp_path / "ffpp"), frames, "test", "mean")}
+    assert list(rows) == ["ffpp", "DFD", "FF-DF", "FF-FS"]  # pooled first, then by method name
+    pooled, dfd, deepfakes, faceswap = rows["ffpp"], rows["DFD"], rows["FF-DF"], rows["FF-FS"]
+    assert pooled["frames"] == 10 and pooled["videos"] == 10 and pooled["videos_without_faces"] == 2
+    # FF-DF: youtube frames 0.1 0.3 0.5 against Deepfakes 0.9 0.7 0.6 (the actors are not its originals)
+    assert (deepfakes["frames"], deepfakes["videos"], deepfakes["videos_without_faces"]) == (6, 5, 1)
+    assert deepfakes["frame_auc"] == 1.0 and deepfakes["ap"] == 1.0 and deepfakes["video_auc"] == 1.0
+    # FF-FS: 0.4 beats 0.1 and 0.3, loses to 0.5 → 2/3; videos: reals 0.2 0.5 0.5*, fakes 0.4 0.5* (*no face)
+    assert (faceswap["frames"], faceswap["videos"]) == (4, 5)
+    assert faceswap["frame_auc"] == pytest.approx(2 / 3) and faceswap["ap"] == pytest.approx(1 / 2)
+    # pairs: 0.4 beats 0.2, loses to 0.5 and 0.5*; 0.5* beats 0.2, ties 0.5 and 0.5* → 3 of 6
+    assert faceswap["video_auc"] == pytest.approx((1 + 0 + 0 + 1 + 0.5 + 0.5) / 6)
+    # DFD against the actors only: 0.45 beats 0.35, loses to 0.55
+    assert (dfd["frames"], dfd["videos"]) == (3, 3) and dfd["frame_auc"] == pytest.approx(1 / 2)
+    dropped = {row["dataset"]: row for row in score_rows(str(tmp_path / "ffpp"), frames, "test", "mean", "drop")}
+    assert dropped["FF-FS"]["videos"] == 3 and dropped["FF-FS"]["video_auc"] == pytest.approx(1 / 2)
+    assert all(row["faceless"] == "dropped" for row in dropped.values())
+    assert len(score_rows(str(tmp_path / "ffpp"), frames, "test", "mean", per_method=False)) == 1
+
+
+def test_deepfakebench_grouping_by_folder_name_merges_same_named_ffpp_videos(tmp_path):
+    """DeepfakeBench's video AUC groups frames by their folder name: FF++'s 000_001 under Deepfakes and under
+    FaceSwap become one 'video'. dfprep groups by video_id; here the merge turns a 0.80 video AUC into 1.0."""
+    from dfprep.torch.metrics import video_scores
+
+    ids = ["ffpp/youtube/c23/000", "ffpp/youtube/c23/001", "ffpp/Deepfakes/c23/000_001",
+           "ffpp/FaceSwap/c23/000_001", "ffpp/Deepfakes/c23/001_000", "ffpp/FaceSwap/c23/001_000"]
+    labels, scores = [0, 0, 1, 1, 1, 1], [0.4, 0.1, 0.9, 0.2, 0.9, 0.3]
+    by_video_id = video_scores(ids, labels, scores)
+    by_folder = video_scores([video_id.rsplit("/", 1)[1] for video_id in ids], labels, scores)
+    assert len(by_video_id) == 6 and len(by_folder) == 4  # 4 fakes collapse into 2
+    assert by_folder["000_001"] == (1, pytest.approx(0.55)) and by_folder["001_000"] == (1, pytest.approx(0.6))
+    assert auc(*zip(*by_video_id.values())) == pytest.approx(6 / 8)  # FaceSwap's 0.2 and 0.3 lose to 0.4
+    assert auc(*zip(*by_folder.values())) == 1.0
+    assert average_precision([1, 0], [0.5, 0.5]) == 0.5
 
 
 def test_a_split_without_samples_gives_an_empty_row(checkpoint, learnable_out):

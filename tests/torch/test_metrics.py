@@ -7,8 +7,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from dfprep.torch.metrics import (accuracy, aggregate_scores, auc, average_ranks, eer, roc_curve,  # noqa: E402
-                                  video_scores)
+from dfprep.torch.metrics import (accuracy, aggregate_scores, auc, average_precision, average_ranks, eer,  # noqa: E402
+                                  roc_curve, video_scores)
 
 
 def pairwise_auc(labels, scores) -> float:
@@ -50,6 +50,31 @@ def test_eer_exact_crossing_and_interpolated_crossing():
     assert eer([0, 0, 1, 1, 1], [0.2, 0.6, 0.4, 0.8, 0.9]) == pytest.approx(1 / 3)
     assert eer([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 0.0
     assert math.isnan(eer([0, 0], [0.1, 0.2]))
+
+
+def stepwise_ap(labels, scores) -> float:
+    """The definition, one threshold at a time: Σ over distinct scores t (high to low) of ΔRecall · Precision."""
+    total, previous_recall, positives = 0.0, 0.0, sum(labels)
+    for threshold in sorted(set(scores), reverse=True):
+        called = [y for s, y in zip(scores, labels) if s >= threshold]
+        recall = sum(called) / positives
+        total += (recall - previous_recall) * sum(called) / len(called)
+        previous_recall = recall
+    return total
+
+
+def test_average_precision_matches_the_hand_count():
+    # by score: 0.9 F (P 1, R 1/3), 0.8 R, 0.7 F (P 2/3, R 2/3), 0.6 F (P 3/4, R 1), 0.2 R
+    assert average_precision([1, 0, 1, 1, 0], [0.9, 0.8, 0.7, 0.6, 0.2]) == pytest.approx(29 / 36)
+    # a tie is one step: at 0.5 P = 1/2, R = 1/2; at 0.2 P = 2/3, R = 1 → 1/4 + 1/3
+    assert average_precision([1, 0, 1], [0.5, 0.5, 0.2]) == pytest.approx(7 / 12)
+    assert average_precision([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
+    assert average_precision([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1]) == pytest.approx((1 / 3 + 1 / 2) / 2)
+    assert average_precision([1, 1], [0.2, 0.3]) == 1.0  # no reals: every call is right
+    assert math.isnan(average_precision([0, 0], [0.2, 0.3]))  # no fakes: undefined
+    rng = np.random.default_rng(1)
+    labels, scores = rng.integers(0, 2, 300), np.round(rng.random(300), 1)  # many ties
+    assert average_precision(labels, scores) == pytest.approx(stepwise_ap(labels.tolist(), scores.tolist()))
 
 
 def test_accuracy_at_one_half():
