@@ -165,8 +165,9 @@ def crops_and_maps(out: Path, name: str) -> tuple[list[str], np.ndarray, np.ndar
     import json
 
     keys, crops, labels, maps = [], [], [], []
+    image = "." + json.loads((out / "dataset.json").read_text())["config"]["output"]["image_format"]
     for tar_path in sorted(out.glob("*.tar")):
-        images, metas = read_members(tar_path, ".jpg"), read_members(tar_path, ".json")
+        images, metas = read_members(tar_path, image), read_members(tar_path, ".json")
         stored = read_members(out / "maps" / name / tar_path.name, ".prmap.png")
         for key in images:
             keys.append(key)

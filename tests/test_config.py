@@ -44,7 +44,7 @@ def test_cam_settings_do_not_change_the_output_hash_and_are_checked():
     assert load_config("prle-landmarks").output_hash() != base.output_hash()  # maps: [landmarks] vs [cam]
     with pytest.raises(ConfigError, match="cam.target: expected one of predicted, label, fake"):
         load_config("prle", {"cam.target": "real"})
-    with pytest.raises(ConfigError, match=r"cam.threshold: must be in \[0, 1\)"):
+    with pytest.raises(ConfigError, match=r"cam.threshold: must be \[0, 1\)"):
         load_config("prle", {"cam.threshold": 1.5})
     with pytest.raises(ConfigError, match="output.maps: unknown inline map method 'gradcam'"):
         load_config(None, {"output.maps": ["gradcam"]})

@@ -107,7 +107,8 @@ def test_extract_with_a_zoo_makes_the_cam_maps_and_dfprep_maps_agrees(chain):
             manifest["bits"]) == ("predicted", "mean", 0.3, False, 16)
     assert [z["layers"] for z in manifest["zoo"]] == [["features.2", "features.4"]] * 2 and manifest["complete"]
     for tar_path in sorted(out.glob("*.tar")):
-        faces, maps = _members(tar_path, ".jpg"), _members(out / "maps" / "cam" / tar_path.name, ".prmap.png")
+        image = "." + json.loads((out / "dataset.json").read_text())["config"]["output"]["image_format"]
+        faces, maps = _members(tar_path, image), _members(out / "maps" / "cam" / tar_path.name, ".prmap.png")
         assert list(maps) == list(faces)
         for payload in maps.values():
             levels = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_UNCHANGED)

@@ -67,7 +67,7 @@ def test_a_deleted_commit_marker_is_refused_not_scored_as_auc_one_half(checkpoin
     assert "--allow-incomplete" in refused.output
     allowed = _evaluate(checkpoint, out_copy, "--allow-incomplete")
     # allowed: the shard's 2 videos join the 2 face-less ones at score 0.5, which is what the refusal prevents
-    assert allowed.exit_code == 0 and allowed.output.splitlines()[1].split()[-1] == "4"
+    assert allowed.exit_code == 0 and allowed.output.splitlines()[1].split()[-3:] == ["4", "scored", "0.5"]
 
 
 @pytest.mark.parametrize("damage", ["parquet", "truncate"])
