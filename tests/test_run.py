@@ -87,9 +87,14 @@ def test_uncommitted_leftovers_are_redone(folder_dataset, tmp_path):
     _run(folder_dataset, out)
     victim = sorted(out.glob("*_stats.json"))[0].name.replace("_stats.json", "")
     (out / f"{victim}_stats.json").unlink()  # as if killed between the tar rename and the commit marker
-    (out / "orphan-000009.tar.tmp").write_bytes(b"partial")
+    committed = sorted(out.glob("*_stats.json"))[0].name.replace("_stats.json", "")
+    (out / f"{committed}.tar.tmp").write_bytes(b"partial")  # a planned shard's temporary: dfprep's own
+    (out / "orphan-000009.tar.tmp").write_bytes(b"not planned")  # not a name dfprep planned: never touched
     report = _run(folder_dataset, out)
-    assert report.units_skipped == report.units_total - 1 and "orphan-000009.tar.tmp" in report.removed
+    assert report.units_skipped == report.units_total - 1
+    assert {f"{victim}.tar", f"{committed}.tar.tmp"} <= set(report.removed)
+    assert (out / "orphan-000009.tar.tmp").read_bytes() == b"not planned"
+    (out / "orphan-000009.tar.tmp").unlink()
     _check_complete(out, 8)
 
 
