@@ -25,10 +25,14 @@ class Interrupted(KeyboardInterrupt):
     exit_code = 143
 
 
+_RECEIVED: list[int] = []  # the signal that interrupted the command (libraries may re-raise a plain Ctrl-C)
+
+
 def _on_signal(signum: int, frame: Any) -> None:
     """First SIGINT/SIGTERM: unwind cleanly (markers released, staging removed); a second one: stop at once."""
     for other in (signal.SIGINT, signal.SIGTERM):
         signal.signal(other, _stop_now)
+    _RECEIVED.append(signum)
     raise Interrupted() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
@@ -53,6 +57,7 @@ def _fail_cleanly(function: Callable[..., Any]) -> Callable[..., Any]:
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         saved = _install_signal_handlers()
+        _RECEIVED.clear()
         try:
             return function(*args, **kwargs)
         except DfprepError as exc:
@@ -60,7 +65,8 @@ def _fail_cleanly(function: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(2)
         except KeyboardInterrupt as exc:
             click.echo(f"dfprep: {INTERRUPTED}", err=True)
-            sys.exit(getattr(exc, "exit_code", 130))
+            terminated = isinstance(exc, Interrupted) or signal.SIGTERM in _RECEIVED
+            sys.exit(Interrupted.exit_code if terminated else 130)
         finally:
             for number, handler in saved.items():
                 signal.signal(number, handler)

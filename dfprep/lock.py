@@ -19,7 +19,7 @@ import uuid
 from typing import Any
 
 from dfprep.errors import DfprepError
-from dfprep.shards import Storage, _alive
+from dfprep.shards import Storage, process_alive
 
 LOCK_FILE = "_dfprep.lock"
 _UNREADABLE_GRACE_S = 30.0  # a lock still being written is unreadable for a moment; older than this it is junk
@@ -144,7 +144,7 @@ def is_stale(record: dict[str, Any]) -> bool:
     if record.get("host") != socket.gethostname():
         return False
     pid = record.get("pid")
-    if not isinstance(pid, int) or not _alive(pid):
+    if not isinstance(pid, int) or not process_alive(pid):
         return True
     started = record.get("process_start")
     return started is not None and process_start(pid) not in (None, started)

@@ -316,15 +316,15 @@ def remove_stale_staging(grace_s: float = 0.0) -> list[str]:
         pid = folder.name[len(STAGING_PREFIX):].split("-", 1)[0]
         if not folder.is_dir() or not pid.isdigit() or int(pid) == os.getpid():
             continue
-        while _alive(int(pid)) and time.monotonic() < deadline:
+        while process_alive(int(pid)) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if not _alive(int(pid)):
+        if not process_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder.name)
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether a process with this id runs on this machine."""
     try:
         os.kill(pid, 0)

@@ -189,7 +189,6 @@ def test_a_hung_decoder_in_process_never_ends_the_callers_process(small, tmp_pat
 
 def _wait_then_interrupt(attempt: Path) -> None:
     """Wait for the watchdog to record the hang (the process lives on), then Ctrl-C this process."""
-    import json
     import time
 
     deadline = time.monotonic() + 60
@@ -279,3 +278,44 @@ def test_chaos_then_a_rerun_completes_exactly_once(small, tmp_path, tmpdir_short
     assert "charged" not in finished.stdout and "warning" not in finished.stdout
     check_output(out, INPUTS, good_videos(small))
     assert staging_left(tmpdir_short) == []
+
+
+def test_sigterm_on_a_ray_run_is_one_line_and_leaves_no_staging(small, tmp_path, tmpdir_short):
+    """`dfprep extract` on Ray, SIGTERM while an actor is mid-video: one line, exit 143, the killed actor's
+    staging folder removed, the folder unlocked; the rerun completes with nothing charged. (Ctrl-C takes the
+    same way out: see the in-process and chaos tests.)"""
+    out = tmp_path / "out"
+    unit, size = unit_sizes(small)[0]
+    marker = tmp_path / "paused"
+    process = start(cli(small, out, 1), cli_env(tmpdir_short, f"pause:{unit}:{size - 1}:{marker}"),
+                    tmp_path / "term.log")
+    wait_for(marker, process)
+    assert list(tmpdir_short.glob(f"dfprep-{marker.read_text()}-*")), "the actor stages its shard in TMPDIR"
+    assert interrupt(process, "term") == EXIT_CODES["term"]
+    log = (tmp_path / "term.log").read_text().strip().splitlines()
+    assert log[-1] == INTERRUPTED_LINE and "Traceback" not in "\n".join(log), log
+    assert staging_left(tmpdir_short) == [] and not (out / "_dfprep.lock").exists()
+    finished = subprocess.run(cli(small, out), cwd=REPO, env=cli_env(tmpdir_short), capture_output=True, text=True,
+                              timeout=600)
+    assert finished.returncode == 0 and "charged" not in finished.stdout, finished.stderr
+    check_output(out, INPUTS, good_videos(small))
+
+
+def test_a_ray_failure_reports_the_worker_s_own_exception(ray_module):
+    from dfprep.pool import unit_failure
+
+    @ray_module.remote
+    def fails(kind: str) -> None:
+        if kind == "os":
+            raise OSError(28, "No space left on device")
+        raise ValueError("a frame the aligner cannot take\nsecond line")
+
+    errors = {}
+    for kind in ("os", "value"):
+        with pytest.raises(Exception) as caught:
+            ray_module.get(fails.remote(kind))
+        errors[kind] = caught.value
+    assert "RayTaskError" in type(errors["value"]).__name__  # what Ray raises on the driver
+    assert unit_failure(errors["value"]) == "ValueError: a frame the aligner cannot take"
+    with pytest.raises(OSError, match=r"\[Errno 28\] No space left on device"):  # the output failed: stop the run
+        unit_failure(errors["os"])
