@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import faulthandler
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -39,6 +40,7 @@ ATTEMPTS_DIR = "_attempts"
 MAX_ATTEMPTS = 2
 HUNG_EXIT_CODE = 70
 CRASH_LOG_PREFIX = "dfprep-crash-"
+_MARKER = re.compile(r"^(?P<unit>[A-Za-z0-9_]+-\d{6})-(?P<position>\d{5})\.json(?P<temporary>\.tmp)?$")
 
 
 @dataclass(frozen=True)
@@ -105,16 +107,22 @@ class AttemptLog:
     def clear(self) -> None:
         """After the unit commits its markers are no longer needed."""
         for name in self.storage.listdir(ATTEMPTS_DIR):
-            if name.startswith(f"{self.unit}-"):
+            if marker_unit(name) == self.unit:
                 self.storage.delete(f"{ATTEMPTS_DIR}/{name}")
 
 
 def _position(name: str, unit: str) -> int | None:
-    """The video position a marker file belongs to, or None for another unit's file."""
-    stem = name[len(unit) + 1:-len(".json")]
-    if name.startswith(f"{unit}-") and name.endswith(".json") and stem.isdigit():
-        return int(stem)
-    return None
+    """The video position a marker file belongs to, or None for another unit's (or anybody else's) file."""
+    match = _MARKER.match(name)
+    if match is None or match["unit"] != unit or match["temporary"]:
+        return None
+    return int(match["position"])
+
+
+def marker_unit(name: str) -> str | None:
+    """The unit an attempt marker (or its temporary) belongs to; None for a file dfprep did not name."""
+    match = _MARKER.match(name)
+    return match["unit"] if match else None
 
 
 def in_progress_record(context: RunContext) -> dict[str, Any]:
@@ -160,6 +168,8 @@ def settle_interrupted(storage: Storage, run_id: str) -> list[str]:
     """Before a run: judge every video left in progress by an earlier run; returns the deaths it charged."""
     charged, crash_logs = [], set()
     for name in storage.listdir(ATTEMPTS_DIR):
+        if marker_unit(name) is None or name.endswith(".tmp"):
+            continue  # not an attempt marker: not dfprep's to judge or delete
         marker = storage.read_marker(f"{ATTEMPTS_DIR}/{name}")
         if marker is None:
             storage.delete(f"{ATTEMPTS_DIR}/{name}")  # unreadable (a full disk, say): treated as absent

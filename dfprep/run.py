@@ -15,8 +15,8 @@ from dfprep import __version__
 from dfprep.catalog.base import VideoRecord
 from dfprep.config import PipelineConfig
 from dfprep.errors import DfprepError
-from dfprep.guard import (ATTEMPTS_DIR, AttemptLog, RunContext, Watchdog, hard_limit, recording_crashes,
-                          settle_interrupted)
+from dfprep.guard import (ATTEMPTS_DIR, AttemptLog, RunContext, Watchdog, hard_limit, marker_unit,
+                          recording_crashes, settle_interrupted)
 from dfprep.lock import OutputLock, new_run_id
 from dfprep.ownership import OWNERSHIP_FILE, check_claimable, check_separate, claim, open_output, output_errors
 from dfprep.plan import (PLAN_META, PLAN_TABLE, WorkUnit, catalog_drift, input_roots, load_or_create_plan,
@@ -117,8 +117,7 @@ def clean_output(storage: Storage) -> list[str]:
     names = [name for base in INDEX_FILES for name in (base, f"{base}{TEMP_SUFFIX}")]
     names += [name for unit in units for name in unit_files(unit)]
     removed = [name for name in names if name in present]
-    removed += [f"{ATTEMPTS_DIR}/{name}" for name in storage.listdir(ATTEMPTS_DIR)
-                if name.split(".", 1)[0].rsplit("-", 1)[0] in units]
+    removed += [f"{ATTEMPTS_DIR}/{name}" for name in storage.listdir(ATTEMPTS_DIR) if marker_unit(name) in units]
     for name in removed:
         storage.delete(name)
     return removed

@@ -95,8 +95,8 @@ def test_a_folder_dfprep_did_not_write_is_refused_even_with_overwrite(small, tmp
 
 
 def test_overwrite_deletes_only_files_the_plan_names_as_dfprep_s(small, out):
-    users = {"train-000099.tar": b"not planned", "notes.txt": b"mine", "_attempts/mine.json": b"{}",
-             "sub/train-000000.tar": b"deeper"}
+    users = {"train-000099.tar": b"not planned", "notes.txt": b"mine", "_attempts/mine.json": b"not json",
+             "_attempts/train-000000-notes.txt": b"mine too", "sub/train-000000.tar": b"deeper"}
     for name, payload in users.items():
         (out / name).parent.mkdir(exist_ok=True)
         (out / name).write_bytes(payload)
@@ -281,7 +281,7 @@ def test_torch_shard_lists_skip_an_empty_marker(out):
     assert resolve_shards(str(out / f"{victim}.tar"))[0].samples is None
 
 
-@pytest.mark.parametrize("budget", [2_000, 9_000, 40_000, 90_000])
+@pytest.mark.parametrize("budget", [6_000, 60_000])
 def test_a_full_disk_never_leaves_a_half_written_marker_or_index(small, tmp_path, budget):
     out = tmp_path / "out"
     out.mkdir()
