@@ -291,8 +291,10 @@ def clean_maps(maps: Storage, units: list[MapUnit]) -> list[str]:
 
 
 def valid_map_commits(maps: Storage, settings_hash: str) -> dict[str, dict[str, Any]]:
-    """Map commit markers stamped with these settings (a marker of other settings is not a commit here)."""
-    return {unit: stats for unit, stats in committed_units(maps).items() if stats.get("settings_hash") == settings_hash}
+    """Map commit markers stamped with these settings: other settings' are not commits here (an unstamped marker
+    predates stamps; the manifest check already refused other settings for it)."""
+    return {unit: stats for unit, stats in committed_units(maps).items()
+            if stats.get("settings_hash", settings_hash) == settings_hash}
 
 
 def remove_stale(maps: Storage, units: list[MapUnit], committed: dict[str, dict[str, Any]]) -> list[str]:

@@ -152,8 +152,10 @@ def prepare(storage: Storage, records: list[VideoRecord], config: PipelineConfig
 
 
 def valid_commits(storage: Storage, config_hash: str) -> dict[str, dict[str, Any]]:
-    """Commit markers stamped with this output's config hash (another run's are not commits here)."""
-    return {unit: stats for unit, stats in committed_units(storage).items() if stats.get("config_hash") == config_hash}
+    """Commit markers stamped with this output's config hash: another config's are not commits here (a marker
+    without a stamp was written before stamps existed, under the plan's config, and stays a commit)."""
+    return {unit: stats for unit, stats in committed_units(storage).items()
+            if stats.get("config_hash", config_hash) == config_hash}
 
 
 def _remove_index_temporaries(storage: Storage) -> list[str]:

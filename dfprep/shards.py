@@ -27,6 +27,7 @@ _MAX_SLUG = 120
 STATS_SUFFIX = "_stats.json"
 TEMP_SUFFIX = ".tmp"  # every file is written as <name>.tmp, then renamed
 STAGING_PREFIX = "dfprep-"  # local staging folders: dfprep-<pid>-<random> in the temp directory
+_WHOLE_OBJECT_STORES = {"s3", "gcs"}  # pyarrow filesystems whose uploads become visible only when complete
 
 
 def video_slug(video_id: str) -> str:
@@ -126,7 +127,14 @@ class Storage:
             return stream.read()
 
     def write_bytes(self, name: str, data: bytes) -> None:
-        """Write a small file under a temporary name, then rename it: a reader never sees it half-written."""
+        """Write a small file under a temporary name, then rename it: a reader never sees it half-written.
+
+        On S3 and GCS an object appears whole or not at all, so it is written in place (one request, not three).
+        """
+        if self.fs.type_name in _WHOLE_OBJECT_STORES:
+            with self.fs.open_output_stream(self.path(name)) as stream:
+                stream.write(data)
+            return
         temporary = f"{name}{TEMP_SUFFIX}"
         try:
             with self.fs.open_output_stream(self.path(temporary)) as stream:
