@@ -41,14 +41,11 @@ def new_run_id() -> str:
 
 
 class OutputLock:
-    """The output folder's lock, held for a whole command; `previous` is a stale owner's record, if any."""
+    """The output folder's lock, held for a whole command (re-entered by a nested command of the same run)."""
 
-    def __init__(self, storage: Storage, command: str, run_id: str | None = None,
-                 extra: dict[str, Any] | None = None):
+    def __init__(self, storage: Storage, command: str, run_id: str | None = None):
         self.storage, self.command = storage, command
         self.run_id = run_id or new_run_id()
-        self.extra = dict(extra or {})
-        self.previous: dict[str, Any] | None = None
         self.depth = 0
         self._key = (storage.fs.type_name, storage.root)
 
@@ -57,13 +54,13 @@ class OutputLock:
         pid = os.getpid()
         return {"owner": _user(), "pid": pid, "host": socket.gethostname(), "command": self.command,
                 "run": self.run_id, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "started_ts": time.time(),
-                "process_start": process_start(pid), **self.extra}
+                "process_start": process_start(pid)}
 
     def __enter__(self) -> "OutputLock":
         held = _HELD.get(self._key)
         if held is not None:  # a nested command of the run that holds the lock (extract's inline maps)
             held.depth += 1
-            self.run_id, self.previous, self._nested = held.run_id, None, held
+            self.run_id, self._nested = held.run_id, held
             return self
         self._nested: OutputLock | None = None
         self.storage.makedirs()
@@ -107,7 +104,7 @@ class OutputLock:
         return self._owned()  # best effort: the last writer wins, the other sees a foreign record
 
     def _take_over(self, stale: dict[str, Any] | None) -> None:
-        """Move a stale lock aside (only if it is still the one judged stale) and remember its record."""
+        """Move a stale lock aside (only if it is still the one judged stale) and delete it."""
         aside = f"{LOCK_FILE}.stale-{self.run_id}"
         try:
             self.storage.rename(LOCK_FILE, aside)
@@ -118,7 +115,6 @@ class OutputLock:
             if self.storage.is_local:  # we moved a fresh lock of a run that won the race: put it back
                 _restore(self.storage.path(aside), self.storage.path(LOCK_FILE))
             return
-        self.previous = stale
         self.storage.delete(aside)
 
     def _read(self) -> dict[str, Any] | None:

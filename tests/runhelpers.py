@@ -52,10 +52,10 @@ def unit_sizes(root: Path, per_shard: int = PER_SHARD) -> list[tuple[str, int]]:
     return [(unit.name, len(unit.records)) for unit in build_units(scan("folder", root), per_shard)]
 
 
-def cli(root: Path, out: Path, workers: int = 0, *extra: str) -> list[str]:
+def cli(root: Path, out: Path, workers: int = 0, *extra: str, frames: int = FRAMES) -> list[str]:
     """The extract command a user types (small frames count so runs stay short)."""
     return [sys.executable, "-m", "dfprep", "extract", "folder", str(root), "-o", str(out), "--workers",
-            str(workers), "--quiet", "--frames", str(FRAMES), "--videos-per-shard", str(PER_SHARD), *extra]
+            str(workers), "--quiet", "--frames", str(frames), "--videos-per-shard", str(PER_SHARD), *extra]
 
 
 def library_config(root: Path, workers: int = 0, **extra: object):

@@ -222,8 +222,8 @@ def test_a_lock_is_exclusive_and_re_entered_only_by_its_own_run(tmp_path):
 
 def test_two_terminals_at_once_never_mix_two_configs(small, tmp_path):
     out = tmp_path / "out"
-    runs = [subprocess.Popen(cli_command(small, out, 0, "--set", f"sampling.frames={frames}"), cwd=REPO,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for frames in (2, 3)]
+    runs = [subprocess.Popen(cli_command(small, out, 0, frames=frames), cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for frames in (2, 3)]
     results = [(run.wait(timeout=600), run.stderr.read()) for run in runs]
     winners = [index for index, (code, _) in enumerate(results) if code == 0]
     assert len(winners) == 1, results
