@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -13,15 +16,60 @@ import click
 from dfprep.errors import DfprepError
 
 
+INTERRUPTED = "interrupted: rerun the same command to continue"
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so every cleanup on the way out runs; carries the exit code."""
+
+    exit_code = 143
+
+
+_RECEIVED: list[int] = []  # the signal that interrupted the command (libraries may re-raise a plain Ctrl-C)
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    """First SIGINT/SIGTERM: unwind cleanly (markers released, staging removed); a second one: stop at once."""
+    for other in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(other, _stop_now)
+    _RECEIVED.append(signum)
+    raise Interrupted() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _stop_now(signum: int, frame: Any) -> None:
+    """Interrupted again while cleaning up: leave now (the next run treats what is left as an interrupted run)."""
+    click.echo(f"dfprep: {INTERRUPTED}", err=True)
+    os._exit(143 if signum == signal.SIGTERM else 130)
+
+
+def _install_signal_handlers() -> dict[int, Any]:
+    """Ctrl-C and SIGTERM unwind through every cleanup; returns the handlers to put back (library callers)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    saved = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    for number in saved:
+        signal.signal(number, _on_signal)
+    return saved
+
+
 def _fail_cleanly(function: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a DfprepError into a one-line message and exit code 2 (no traceback)."""
+    """A DfprepError is one line and exit code 2; Ctrl-C / SIGTERM one line and 130 / 143 (no traceback)."""
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        saved = _install_signal_handlers()
+        _RECEIVED.clear()
         try:
             return function(*args, **kwargs)
         except DfprepError as exc:
             click.echo(f"dfprep: error: {exc}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt as exc:
+            click.echo(f"dfprep: {INTERRUPTED}", err=True)
+            terminated = isinstance(exc, Interrupted) or signal.SIGTERM in _RECEIVED
+            sys.exit(Interrupted.exit_code if terminated else 130)
+        finally:
+            for number, handler in saved.items():
+                signal.signal(number, handler)
 
     wrapper.__name__ = function.__name__
     wrapper.__doc__ = function.__doc__
@@ -321,6 +369,8 @@ def format_summary(report: Any) -> str:
         lines += [f"    {count:5d}  {reason}" for reason, count in report.reasons.most_common(10)]
     if report.removed:
         lines.append(f"  removed {len(report.removed)} uncommitted leftovers")
+    lines += [f"  charged to a video: {line}" for line in report.charged]
+    lines += [f"  warning: {line}" for line in report.warnings]
     total = sum(report.timings.values()) or 1.0
     stages = ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(report.timings.items(), key=lambda kv: -kv[1]))
     lines.append(f"  disk: {report.disk_bytes / 1e6:.1f} MB   wall: {report.seconds:.1f} s")

@@ -1,13 +1,20 @@
-"""Fault injection for reliability tests: kill a worker once at a chosen video of a chosen unit."""
+"""Fault injection for reliability tests: kill, crash, hang or pause a worker at a chosen video of a unit.
+
+$DFPREP_FAULT is "<kind>:<unit>:<position>:<marker file>", e.g. "kill:train-000001:1:/tmp/once", or several
+such points separated by ";". The marker file receives the pid of the process that reached the fault point
+(tests wait for it, or signal that pid).
+"""
 
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Callable
 
-ENV = "DFPREP_FAULT"  # "<kill|hang|crash>:<unit>:<position>:<marker file>", e.g. "kill:train-000001:1:/tmp/once"
+ENV = "DFPREP_FAULT"
+PAUSE_S = 60.0  # long enough for a test to signal the paused process, short enough never to hang a suite
 
 
 def fault_hook_from_env() -> Callable[[str, int], None] | None:
@@ -15,28 +22,50 @@ def fault_hook_from_env() -> Callable[[str, int], None] | None:
     spec = os.environ.get(ENV)
     if not spec:
         return None
+    hooks = [_hook(part) for part in spec.split(";") if part]
+    return lambda name, index: [hook(name, index) for hook in hooks] and None
+
+
+def _hook(spec: str) -> Callable[[str, int], None]:
+    """One fault point: `kind:unit:position:marker`."""
     kind, unit, position, marker = spec.split(":", 3)
-    action = {"kill": _kill_once, "hang": _hang_once, "crash": _crash_always}[kind]
+    action = {"kill": _kill_once, "hang": _hang_once, "crash": _crash_always, "pause": _pause_once}[kind]
     return lambda name, index: action(name == unit and index == int(position), Path(marker))
 
 
+def _record(marker: Path) -> None:
+    """Say which process reached the fault point (written whole, then renamed: readers never see half)."""
+    temporary = marker.with_name(f"{marker.name}.tmp")
+    temporary.write_text(str(os.getpid()))
+    temporary.rename(marker)
+
+
 def _crash_always(hit: bool, marker: Path) -> None:
-    """A poison video: the worker dies every time it reaches it (like a codec segfault)."""
+    """A poison video: the process segfaults every time it reaches it (like a crash inside a codec)."""
     if hit:
-        marker.write_text(str(os.getpid()))
-        os._exit(139)
+        _record(marker)
+        os.kill(os.getpid(), signal.SIGSEGV)
+        time.sleep(PAUSE_S)  # the signal is delivered at once; never continue past a crash
 
 
 def _hang_once(hit: bool, marker: Path) -> None:
     """Block like a decoder stuck in C code (sleep does not return for the watchdog's exceptions)."""
     if hit and not marker.exists():
-        marker.write_text(str(os.getpid()))
+        _record(marker)
         while True:
             time.sleep(3600)
 
 
 def _kill_once(hit: bool, marker: Path) -> None:
-    """Hard-exit this process the first time the fault point is reached (the marker remembers)."""
+    """SIGKILL this process the first time the fault point is reached (as the OOM killer or kill -9 would)."""
     if hit and not marker.exists():
-        marker.write_text(str(os.getpid()))
-        os._exit(137)
+        _record(marker)
+        os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(PAUSE_S)
+
+
+def _pause_once(hit: bool, marker: Path) -> None:
+    """Stop in the middle of a video the first time, so a test can interrupt the run right there."""
+    if hit and not marker.exists():
+        _record(marker)
+        time.sleep(PAUSE_S)

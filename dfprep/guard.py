@@ -1,74 +1,235 @@
-"""Guards around each video: a hard wall-clock watchdog and attempt markers that stop poison videos.
+"""Guards around each video: a hard wall-clock watchdog, and markers that stop poison videos.
 
-A decoder stuck inside C cannot be interrupted from Python. The watchdog therefore records the video as
-hung on the output storage and ends the worker process; Ray restarts the actor and retries the unit,
-and the retry skips that video with status `timeout`. The same markers count how often a worker died
-on a video (a segfault in a codec, say): after `MAX_ATTEMPTS` the video is skipped as `decode_error`
-instead of crashing the run forever.
+While a video is processed its marker says so ("in progress in pid P of run R"); the marker is released
+when the video finishes, whatever the outcome. A marker still in progress later means its process
+died. That is charged to the video only when the death is *observed*, never for an interrupted run:
+
+- on Ray, the driver lives on, restarts the dead actor and retries the unit in the same run: a marker
+  of the current run left by another pid is a worker death (a codec segfault, an OOM kill, a killed
+  actor);
+- in-process (--workers 0) the driver is the worker and cannot watch its own death, so it records
+  fatal signals (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT) through faulthandler into a crash log named
+  in the marker; the next run charges the video only when that log shows a crash. A kill -9, Ctrl-C,
+  SIGTERM, a full disk or a stopped run leave no crash record and charge nothing. Limit: an in-process
+  run killed by the kernel's OOM killer (SIGKILL, which no process can record) is not charged, so a video
+  that exhausts memory in-process stops every rerun at that video; on Ray it is charged like a crash.
+
+After `MAX_ATTEMPTS` deaths the video becomes a `decode_error` row instead of crashing the run forever.
+A decoder stuck inside C cannot be interrupted from Python: a Ray actor records the video as hung and
+ends itself (Ray restarts it, the retry writes `timeout`); an in-process run never ends the caller's
+process: it records the video as hung and says so, and the video is `timeout` on the rerun.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import re
+import socket
 import sys
+import tempfile
 import threading
-from typing import Any
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
 
 from dfprep.shards import Storage
 
 ATTEMPTS_DIR = "_attempts"
 MAX_ATTEMPTS = 2
 HUNG_EXIT_CODE = 70
+CRASH_LOG_PREFIX = "dfprep-crash-"
+_MARKER = re.compile(r"^(?P<unit>[A-Za-z0-9_]+-\d{6})-(?P<position>\d{5})\.json(?P<temporary>\.tmp)?$")
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Which run processes a unit, and how its process may react to a hung video."""
+
+    run_id: str
+    exit_on_hang: bool = False  # only a Ray actor may end itself; the caller's process never
+    crash_log: str | None = None  # in-process: the file faulthandler writes a fatal signal into
+
+
+def marker_name(unit: str, position: int) -> str:
+    """Attempt marker of one video of a unit."""
+    return f"{ATTEMPTS_DIR}/{unit}-{position:05d}.json"
 
 
 class AttemptLog:
-    """Per-unit markers on the output storage: which video was being processed when a worker died."""
+    """Per-unit markers on the output storage: in-progress records, observed deaths, hung videos."""
 
-    def __init__(self, storage: Storage, unit: str):
-        self.storage, self.unit = storage, unit
-        self.previous = self._read_all()
-
-    def _name(self, position: int) -> str:
-        """Marker file of one video of this unit."""
-        return f"{ATTEMPTS_DIR}/{self.unit}-{position:05d}.json"
+    def __init__(self, storage: Storage, unit: str, context: RunContext):
+        self.storage, self.unit, self.context = storage, unit, context
+        self.markers = self._read_all()
 
     def _read_all(self) -> dict[int, dict[str, Any]]:
-        """Markers left by earlier attempts at this unit, by position."""
+        """Markers left by earlier attempts at this unit, by position (unreadable ones count as absent)."""
         markers = {}
         for name in self.storage.listdir(ATTEMPTS_DIR):
-            if name.startswith(f"{self.unit}-") and name.endswith(".json"):
-                position = int(name[len(self.unit) + 1:-5])
-                markers[position] = self.storage.read_json(f"{ATTEMPTS_DIR}/{name}")
+            position = _position(name, self.unit)
+            marker = self.storage.read_marker(f"{ATTEMPTS_DIR}/{name}") if position is not None else None
+            if marker is not None:
+                markers[position] = marker  # type: ignore[index]
         return markers
 
     def begin(self, position: int, timeout_s: float) -> tuple[str, str] | None:
-        """Record an attempt; returns (status, reason) when the video must be skipped instead."""
-        marker = self.previous.get(position, {})
+        """Mark the video in progress; returns (status, reason) when it must be skipped instead."""
+        marker = charge_if_died(self.markers.get(position, {}), self.context.run_id)
         if marker.get("hung"):
             return "timeout", f"video hung the decoder for more than {marker.get('seconds', timeout_s):g}s " \
-                              "(the worker was restarted)"
-        attempts = int(marker.get("attempts", 0)) + 1
-        if attempts > MAX_ATTEMPTS:
-            return "decode_error", f"a worker died {MAX_ATTEMPTS} times on this video (crash in a decoder?)"
-        self.storage.write_json(self._name(position), {"attempts": attempts})
+                              "(recorded by the watchdog)"
+        deaths = int(marker.get("deaths", 0))
+        if deaths >= MAX_ATTEMPTS:
+            return "decode_error", f"the worker died {deaths} times while processing this video " \
+                                   f"({marker.get('last_death', 'crash in a decoder?')})"
+        self._write(position, {**marker, "in_progress": in_progress_record(self.context)})
         return None
 
+    def finish(self, position: int) -> None:
+        """The video ended (any outcome, any exception): it was not in progress when anything died later."""
+        marker = {k: v for k, v in self.markers.get(position, {}).items() if k != "in_progress"}
+        self._write(position, marker)
+
     def mark_hung(self, position: int, seconds: float) -> None:
-        """Called by the watchdog just before it ends the process."""
-        self.storage.write_json(self._name(position), {"hung": True, "seconds": seconds})
+        """Called by the watchdog when a video runs past its hard limit."""
+        self._write(position, {**self.markers.get(position, {}), "hung": True, "seconds": seconds})
+
+    def _write(self, position: int, marker: dict[str, Any]) -> None:
+        """Persist one video's marker (an empty marker is deleted)."""
+        self.markers[position] = marker
+        if marker:
+            self.storage.write_json(marker_name(self.unit, position), marker)
+        else:
+            self.storage.delete(marker_name(self.unit, position))
 
     def clear(self) -> None:
         """After the unit commits its markers are no longer needed."""
         for name in self.storage.listdir(ATTEMPTS_DIR):
-            if name.startswith(f"{self.unit}-"):
+            if marker_unit(name) == self.unit:
                 self.storage.delete(f"{ATTEMPTS_DIR}/{name}")
 
 
-class Watchdog:
-    """Ends the process if one video runs past its hard limit, after recording it as hung."""
+def _position(name: str, unit: str) -> int | None:
+    """The video position a marker file belongs to, or None for another unit's (or anybody else's) file."""
+    match = _MARKER.match(name)
+    if match is None or match["unit"] != unit or match["temporary"]:
+        return None
+    return int(match["position"])
 
-    def __init__(self, log: AttemptLog, position: int, limit_s: float, label: str):
+
+def marker_unit(name: str) -> str | None:
+    """The unit an attempt marker (or its temporary) belongs to; None for a file dfprep did not name."""
+    match = _MARKER.match(name)
+    return match["unit"] if match else None
+
+
+def in_progress_record(context: RunContext) -> dict[str, Any]:
+    """What a marker says while its video is processed: which run, process, machine and crash log."""
+    return {"run": context.run_id, "pid": os.getpid(), "host": socket.gethostname(),
+            "crash_log": context.crash_log, "since": round(time.time(), 3)}
+
+
+def charge_if_died(marker: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """A marker still in progress from an earlier attempt: count an observed death, else just release it."""
+    progress = marker.get("in_progress")
+    if not progress:
+        return marker
+    released = {k: v for k, v in marker.items() if k != "in_progress"}
+    death = observed_death(progress, run_id)
+    if death is None:
+        return released
+    return {**released, "deaths": int(marker.get("deaths", 0)) + 1, "last_death": death}
+
+
+def observed_death(progress: dict[str, Any], run_id: str) -> str | None:
+    """Why the process that was processing a video died, if its death was observed; None for an interrupt."""
+    if progress.get("run") == run_id and progress.get("pid") != os.getpid():
+        return f"its worker (pid {progress.get('pid')}) died while processing it"
+    crash = crash_record(progress)
+    return f"the process crashed: {crash}" if crash else None
+
+
+def crash_record(progress: dict[str, Any]) -> str | None:
+    """The first line of a fatal-signal report left by an in-process run on this machine, if any."""
+    path = progress.get("crash_log")
+    if not path or progress.get("host") != socket.gethostname():
+        return None
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read(4096).decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+    return text.splitlines()[0][:160] if text else None
+
+
+def settle_interrupted(storage: Storage, run_id: str) -> list[str]:
+    """Before a run: judge every video left in progress by an earlier run; returns the deaths it charged."""
+    charged, crash_logs = [], set()
+    for name in storage.listdir(ATTEMPTS_DIR):
+        if marker_unit(name) is None or name.endswith(".tmp"):
+            continue  # not an attempt marker: not dfprep's to judge or delete
+        marker = storage.read_marker(f"{ATTEMPTS_DIR}/{name}")
+        if marker is None:
+            storage.delete(f"{ATTEMPTS_DIR}/{name}")  # unreadable (a full disk, say): treated as absent
+            continue
+        progress = marker.get("in_progress") or {}
+        if not progress or progress.get("run") == run_id:
+            continue
+        settled = charge_if_died(marker, run_id)
+        if settled.get("deaths", 0) != marker.get("deaths", 0):
+            charged.append(f"{name[:-len('.json')]}: {settled['last_death']}")
+        if settled:
+            storage.write_json(f"{ATTEMPTS_DIR}/{name}", settled)
+        else:
+            storage.delete(f"{ATTEMPTS_DIR}/{name}")
+        if progress.get("crash_log") and progress.get("host") == socket.gethostname():
+            crash_logs.add(progress["crash_log"])
+    for path in crash_logs:
+        _remove_file(path)
+    return charged
+
+
+@contextmanager
+def recording_crashes(run_id: str) -> Iterator[str]:
+    """In-process runs: fatal signals go to a crash log for the run's duration (removed when the run ends)."""
+    path = os.path.join(tempfile.gettempdir(), f"{CRASH_LOG_PREFIX}{run_id}.log")
+    was_enabled = faulthandler.is_enabled()
+    handle = open(path, "wb")
+    try:
+        faulthandler.enable(file=handle, all_threads=False)
+        yield path
+    finally:
+        faulthandler.disable()
+        handle.close()
+        _remove_file(path)
+        if was_enabled:
+            _restore_faulthandler()
+
+
+def _restore_faulthandler() -> None:
+    """Give a caller's faulthandler (pytest's, say) back its stderr, where possible."""
+    try:
+        faulthandler.enable(file=sys.__stderr__)
+    except (AttributeError, ValueError, OSError):
+        pass
+
+
+def _remove_file(path: str) -> None:
+    """Delete a file if it is still there."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class Watchdog:
+    """Records a video that runs past its hard limit as hung; a Ray actor then ends itself, nothing else does."""
+
+    def __init__(self, log: AttemptLog, position: int, limit_s: float, label: str, exit_on_hang: bool):
         self.log, self.position, self.limit_s, self.label = log, position, limit_s, label
+        self.exit_on_hang = exit_on_hang
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True, name="dfprep-watchdog")
 
@@ -81,15 +242,19 @@ class Watchdog:
         self._thread.join()
 
     def _watch(self) -> None:
-        """Wait for the video to finish; past the limit, record and exit hard (C code cannot be interrupted)."""
+        """Wait for the video to finish; past the limit, record it as hung (and end an actor: C cannot be stopped)."""
         if self._done.wait(self.limit_s):
             return
         try:
             self.log.mark_hung(self.position, self.limit_s)
         finally:
-            print(f"dfprep: {self.label} hung for more than {self.limit_s:g}s; it is recorded as timeout — "
-                  "the worker restarts (or rerun the same command)", file=sys.stderr, flush=True)
-            os._exit(HUNG_EXIT_CODE)
+            if self.exit_on_hang:
+                print(f"dfprep: {self.label} hung for more than {self.limit_s:g}s; it is recorded as timeout — "
+                      "the worker restarts", file=sys.stderr, flush=True)
+                os._exit(HUNG_EXIT_CODE)
+            print(f"dfprep: {self.label} has run for more than {self.limit_s:g}s (a decoder stuck in C code?); it "
+                  "is recorded as timeout. An in-process run cannot stop it: if it does not finish, stop this "
+                  "process (Ctrl-C, or kill it) and rerun the same command", file=sys.stderr, flush=True)
 
 
 def hard_limit(timeout_s: float) -> float:

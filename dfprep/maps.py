@@ -22,11 +22,13 @@ import numpy as np
 from dfprep import __version__
 from dfprep.errors import DfprepError
 from dfprep.integrity import damaged_units
+from dfprep.lock import OutputLock
+from dfprep.ownership import check_claimable, open_output, output_errors
 from dfprep.payloads import PayloadError, decode_image, load_json, load_landmarks
 from dfprep.regions import (DEFAULT_BLUR_SIGMA, DEFAULT_WEIGHTS, FUSIONS, TARGETS, CamRecipe, ZooCheckpoint,
                             apply_threshold, check_weights, encode_map_png, landmark_prior_map)
-from dfprep.shards import (STATS_SUFFIX, Sample, ShardWriter, Storage, committed_units, read_samples,
-                           remove_uncommitted)
+from dfprep.shards import (STATS_SUFFIX, TEMP_SUFFIX, Sample, ShardWriter, Storage, committed_units, read_samples,
+                           remove_stale_staging, remove_uncommitted, unit_files)
 
 MAP_MEMBER = "prmap.png"
 MANIFEST = "manifest.json"
@@ -34,7 +36,6 @@ METHODS = ("landmarks", "cam")
 IMAGE_TYPES = ("jpg", "png", "webp")
 DEFAULT_THRESHOLDS = {"landmarks": 0.0, "cam": 0.3}
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-_MAP_FILE = re.compile(r"^(train|val|test|unassigned)-\d{6}(\.tar|\.tar\.tmp|\.parquet|_stats\.json)$")
 
 ReportFn = Callable[[str, int], None]  # (unit name, samples mapped so far in that unit)
 
@@ -273,8 +274,8 @@ def make_mapper(settings: MapSettings, checkpoints: list[ZooCheckpoint]) -> Land
 
 
 def map_unit(unit: MapUnit, faces: Storage, maps: Storage, mapper: Any,
-             report: ReportFn | None = None) -> dict[str, Any]:
-    """Map every face of one shard into its companion shard and commit it; returns the shard's stats."""
+             report: ReportFn | None = None, settings_hash: str = "") -> dict[str, Any]:
+    """Map every face of one shard into its companion shard and commit it, stamped with the settings hash."""
     if unit.samples and not faces.exists(f"{unit.name}.tar"):
         raise DfprepError(f"{unit.name}.tar is missing although its face shard is committed: delete "
                           f"{unit.name}{STATS_SUFFIX} and re-run extract")
@@ -294,7 +295,8 @@ def map_unit(unit: MapUnit, faces: Storage, maps: Storage, mapper: Any,
         if len(writer.rows) != unit.samples:
             raise DfprepError(f"{unit.name}.tar holds {len(writer.rows)} faces but its commit marker says "
                               f"{unit.samples}: the face shard changed or is damaged")
-        return writer.commit({"unit": unit.name, "size": size, "seconds": round(time.monotonic() - started, 3)})
+        return writer.commit({"unit": unit.name, "size": size, "seconds": round(time.monotonic() - started, 3),
+                              "settings_hash": settings_hash})
     except BaseException:
         writer.discard()
         raise
@@ -323,10 +325,10 @@ def face_units(faces: Storage) -> list[MapUnit]:
 
 
 def source_summary(faces: Storage) -> dict[str, Any]:
-    """The face output's config hash, crop size and completeness, from its dataset.json (when present)."""
-    if not faces.exists("dataset.json"):
+    """The face output's config hash, crop size and completeness, from its dataset.json (else its plan)."""
+    dataset = faces.read_marker("dataset.json") or faces.read_marker("plan.json")  # the plan has the same hash
+    if dataset is None:
         return {}
-    dataset = faces.read_json("dataset.json")
     size = (dataset.get("config") or {}).get("alignment", {}).get("size")
     return {"config_hash": dataset.get("config_hash"), "size": [size, size] if size else None,
             "complete": dataset.get("complete")}
@@ -339,28 +341,38 @@ def settings_hash(identity: dict[str, Any]) -> str:
 
 def check_manifest(maps: Storage, identity: dict[str, Any], name: str) -> None:
     """Refuse to add maps made differently to a folder that already holds some (one line, with the way out)."""
-    if not maps.exists(MANIFEST):
-        return
-    previous = maps.read_json(MANIFEST).get("identity", {})
+    previous = (maps.read_marker(MANIFEST) or {}).get("identity")
+    if previous is None:
+        return  # no manifest (or an unreadable one): the commit markers' settings hash still guards the shards
     changed = sorted(k for k in identity if previous.get(k) != identity[k])
     if changed:
         raise DfprepError(f"{maps.root} holds maps made with different settings ({', '.join(changed)} changed); "
                           f"rerun with the same settings, --overwrite to redo them, or another --name than {name!r}")
 
 
-def clean_maps(maps: Storage) -> list[str]:
-    """--overwrite: delete this map folder's own files (never anything else)."""
-    removed = [n for n in maps.listdir() if n == MANIFEST or _MAP_FILE.match(n)]
+def clean_maps(maps: Storage, units: list[MapUnit]) -> list[str]:
+    """--overwrite: delete this map folder's own files, by the names its manifest and the face plan give."""
+    listed = (maps.read_marker(MANIFEST) or {}).get("shards") or []
+    names = {u.name for u in units} | {name for name in listed if isinstance(name, str) and _NAME.match(name)}
+    present = set(maps.listdir())
+    removed = [n for n in (MANIFEST, f"{MANIFEST}{TEMP_SUFFIX}") if n in present]
+    removed += [n for unit in sorted(names) for n in unit_files(unit) if n in present]
     for name in removed:
         maps.delete(name)
     return removed
 
 
-def remove_stale(maps: Storage, units: list[MapUnit]) -> list[str]:
+def valid_map_commits(maps: Storage, settings_hash: str) -> dict[str, dict[str, Any]]:
+    """Map commit markers stamped with these settings: other settings' are not commits here (an unstamped marker
+    predates stamps; the manifest check already refused other settings for it)."""
+    return {unit: stats for unit, stats in committed_units(maps).items()
+            if stats.get("settings_hash", settings_hash) == settings_hash}
+
+
+def remove_stale(maps: Storage, units: list[MapUnit], committed: dict[str, dict[str, Any]]) -> list[str]:
     """Committed map shards whose face shard is gone or holds another number of faces, or that are damaged, are redone."""
     expected = {u.name: u.samples for u in units}
     removed = []
-    committed = committed_units(maps)
     damaged = damaged_units(maps, committed)
     for name, stats in committed.items():
         if expected.get(name) == stats.get("samples") and name not in damaged:
@@ -374,16 +386,15 @@ def remove_stale(maps: Storage, units: list[MapUnit]) -> list[str]:
 
 def prepare_maps(maps: Storage, manifest: dict[str, Any], units: list[MapUnit], overwrite: bool) -> list[str]:
     """Refuse or clean, persist the manifest before any shard, then drop stale shards and leftovers."""
-    removed = clean_maps(maps) if overwrite else []
+    check_claimable(maps, MANIFEST, what="maps")
+    removed = clean_maps(maps, units) if overwrite else []
     maps.makedirs()
     check_manifest(maps, manifest["identity"], manifest["name"])
     maps.write_json(MANIFEST, {**manifest, "complete": False})
-    removed += remove_stale(maps, units)
-    removed += remove_uncommitted(maps, [u.name for u in units], set(committed_units(maps)))
-    stray = [n for n in maps.listdir() if n.endswith(".tar.tmp")]
-    for name in stray:
-        maps.delete(name)
-    return removed + stray
+    committed = valid_map_commits(maps, manifest["settings_hash"])
+    removed += remove_stale(maps, units, committed)
+    committed = valid_map_commits(maps, manifest["settings_hash"])
+    return removed + remove_uncommitted(maps, [u.name for u in units], set(committed))
 
 
 def manifest_base(settings: MapSettings, checkpoints: list[ZooCheckpoint], layers: list[tuple[str, ...]],
@@ -398,7 +409,7 @@ def manifest_base(settings: MapSettings, checkpoints: list[ZooCheckpoint], layer
 
 def finalize_maps(maps: Storage, manifest: dict[str, Any], units: list[MapUnit]) -> dict[str, dict[str, Any]]:
     """Rewrite the manifest from the committed shards (the single source of truth)."""
-    committed = committed_units(maps)
+    committed = valid_map_commits(maps, manifest["settings_hash"])
     sizes = [committed[u.name]["size"] for u in units if committed.get(u.name, {}).get("size")]
     maps.write_json(MANIFEST, {**manifest, "size": manifest["size"] or (sizes[0] if sizes else None),
                                "shards": [u.name for u in units if u.name in committed],
@@ -416,25 +427,35 @@ def zoo_layers(settings: MapSettings, checkpoints: list[ZooCheckpoint]) -> list[
 
 def maps_run(output: str, settings: MapSettings, *, workers: int | None = None, address: str | None = None,
              overwrite: bool = False, quiet: bool = False, filesystem: Any = None) -> MapReport:
-    """The whole `dfprep maps`: check, refuse or resume, map what is not committed, write the manifest."""
+    """The whole `dfprep maps`: check, lock the output, refuse or resume, map what is left, write the manifest."""
     started = time.monotonic()
     settings = settings.resolved()
-    faces = Storage(output, filesystem)
+    faces = open_output(output, filesystem)
+    with output_errors(faces), OutputLock(faces, "maps"):
+        report = _maps_locked(faces, settings, workers, address, overwrite, quiet)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _maps_locked(faces: Storage, settings: MapSettings, workers: int | None, address: str | None, overwrite: bool,
+                 quiet: bool) -> MapReport:
+    """The maps run proper, under the output's lock."""
     units = face_units(faces)
     checkpoints = [ZooCheckpoint.read(path) for path in settings.zoo]
     layers = zoo_layers(settings, checkpoints) if checkpoints else []
     source = source_summary(faces)
     maps = Storage(faces.path(f"maps/{settings.name}"), faces.fs)
     manifest = manifest_base(settings, checkpoints, layers, source)
+    remove_stale_staging()
     removed = prepare_maps(maps, manifest, units, overwrite)
-    committed = committed_units(maps)
+    committed = valid_map_commits(maps, manifest["settings_hash"])
     todo = [u for u in units if u.name not in committed]
     progress = MapProgress(sum(u.samples for u in todo), quiet)
     try:
         if todo and workers == 0:
-            run_in_process(todo, settings, checkpoints, faces, maps, progress)
+            run_in_process(todo, settings, checkpoints, faces, maps, progress, manifest["settings_hash"])
         elif todo:
-            run_on_ray(todo, settings, checkpoints, faces, maps, progress, workers, address)
+            run_on_ray(todo, settings, checkpoints, faces, maps, progress, workers, address, manifest["settings_hash"])
     finally:
         progress.close()
     committed = finalize_maps(maps, manifest, units)
@@ -442,7 +463,7 @@ def maps_run(output: str, settings: MapSettings, *, workers: int | None = None, 
     return MapReport(maps.root, settings.name, settings.method, len(units), len(units) - len(todo),
                      sum(committed[u.name]["samples"] for u in todo if u.name in committed),
                      sum(committed[u.name]["samples"] for u in units if u.name in committed),
-                     time.monotonic() - started, removed, note)
+                     0.0, removed, note)
 
 
 # ---------------------------------------------------------------- execution: in-process or Ray actors
@@ -473,11 +494,11 @@ class MapProgress:
 
 
 def run_in_process(units: list[MapUnit], settings: MapSettings, checkpoints: list[ZooCheckpoint], faces: Storage,
-                   maps: Storage, progress: ReportFn) -> None:
+                   maps: Storage, progress: ReportFn, settings_hash: str = "") -> None:
     """--workers 0: every unit in this process, one after another."""
     mapper = make_mapper(settings, checkpoints)
     for unit in units:
-        map_unit(unit, faces, maps, mapper, progress)
+        map_unit(unit, faces, maps, mapper, progress, settings_hash)
 
 
 class MapWorker:
@@ -489,12 +510,14 @@ class MapWorker:
 
     def __init__(self, settings: MapSettings, zoo_sha256: list[str]):
         cv2.setNumThreads(1)
+        remove_stale_staging()  # a restarted actor (or a killed run) may have left its staging folder
         checkpoints = [ZooCheckpoint.read(path, digest) for path, digest in zip(settings.zoo, zoo_sha256)]
         self.mapper = make_mapper(settings, checkpoints)
 
-    def run_unit(self, unit: MapUnit, faces: Storage, maps: Storage, queue: Any) -> dict[str, Any]:
+    def run_unit(self, unit: MapUnit, faces: Storage, maps: Storage, settings_hash: str, queue: Any) -> dict[str, Any]:
         """Map and commit one unit, announcing (unit, mapped so far) after each batch."""
-        return map_unit(unit, faces, maps, self.mapper, lambda name, done: queue.put_nowait.remote((name, done)))
+        return map_unit(unit, faces, maps, self.mapper, lambda name, done: queue.put_nowait.remote((name, done)),
+                        settings_hash)
 
 
 def actor_plan(settings: MapSettings, workers: int, gpus: float) -> tuple[int, dict[str, Any]]:
@@ -505,7 +528,8 @@ def actor_plan(settings: MapSettings, workers: int, gpus: float) -> tuple[int, d
 
 
 def run_on_ray(units: list[MapUnit], settings: MapSettings, checkpoints: list[ZooCheckpoint], faces: Storage,
-               maps: Storage, progress: ReportFn, workers: int | None, address: str | None) -> None:
+               maps: Storage, progress: ReportFn, workers: int | None, address: str | None,
+               settings_hash: str = "") -> None:
     """Units over a pool of map actors: bounded in flight, retried, progress per batch."""
     import ray
 
@@ -518,7 +542,7 @@ def run_on_ray(units: list[MapUnit], settings: MapSettings, checkpoints: list[Zo
     count, resources = actor_plan(settings, worker_count(config), ray.cluster_resources().get("GPU", 0))
     digests = [checkpoint.sha256 for checkpoint in checkpoints]
     with ActorPool(MapWorker, (settings, digests), count, config, resources) as pool:
-        failures = pool.run(units, (faces, maps), lambda message: progress(*message))
+        failures = pool.run(units, (faces, maps, settings_hash), lambda message: progress(*message))
     if failures:
         first = next(iter(failures.items()))
         raise DfprepError(f"{len(failures)} map shard(s) failed after retries (first: {first[0]}: {first[1]}); "

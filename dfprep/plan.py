@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import os
 from dataclasses import dataclass, fields
 from itertools import groupby
 from typing import Any, Iterable
@@ -12,7 +12,7 @@ import pyarrow as pa
 from dfprep.catalog.base import VideoRecord
 from dfprep.config import PipelineConfig
 from dfprep.errors import DfprepError
-from dfprep.shards import Storage
+from dfprep.shards import STATS_SUFFIX, Storage
 
 PLAN_TABLE = "plan.parquet"
 PLAN_META = "plan.json"
@@ -95,20 +95,61 @@ def units_from_table(table: pa.Table) -> list[WorkUnit]:
 
 def load_or_create_plan(storage: Storage, records: Iterable[VideoRecord], config: PipelineConfig,
                         overwrite: bool = False, extend: bool = False) -> tuple[list[WorkUnit], str]:
-    """Reuse the persisted plan (same config), extend it with new videos, or create it; returns (units, note)."""
-    meta = _read_meta(storage)
-    if meta is not None and not overwrite:
-        if meta["config_hash"] != config.output_hash():
+    """Reuse the persisted plan (same config, same inputs), extend it with new videos, or create it."""
+    records = list(records)
+    meta = None if overwrite else _read_meta(storage)
+    if meta is not None:
+        if meta.get("config_hash") != config.output_hash():
             raise DfprepError(
-                f"{storage.root} was made with a different config ({meta['config_hash'][:12]}, this run "
+                f"{storage.root} was made with a different config ({str(meta.get('config_hash'))[:12]}, this run "
                 f"{config.output_hash()[:12]}): use --overwrite to start over, or another output folder")
-        units = units_from_table(storage.read_table(PLAN_TABLE))
+        units = _read_units(storage)
+        check_same_inputs(storage, meta, config, units, records)
         if extend:
             return _extend(storage, units, records, config)
         return units, f"resuming the existing plan ({len(units)} shards)"
     units = build_units(records, config.output.videos_per_shard)
     _write_plan(storage, units, config)
     return units, f"new plan: {len(units)} shards"
+
+
+def input_roots(config: PipelineConfig) -> list[str]:
+    """The folders (or list files) a run reads its videos from, resolved: stamped into the plan."""
+    roots = [config.dataset.root, getattr(config.dataset, "ffpp_root", None)]
+    return [os.path.realpath(str(root)) for root in roots if root]
+
+
+def check_same_inputs(storage: Storage, meta: dict[str, Any], config: PipelineConfig, units: list[WorkUnit],
+                      records: list[VideoRecord]) -> None:
+    """Refuse to resume a plan made from other inputs (another root or dataset), like a changed config."""
+    planned = meta.get("inputs") or {}
+    current = {"dataset": config.dataset.name, "roots": input_roots(config)}
+    if planned.get("roots") and current["roots"]:
+        changed = planned != current
+    else:  # roots unknown (library use, or an older plan): another input shares no video file with the plan
+        known = {r.path for unit in units for r in unit.records}
+        changed = bool(known) and bool(records) and not known & {r.path for r in records}
+    if changed:
+        was = f"{planned['dataset']} {', '.join(planned['roots'])}" if planned.get("roots") else "other videos"
+        now = f"{current['dataset']} {', '.join(current['roots'])}" if current["roots"] else "other videos"
+        raise DfprepError(f"{storage.root} was planned from {was}; this run reads {now}: use the same input, "
+                          "--overwrite to start over, or another output folder")
+
+
+def catalog_drift(units: list[WorkUnit], records: Iterable[VideoRecord], root: str) -> list[str]:
+    """Warnings when the catalog and the plan disagree: videos found but not planned, planned but gone."""
+    found = {r.video_id: r for r in records}
+    planned = {r.video_id: r for unit in units for r in unit.records}
+    unplanned = [v for v in found if v not in planned]
+    gone = [v for v, r in planned.items() if r.status == "found" and (v not in found or found[v].status != "found")]
+    warnings = []
+    if unplanned:
+        warnings.append(f"{len(unplanned)} video(s) found under {root} are not in this output's plan (first: "
+                        f"{unplanned[0]}): rerun with --extend to add them")
+    if gone:
+        warnings.append(f"{len(gone)} planned video(s) are no longer found under {root} (first: {gone[0]}); "
+                        "their rows are kept")
+    return warnings
 
 
 def _extend(storage: Storage, units: list[WorkUnit], records: Iterable[VideoRecord],
@@ -127,10 +168,23 @@ def _extend(storage: Storage, units: list[WorkUnit], records: Iterable[VideoReco
 
 
 def _read_meta(storage: Storage) -> dict[str, Any] | None:
-    """The persisted plan's metadata, or None when this is a fresh output folder."""
+    """The persisted plan's metadata, or None when this is a fresh output folder (or an unfinished plan)."""
     if not storage.exists(PLAN_META) or not storage.exists(PLAN_TABLE):
         return None
-    return json.loads(storage.read_bytes(PLAN_META))
+    meta = storage.read_marker(PLAN_META)
+    if meta is None and any(name.endswith(STATS_SUFFIX) for name in storage.listdir()):
+        raise DfprepError(f"{storage.path(PLAN_META)} is damaged and shards were already committed from it: "
+                          "use --overwrite to start over, or another output folder")
+    return meta
+
+
+def _read_units(storage: Storage) -> list[WorkUnit]:
+    """The persisted plan's units; a damaged plan table is a one-line error."""
+    try:
+        return units_from_table(storage.read_table(PLAN_TABLE))
+    except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
+        raise DfprepError(f"{storage.path(PLAN_TABLE)} is damaged ({exc.__class__.__name__}): use --overwrite to "
+                          "start over, or another output folder") from None
 
 
 def _write_plan(storage: Storage, units: list[WorkUnit], config: PipelineConfig) -> None:
@@ -138,4 +192,5 @@ def _write_plan(storage: Storage, units: list[WorkUnit], config: PipelineConfig)
     storage.makedirs()
     storage.write_table(PLAN_TABLE, units_to_table(units))
     storage.write_json(PLAN_META, {"config_hash": config.output_hash(), "config": config.to_dict(),
+                                   "inputs": {"dataset": config.dataset.name, "roots": input_roots(config)},
                                    "units": len(units), "videos": sum(len(u.records) for u in units)})

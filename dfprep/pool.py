@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from collections import deque
 from typing import Any, Callable
 
 from dfprep.config import PipelineConfig
 from dfprep.errors import DfprepError, one_line
+from dfprep.guard import RunContext
 from dfprep.plan import WorkUnit
-from dfprep.shards import Storage
+from dfprep.shards import Storage, remove_stale_staging
+
+_SHUTDOWN_WAIT_S = 10.0  # how long an interrupted pool waits for its killed actors before sweeping staging
 
 # One thread per actor: parallelism comes from actors, not from OpenCV/OpenMP/BLAS inside them.
 SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -26,16 +31,17 @@ class ExtractWorker:
         from dfprep.faults import fault_hook_from_env
 
         cv2.setNumThreads(1)
+        remove_stale_staging()  # a restarted actor (or a killed run) may have left its staging folder
         self.extractor = VideoExtractor(config, models, decode_threads=config.ray.decode_threads)
         self.fault = fault_hook_from_env()
 
-    def run_unit(self, unit: WorkUnit, storage: Storage, queue: Any) -> dict[str, Any]:
+    def run_unit(self, unit: WorkUnit, storage: Storage, context: RunContext, queue: Any) -> dict[str, Any]:
         """Process and commit one unit; each finished video is announced as (unit, position, row)."""
         from dfprep.run import process_unit
 
         positions = iter(range(len(unit.records)))
         report = lambda row: queue.put_nowait.remote((unit.name, next(positions), row))  # noqa: E731
-        return process_unit(unit, self.extractor, storage, report, self.fault)
+        return process_unit(unit, self.extractor, storage, report, self.fault, context)
 
 
 def connect(config: PipelineConfig, workers: int) -> None:
@@ -45,11 +51,15 @@ def connect(config: PipelineConfig, workers: int) -> None:
     if ray.is_initialized():
         return
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    on_main = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if on_main else None
     if address:
         ray.init(address=address, log_to_driver=False, logging_level="ERROR")
     else:
         ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
                  runtime_env={"env_vars": SINGLE_THREAD_ENV})
+    if on_main and callable(sigterm):  # ray.init replaces SIGTERM's handler: keep the command's own
+        signal.signal(signal.SIGTERM, sigterm)
 
 
 class ActorPool:
@@ -73,18 +83,25 @@ class ActorPool:
         options = {"runtime_env": {"env_vars": {**SINGLE_THREAD_ENV, **_fault_env()}}}
         # Constructor args stay plain values (no actor handles): Ray can then always restart an actor.
         self.actors = [remote.options(**options).remote(*args) for _ in range(max(1, count))]
+        self.pending: dict[Any, Any] = {}  # task ref → (unit, actor index) while it runs
 
     def __enter__(self) -> "ActorPool":
         return self
 
     def __exit__(self, *exc: Any) -> None:
         for actor in self.actors:
-            self.ray.kill(actor)
+            self.ray.kill(actor, no_restart=True)
         self.ray.kill(self.queue.actor)
+        if self.pending:  # stopped mid-run: once the killed actors are gone, their staging folders go too
+            try:
+                self.ray.wait(list(self.pending), num_returns=len(self.pending), timeout=_SHUTDOWN_WAIT_S)
+            except Exception:  # noqa: BLE001 - Ray itself may be shutting down; the sweep below still runs
+                pass
+            remove_stale_staging(grace_s=2.0)
 
     def run(self, units: list[Any], task_args: tuple[Any, ...], on_message: Callable[[Any], None]) -> dict[str, str]:
         """Process every unit; returns unit → reason for units that failed even after retries."""
-        todo, pending, failures = deque(units), {}, {}
+        todo, pending, failures = deque(units), self.pending, {}
         load = {index: 0 for index in range(len(self.actors))}
         while todo or pending:
             self._submit(todo, pending, load, task_args)
@@ -95,10 +112,8 @@ class ActorPool:
                 load[actor_index] -= 1
                 try:
                     self.ray.get(ref)
-                except DfprepError as exc:  # a problem with the data itself: retrying cannot help
-                    raise DfprepError(one_line(getattr(exc, "cause", None) or exc)) from None
-                except Exception as exc:  # an infrastructure failure that outlived the retries
-                    failures[unit.name] = f"{type(exc).__name__}: {one_line(exc, 160)}"
+                except Exception as exc:
+                    failures[unit.name] = unit_failure(exc)
         time.sleep(0.05)
         self._drain(on_message)
         return failures
@@ -117,6 +132,17 @@ class ActorPool:
         waiting = self.queue.qsize()
         for message in self.queue.get_nowait_batch(waiting) if waiting else []:
             on_message(message)
+
+
+def unit_failure(error: Exception) -> str:
+    """The real cause of a failed unit in one line; a data error or the output's OSError stops the run."""
+    cause = getattr(error, "cause", None)  # RayTaskError wraps the exception the actor raised
+    cause = cause if isinstance(cause, BaseException) else error
+    if isinstance(cause, DfprepError):  # a problem with the data itself: retrying cannot help
+        raise DfprepError(one_line(cause)) from None
+    if isinstance(cause, OSError):  # the output failed (full disk, permissions): the same for every unit
+        raise cause
+    return f"{type(cause).__name__}: {one_line(cause, 160)}"
 
 
 def _fault_env() -> dict[str, str]:

@@ -14,15 +14,20 @@ import pyarrow as pa
 from dfprep import __version__
 from dfprep.catalog.base import VideoRecord
 from dfprep.config import PipelineConfig
-from dfprep.errors import DfprepError, one_line
-from dfprep.guard import ATTEMPTS_DIR, AttemptLog, Watchdog, hard_limit
+from dfprep.errors import DfprepError
+from dfprep.guard import (ATTEMPTS_DIR, AttemptLog, RunContext, Watchdog, hard_limit, marker_unit,
+                          recording_crashes, settle_interrupted)
 from dfprep.integrity import damaged_units, uncommit
-from dfprep.plan import PLAN_META, PLAN_TABLE, WorkUnit, load_or_create_plan
-from dfprep.shards import ShardWriter, Storage, committed_units, remove_uncommitted
+from dfprep.lock import OutputLock, new_run_id
+from dfprep.ownership import OWNERSHIP_FILE, check_claimable, check_separate, claim, open_output, output_errors
+from dfprep.plan import (PLAN_META, PLAN_TABLE, WorkUnit, catalog_drift, input_roots, load_or_create_plan,
+                         units_from_table)
+from dfprep.shards import (TEMP_SUFFIX, ShardWriter, Storage, committed_units, remove_stale_staging,
+                           remove_uncommitted, unit_files)
 
 VIDEOS_TABLE = "videos.parquet"
 DATASET_JSON = "dataset.json"
-_OUTPUT_FILE = re.compile(r"^(train|val|test|unassigned)-\d{6}(\.tar|\.tar\.tmp|\.parquet|_stats\.json)$")
+INDEX_FILES = (PLAN_META, PLAN_TABLE, VIDEOS_TABLE, DATASET_JSON)  # dfprep's own files besides the shards
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -44,19 +49,34 @@ class RunReport:
     timings: Counter[str] = field(default_factory=Counter)
     removed: list[str] = field(default_factory=list)
     maps: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # the catalog and the plan disagree
+    charged: list[str] = field(default_factory=list)  # videos charged a crash of the previous run
+
+
+@dataclass
+class Prepared:
+    """What `prepare` found: the plan, the valid commits, what it removed and what the user should know."""
+
+    units: list[WorkUnit]
+    committed: dict[str, dict[str, Any]]
+    removed: list[str]
+    note: str
+    warnings: list[str]
+    charged: list[str]
 
 
 def process_unit(unit: WorkUnit, extractor: Any, storage: Storage, progress: ProgressFn | None = None,
-                 fault: Callable[[str, int], None] | None = None) -> dict[str, Any]:
-    """Extract every video of a unit into one shard and commit it; returns the unit's stats."""
+                 fault: Callable[[str, int], None] | None = None, context: RunContext | None = None) -> dict[str, Any]:
+    """Extract every video of a unit into one shard and commit it (stamped with the config hash)."""
     started = time.monotonic()
+    context = context or RunContext(new_run_id())
     writer = ShardWriter(storage, unit.name)
-    attempts = AttemptLog(storage, unit.name)
-    rows: list[dict[str, Any]] = []
-    timings: Counter[str] = Counter()
     try:
+        attempts = AttemptLog(storage, unit.name, context)
+        rows: list[dict[str, Any]] = []
+        timings: Counter[str] = Counter()
         for position, (record, original) in enumerate(zip(unit.records, unit.original_paths)):
-            result = _guarded_extract(extractor, record, original, writer, attempts, position,
+            result = _guarded_extract(extractor, record, original, writer, attempts, position, context,
                                       lambda: fault(unit.name, position) if fault is not None else None)
             result.row["shard"] = unit.name if result.row["faces_written"] else ""
             rows.append(result.row)
@@ -65,7 +85,7 @@ def process_unit(unit: WorkUnit, extractor: Any, storage: Storage, progress: Pro
                 progress(result.row)
         stats = {"unit": unit.name, "videos": rows, "seconds": round(time.monotonic() - started, 3),
                  "statuses": dict(Counter(r["status"] for r in rows)), "timings": dict(timings),
-                 "faces": sum(r["faces_written"] for r in rows)}
+                 "faces": sum(r["faces_written"] for r in rows), "config_hash": extractor.config.output_hash()}
         committed = writer.commit(stats)
         attempts.clear()
         return committed
@@ -75,50 +95,78 @@ def process_unit(unit: WorkUnit, extractor: Any, storage: Storage, progress: Pro
 
 
 def _guarded_extract(extractor: Any, record: VideoRecord, original: str | None, writer: ShardWriter,
-                     attempts: AttemptLog, position: int, fault: Callable[[], None]) -> Any:
-    """One video under its attempt marker and watchdog; a hung or poison video becomes a status row."""
+                     attempts: AttemptLog, position: int, context: RunContext, fault: Callable[[], None]) -> Any:
+    """One video marked in progress, under its watchdog; the mark is released however the video ends."""
     from dfprep.extract import VideoResult, base_row
 
     timeout_s = extractor.config.sampling.video_timeout_s
     skip = attempts.begin(position, timeout_s)
     if skip is not None:
         return VideoResult({**base_row(record), "status": skip[0], "error": skip[1]}, {})
-    with Watchdog(attempts, position, hard_limit(timeout_s), record.video_id):
-        fault()
-        return extractor.extract(record, original, writer.add)
+    try:
+        with Watchdog(attempts, position, hard_limit(timeout_s), record.video_id, context.exit_on_hang):
+            fault()
+            return extractor.extract(record, original, writer.add)
+    finally:
+        attempts.finish(position)
 
 
 def clean_output(storage: Storage) -> list[str]:
-    """--overwrite: delete dfprep's own files from the output folder (never anything else)."""
-    owned = {PLAN_META, PLAN_TABLE, VIDEOS_TABLE, DATASET_JSON}
-    removed = [n for n in storage.listdir() if n in owned or _OUTPUT_FILE.match(n)]
-    removed += [f"{ATTEMPTS_DIR}/{n}" for n in storage.listdir(ATTEMPTS_DIR)]
+    """--overwrite: delete the files this folder's plan says dfprep wrote (never anything else)."""
+    units = _persisted_unit_names(storage)
+    present = set(storage.listdir())
+    names = [name for base in INDEX_FILES for name in (base, f"{base}{TEMP_SUFFIX}")]
+    names += [name for unit in units for name in unit_files(unit)]
+    removed = [name for name in names if name in present]
+    removed += [f"{ATTEMPTS_DIR}/{name}" for name in storage.listdir(ATTEMPTS_DIR) if marker_unit(name) in units]
     for name in removed:
         storage.delete(name)
     return removed
 
 
-def prepare(storage: Storage, records: Iterable[VideoRecord], config: PipelineConfig, overwrite: bool,
-            extend: bool) -> tuple[list[WorkUnit], dict[str, dict[str, Any]], list[str], str]:
-    """Plan (or reuse the plan), find committed units, remove orphans: what remains to do."""
+def _persisted_unit_names(storage: Storage) -> set[str]:
+    """Unit names of the plan persisted in the folder (none when there is no readable plan)."""
+    try:
+        return {unit.name for unit in units_from_table(storage.read_table(PLAN_TABLE))}
+    except (OSError, ValueError, KeyError):
+        return set()
+
+
+def is_earlier_output(storage: Storage) -> bool:
+    """A folder written by a dfprep that predates the ownership file: its plan says so."""
+    meta = storage.read_marker(PLAN_META) if storage.exists(PLAN_TABLE) else None
+    return meta is not None and "config_hash" in meta
+
+
+def prepare(storage: Storage, records: list[VideoRecord], config: PipelineConfig, overwrite: bool, extend: bool,
+            run_id: str) -> Prepared:
+    """Settle the last run's leftovers, plan (or reuse the plan), keep valid commits, remove orphans."""
     removed = clean_output(storage) if overwrite else []
-    storage.makedirs()
     storage.makedirs(ATTEMPTS_DIR)
+    charged = settle_interrupted(storage, run_id)
     units, note = load_or_create_plan(storage, records, config, overwrite=overwrite, extend=extend)
-    committed = committed_units(storage)
+    root = ", ".join(input_roots(config)) or "the input"
+    committed = valid_commits(storage, config.output_hash())
     for unit, reason in damaged_units(storage, committed).items():  # redo damaged shards: un-commit them first
         removed += uncommit(storage, unit)
         note += f"; redoing damaged shard {unit} ({reason})"
         del committed[unit]
-    names = [u.name for u in units]
-    removed += remove_uncommitted(storage, names, set(committed))
-    removed += _remove_stray_temporaries(storage)
-    return units, committed, removed, note
+    removed += remove_uncommitted(storage, [u.name for u in units], set(committed))
+    removed += _remove_index_temporaries(storage)
+    return Prepared(units, committed, removed, note, catalog_drift(units, records, root), charged)
 
 
-def _remove_stray_temporaries(storage: Storage) -> list[str]:
-    """`.tar.tmp` files are never valid after a run stops: remove any that remain."""
-    stray = [n for n in storage.listdir() if n.endswith(".tar.tmp")]
+def valid_commits(storage: Storage, config_hash: str) -> dict[str, dict[str, Any]]:
+    """Commit markers stamped with this output's config hash: another config's are not commits here (a marker
+    without a stamp was written before stamps existed, under the plan's config, and stays a commit)."""
+    return {unit: stats for unit, stats in committed_units(storage).items()
+            if stats.get("config_hash", config_hash) == config_hash}
+
+
+def _remove_index_temporaries(storage: Storage) -> list[str]:
+    """Temporary index files are never valid after a run stops: remove the ones dfprep names."""
+    stray = [f"{base}{TEMP_SUFFIX}" for base in (*INDEX_FILES, OWNERSHIP_FILE)]
+    stray = [name for name in stray if storage.exists(name)]
     for name in stray:
         storage.delete(name)
     return stray
@@ -127,7 +175,7 @@ def _remove_stray_temporaries(storage: Storage) -> list[str]:
 def finalize(storage: Storage, units: list[WorkUnit], config: PipelineConfig,
              model_checksums: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Rebuild videos.parquet and dataset.json from the committed units (the single source of truth)."""
-    committed = committed_units(storage)
+    committed = valid_commits(storage, config.output_hash())
     if not storage.listdir(ATTEMPTS_DIR):
         storage.remove_dir(ATTEMPTS_DIR)
     rows = [row for unit in units if unit.name in committed for row in committed[unit.name]["videos"]]
@@ -219,45 +267,61 @@ class Progress:
 
 
 def run_in_process(units: list[WorkUnit], config: PipelineConfig, models: Any, storage: Storage,
-                   progress: ProgressFn) -> None:
-    """--workers 0: every unit in this process, one after another (debuggable, no Ray)."""
+                   progress: ProgressFn, run_id: str | None = None) -> None:
+    """--workers 0: every unit in this process, one after another (debuggable, no Ray), crashes recorded."""
     from dfprep.extract import VideoExtractor
 
     from dfprep.faults import fault_hook_from_env
 
     extractor = VideoExtractor(config, models)
     fault = fault_hook_from_env()
-    for unit in units:
-        process_unit(unit, extractor, storage, progress, fault)
+    run_id = run_id or new_run_id()
+    with recording_crashes(run_id) as crash_log:
+        context = RunContext(run_id, exit_on_hang=False, crash_log=crash_log)
+        for unit in units:
+            process_unit(unit, extractor, storage, progress, fault, context)
 
 
 def extract_run(records: Iterable[VideoRecord], config: PipelineConfig, output: str, *, overwrite: bool = False,
                 extend: bool = False, quiet: bool = False, filesystem: Any = None) -> RunReport:
-    """The whole `dfprep extract`: resolve models, plan, run what is not committed, index, report."""
+    """The whole `dfprep extract`: resolve models, claim and lock the output, run what is not committed."""
     from dfprep.extract import ExtractionModels
     from dfprep.maps import check_inline_maps
 
     started = time.monotonic()
     check_inline_maps(config)  # a bad zoo checkpoint fails now, not after the extraction
-    models = ExtractionModels.resolve(config)
-    storage = Storage(output, filesystem)
-    units, committed, removed, note = prepare(storage, records, config, overwrite, extend)
-    todo = [u for u in units if u.name not in committed]
+    storage = open_output(output, filesystem)
+    records = list(records)
+    with output_errors(storage):
+        check_separate(storage, input_roots(config), [r.path for r in records])
+        check_claimable(storage, OWNERSHIP_FILE, adopt=is_earlier_output)
+        models = ExtractionModels.resolve(config)
+        with OutputLock(storage, "extract") as lock:
+            claim(storage)
+            report = _extract_locked(storage, records, config, models, lock.run_id, overwrite, extend, quiet)
+            report.maps = inline_maps(config, output, filesystem, quiet)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _extract_locked(storage: Storage, records: list[VideoRecord], config: PipelineConfig, models: Any,
+                    run_id: str, overwrite: bool, extend: bool, quiet: bool) -> RunReport:
+    """The run proper, under the output's lock: prepare, process what is left, finalize, report."""
+    remove_stale_staging()
+    prepared = prepare(storage, records, config, overwrite, extend, run_id)
+    todo = [u for u in prepared.units if u.name not in prepared.committed]
     progress = Progress(sum(len(u.records) for u in todo), quiet)
     try:
         if todo and worker_count(config) == 0:
-            run_in_process(todo, config, models, storage, progress)
+            run_in_process(todo, config, models, storage, progress, run_id)
         elif todo:
-            run_on_ray(todo, config, models, storage, progress)
-    except OSError as exc:
-        raise DfprepError(f"writing to {storage.root} failed ({one_line(exc)}); committed shards are safe: "
-                          "fix the output and rerun the same command to continue") from None
+            run_on_ray(todo, config, models, storage, progress, run_id)
     finally:
         progress.close()
-    committed = finalize(storage, units, config, models.checksums())
-    report = report_from(storage, units, committed, note, len(units) - len(todo), removed, 0.0)
-    report.maps = inline_maps(config, output, filesystem, quiet)
-    report.seconds = time.monotonic() - started
+    committed = finalize(storage, prepared.units, config, models.checksums())
+    report = report_from(storage, prepared.units, committed, prepared.note, len(prepared.units) - len(todo),
+                         prepared.removed, 0.0)
+    report.warnings, report.charged = prepared.warnings, prepared.charged
     return report
 
 
@@ -277,7 +341,7 @@ def inline_maps(config: PipelineConfig, output: str, filesystem: Any, quiet: boo
 
 
 def run_on_ray(units: list[WorkUnit], config: PipelineConfig, models: Any, storage: Storage,
-               progress: ProgressFn) -> None:
+               progress: ProgressFn, run_id: str | None = None) -> None:
     """Units over a pool of stateful Ray actors: bounded in flight, retried, progress per video."""
     from dfprep.pool import ActorPool, ExtractWorker
 
@@ -291,7 +355,8 @@ def run_on_ray(units: list[WorkUnit], config: PipelineConfig, models: Any, stora
             progress(row)
 
     with ActorPool(ExtractWorker, (config, models), worker_count(config), config) as pool:
-        failures = pool.run(units, (storage,), video_done)
+        context = RunContext(run_id or new_run_id(), exit_on_hang=True)  # an actor may end itself on a hang
+        failures = pool.run(units, (storage, context), video_done)
     if failures:
         first = next(iter(failures.items()))
         raise DfprepError(f"{len(failures)} shard(s) could not be processed after retries (first: {first[0]}: "

@@ -28,6 +28,10 @@ _MAX_SLUG = 120
 STATS_SUFFIX = "_stats.json"
 MARKER_FORMAT = 2  # 2: the marker records size and sha256 of the tar and the parquet; samples record crc32s
 
+TEMP_SUFFIX = ".tmp"  # every file is written as <name>.tmp, then renamed
+STAGING_PREFIX = "dfprep-"  # local staging folders: dfprep-<pid>-<random> in the temp directory
+_WHOLE_OBJECT_STORES = {"s3", "gcs"}  # pyarrow filesystems whose uploads become visible only when complete
+
 
 class ShardReadError(DfprepError):
     """A shard cannot be read as promised (damaged, truncated, hostile); the message names the shard and key."""
@@ -130,9 +134,29 @@ class Storage:
             return stream.read()
 
     def write_bytes(self, name: str, data: bytes) -> None:
-        """Write a small file in one go."""
-        with self.fs.open_output_stream(self.path(name)) as stream:
-            stream.write(data)
+        """Write a small file under a temporary name, then rename it: a reader never sees it half-written.
+
+        On S3 and GCS an object appears whole or not at all, so it is written in place (one request, not three).
+        """
+        if self.fs.type_name in _WHOLE_OBJECT_STORES:
+            with self.fs.open_output_stream(self.path(name)) as stream:
+                stream.write(data)
+            return
+        temporary = f"{name}{TEMP_SUFFIX}"
+        try:
+            with self.fs.open_output_stream(self.path(temporary)) as stream:
+                stream.write(data)
+            self.rename(temporary, name)
+        except BaseException:
+            self._forget(temporary)
+            raise
+
+    def _forget(self, name: str) -> None:
+        """Best-effort removal of a temporary file after a failed write (the disk may be full)."""
+        try:
+            self.delete(name)
+        except OSError:
+            pass
 
     def upload(self, local: Path, name: str) -> None:
         """Copy a staged local file to the output folder (local: a rename when possible)."""
@@ -164,10 +188,19 @@ class Storage:
         """Read a JSON file from the output folder."""
         return json.loads(self.read_bytes(name))
 
+    def read_marker(self, name: str) -> dict[str, Any] | None:
+        """A JSON object, or None when it is absent, empty, truncated or not an object (treated as absent)."""
+        try:
+            payload = json.loads(self.read_bytes(name))
+        except (FileNotFoundError, ValueError):  # ValueError covers JSONDecodeError and UnicodeDecodeError
+            return None
+        return payload if isinstance(payload, dict) else None
+
     def write_table(self, name: str, table: pa.Table) -> None:
-        """Write a parquet file."""
-        with self.fs.open_output_stream(self.path(name)) as stream:
-            pq.write_table(table, stream)
+        """Write a parquet file (through a temporary name, like every index)."""
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer)
+        self.write_bytes(name, buffer.getvalue().to_pybytes())
 
     def read_table(self, name: str) -> pa.Table:
         """Read a parquet file."""
@@ -227,7 +260,7 @@ class ShardWriter:
 
     storage: Storage
     name: str  # e.g. train-000003
-    staging: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="dfprep-")))
+    staging: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-")))
     rows: list[dict[str, Any]] = field(default_factory=list)
     keys: set[str] = field(default_factory=set)
     bytes_written: int = 0
@@ -359,25 +392,61 @@ def _checked_samples(tar_name: str, samples: Iterator[tuple[str, dict[str, bytes
 
 
 def committed_units(storage: Storage, prefix: str = "") -> dict[str, dict[str, Any]]:
-    """Shard name → its stats for every unit whose commit marker exists."""
+    """Shard name → its stats for every unit whose commit marker exists (an unreadable marker counts as absent)."""
     done = {}
     for name in storage.listdir(prefix):
         if name.endswith(STATS_SUFFIX):
-            unit = name[: -len(STATS_SUFFIX)]
-            done[unit] = storage.read_json(f"{prefix}/{name}" if prefix else name)
+            stats = storage.read_marker(f"{prefix}/{name}" if prefix else name)
+            if stats is not None:
+                done[name[: -len(STATS_SUFFIX)]] = stats
     return done
 
 
+UNIT_SUFFIXES = (STATS_SUFFIX, ".tar", ".parquet")  # a unit's files; the marker is deleted first
+
+
+def unit_files(unit: str) -> list[str]:
+    """Every file name a unit may leave: marker, tar, parquet and their temporaries (marker first)."""
+    return [f"{unit}{suffix}{temp}" for suffix in UNIT_SUFFIXES for temp in ("", TEMP_SUFFIX)]
+
+
 def remove_uncommitted(storage: Storage, unit_names: Iterable[str], committed: set[str], prefix: str = "") -> list[str]:
-    """Delete leftovers of units without a commit marker (.tmp, tar, parquet); returns what was removed."""
+    """Delete leftovers of planned units: everything of those without a valid commit marker (marker first),
+    temporaries of the others; returns what was removed."""
     removed = []
     present = set(storage.listdir(prefix))
     for unit in unit_names:
-        if unit in committed:
-            continue
-        for suffix in (".tar.tmp", ".tar", ".parquet"):
-            name = f"{unit}{suffix}"
-            if name in present:
+        for name in unit_files(unit):
+            if name in present and (unit not in committed or name.endswith(TEMP_SUFFIX)):
                 storage.delete(f"{prefix}/{name}" if prefix else name)
                 removed.append(name)
     return removed
+
+
+def remove_stale_staging(grace_s: float = 0.0) -> list[str]:
+    """Delete staging folders (dfprep-<pid>-*) of processes that no longer run on this machine."""
+    import time
+
+    root, removed = Path(tempfile.gettempdir()), []
+    deadline = time.monotonic() + grace_s
+    for folder in root.glob(f"{STAGING_PREFIX}*-*"):
+        pid = folder.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if not folder.is_dir() or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        while process_alive(int(pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -47,8 +47,8 @@ def load_video_rows(storage: Storage) -> list[dict[str, Any]]:
 
 
 def _read_json_or_empty(storage: Storage, name: str) -> dict[str, Any]:
-    """A small JSON file of the output, or {} when it is absent (an interrupted first run)."""
-    return storage.read_json(name) if storage.exists(name) else {}
+    """A small JSON file of the output, or {} when it is absent or unreadable (an interrupted first run)."""
+    return storage.read_marker(name) or {}  # absent or unreadable: as if not written yet
 
 
 def file_sizes(storage: Storage, folder: str = "", recursive: bool = False) -> dict[str, int]:

@@ -87,9 +87,14 @@ def test_uncommitted_leftovers_are_redone(folder_dataset, tmp_path):
     _run(folder_dataset, out)
     victim = sorted(out.glob("*_stats.json"))[0].name.replace("_stats.json", "")
     (out / f"{victim}_stats.json").unlink()  # as if killed between the tar rename and the commit marker
-    (out / "orphan-000009.tar.tmp").write_bytes(b"partial")
+    committed = sorted(out.glob("*_stats.json"))[0].name.replace("_stats.json", "")
+    (out / f"{committed}.tar.tmp").write_bytes(b"partial")  # a planned shard's temporary: dfprep's own
+    (out / "orphan-000009.tar.tmp").write_bytes(b"not planned")  # not a name dfprep planned: never touched
     report = _run(folder_dataset, out)
-    assert report.units_skipped == report.units_total - 1 and "orphan-000009.tar.tmp" in report.removed
+    assert report.units_skipped == report.units_total - 1
+    assert {f"{victim}.tar", f"{committed}.tar.tmp"} <= set(report.removed)
+    assert (out / "orphan-000009.tar.tmp").read_bytes() == b"not planned"
+    (out / "orphan-000009.tar.tmp").unlink()
     _check_complete(out, 8)
 
 
@@ -151,7 +156,7 @@ def test_a_hung_decoder_is_recorded_as_timeout_and_the_run_completes(folder_data
                                                                       monkeypatch):
     marker = tmp_path / "hung"
     monkeypatch.setenv("DFPREP_FAULT", f"hang:train-000002:0:{marker}")
-    config = _config(2, **{"sampling.video_timeout_s": 1.0})
+    config = _config(2, **{"sampling.video_timeout_s": 3.0})  # loaded CI machines: a second is too tight
     report = extract_run(scan("folder", folder_dataset, config.dataset), config, str(tmp_path / "out"), quiet=True)
     assert marker.exists(), "the hang was never injected"
     rows = pq.read_table(tmp_path / "out/videos.parquet").to_pylist()
@@ -160,19 +165,6 @@ def test_a_hung_decoder_is_recorded_as_timeout_and_the_run_completes(folder_data
     assert report.statuses["timeout"] == 1 and report.videos == 8
     _check_complete(tmp_path / "out", 8)
     assert not list((tmp_path / "out").glob("_attempts/*"))
-
-
-def test_a_video_that_kills_its_worker_every_time_is_skipped_after_two_tries(folder_dataset, tmp_path):
-    out = tmp_path / "out"
-    env = {**os.environ, "DFPREP_FAULT": f"crash:train-000001:0:{tmp_path / 'crashed'}"}
-    command = [sys.executable, "-m", "dfprep", "extract", "folder", str(folder_dataset), "-o", str(out),
-               "--workers", "0", "--quiet", "--frames", "2", "--videos-per-shard", "2"]
-    codes = [subprocess.run(command, cwd=REPO, env=env, capture_output=True).returncode for _ in range(3)]
-    assert codes == [139, 139, 0]
-    rows = {r["video_id"]: r for r in pq.read_table(out / "videos.parquet").to_pylist()}
-    poisoned = [r for r in rows.values() if r["shard"] == "" and r["status"] == "decode_error"]
-    assert len(poisoned) == 1 and "died 2 times" in poisoned[0]["error"]
-    _check_complete(out, 8)
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -85,9 +85,18 @@ def tar_shard(uri: str) -> ShardSource:
     samples = None
     if _kind(stats) == pafs.FileType.File:
         with open_binary(stats) as handle:
-            samples = json.loads(handle.read()).get("samples")
+            samples = _samples_in_marker(handle.read())
     return ShardSource(tar=uri, name=name, index=index if _kind(index) == pafs.FileType.File else None,
                        samples=samples)
+
+
+def _samples_in_marker(payload: bytes) -> int | None:
+    """The sample count a commit marker records; None when the marker is unreadable (treated as absent)."""
+    try:
+        stats = json.loads(payload)
+    except ValueError:
+        return None
+    return stats.get("samples") if isinstance(stats, dict) else None
 
 
 def _resolve_one(item: str) -> list[ShardSource]:
