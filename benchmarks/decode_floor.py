@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Sequence
 import av
 
 from dfprep.config import SamplingConfig
-from dfprep.video import VideoInfo, decode_frames, frame_plan, probe
+from dfprep.vision.video import VideoInfo, decode_frames, frame_plan, probe
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ffpp-mini"
 # (skip_nonref, seek) settings of decode_frames compared against the floor.

@@ -24,9 +24,9 @@ from decode_floor import DEFAULT_ROOT, decode_floor  # noqa: E402
 
 from dfprep.catalog import scan  # noqa: E402
 from dfprep.config import PipelineConfig, load_config  # noqa: E402
-from dfprep.extract import ExtractionModels, VideoExtractor  # noqa: E402
-from dfprep.run import extract_run  # noqa: E402
-from dfprep.video import frame_plan, probe  # noqa: E402
+from dfprep.jobs.extract import ExtractionModels, VideoExtractor  # noqa: E402
+from dfprep.runner.run import extract_run  # noqa: E402
+from dfprep.vision.video import frame_plan, probe  # noqa: E402
 
 
 def floor_vs_dfprep(root: Path, config: PipelineConfig) -> None:
@@ -62,7 +62,7 @@ def peak_rss_mb(video: Path, frames: int) -> float:
         "import sys\n"
         "from dfprep.catalog.base import VideoRecord\n"
         "from dfprep.config import load_config\n"
-        "from dfprep.extract import ExtractionModels, VideoExtractor\n"
+        "from dfprep.jobs.extract import ExtractionModels, VideoExtractor\n"
         f"c = load_config(None, {{'sampling.frames': {frames}}})\n"
         "x = VideoExtractor(c, ExtractionModels.resolve(c))\n"
         f"r = VideoRecord('b/real/raw/long', {str(video)!r}, 'b', 'real', 'raw', 'test', 0, 'b/real/raw/long')\n"

@@ -26,9 +26,9 @@ from decode_floor import DEFAULT_ROOT  # noqa: E402
 
 from dfprep.catalog import scan  # noqa: E402
 from dfprep.config import load_config  # noqa: E402
-from dfprep.maps import MapSettings, maps_run  # noqa: E402
-from dfprep.regions import encode_map_png, landmark_prior_map  # noqa: E402
-from dfprep.run import extract_run  # noqa: E402
+from dfprep.jobs.maps import MapSettings, maps_run  # noqa: E402
+from dfprep.vision.regions import encode_map_png, landmark_prior_map  # noqa: E402
+from dfprep.runner.run import extract_run  # noqa: E402
 
 
 def extract_faces(root: Path, out: Path, frames: int) -> tuple[float, int]:

@@ -37,13 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import caddm_reference as reference  # noqa: E402
 
-from dfprep.align import five_points, similarity_matrix, template_points, transform_points  # noqa: E402
+from dfprep.vision.align import five_points, similarity_matrix, template_points, transform_points  # noqa: E402
 from dfprep.catalog import scan  # noqa: E402
 from dfprep.config import DetectionConfig, load_config  # noqa: E402
-from dfprep.faces import FaceAnalyzer  # noqa: E402
-from dfprep.models import resolve_model  # noqa: E402
-from dfprep.run import RunReport, extract_run  # noqa: E402
-from dfprep.video import decode_frames, probe  # noqa: E402
+from dfprep.vision.faces import FaceAnalyzer  # noqa: E402
+from dfprep.vision.models import resolve_model  # noqa: E402
+from dfprep.runner.run import RunReport, extract_run  # noqa: E402
+from dfprep.vision.video import decode_frames, probe  # noqa: E402
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "ffpp-mini"
 PAIRS = {"519_515": "519", "634_660": "634", "004_982": "004"}

@@ -140,7 +140,7 @@ def load_zoo(paths: Iterable[str]) -> list[tuple[Any, str, tuple[str, ...], tupl
     """Each checkpoint's model (eval), name, dfprep's default CAM layers, and its normalisation."""
     import torch
 
-    from dfprep.regions import DEFAULT_CAM_LAYERS
+    from dfprep.vision.regions import DEFAULT_CAM_LAYERS
     from dfprep.torch.models import build_model
 
     zoo = []
@@ -229,7 +229,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from dfprep.demo import build_demo_dataset
+    from dfprep.cli.demo import build_demo_dataset
 
     with tempfile.TemporaryDirectory(prefix="dfprep-prle-") as workdir:
         root = Path(workdir)

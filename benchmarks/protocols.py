@@ -31,8 +31,8 @@ from deepfakebench_reference import (DeepfakeBench, FrameAgreement, agreement, d
 
 from dfprep.catalog import scan  # noqa: E402
 from dfprep.config import load_config  # noqa: E402
-from dfprep.models import resolve_model  # noqa: E402
-from dfprep.video import decode_frames, frame_plan, probe  # noqa: E402
+from dfprep.vision.models import resolve_model  # noqa: E402
+from dfprep.vision.video import decode_frames, frame_plan, probe  # noqa: E402
 
 DEFAULT_ROOT = ROOT.parent / "shared" / "data" / "ffpp-mini"
 FAST_DETECTOR = {"detection.working_size": 640, "detection.tracking": True, "detection.upsample_ladder": True}

@@ -125,7 +125,7 @@ def write_ffpp_pairs(root: Path, frames: int = 16, width: int = 400, height: int
     `000` is an original; `Deepfakes/000_001` is the same footage with a swapped face (same frame count);
     `FaceSwap/000_002` the same but 4 frames shorter; `Face2Face/003_004` a fake whose original is absent.
     """
-    from dfprep.demo import swapped_patch  # the demo's crude face swap: a recoloured, shifted inner face
+    from dfprep.cli.demo import swapped_patch  # the demo's crude face swap: a recoloured, shifted inner face
 
     places = linear_motion(FacePlacement(30, 20, 0.9), FacePlacement(150, 60, 0.95))
     videos = root / "original_sequences" / "youtube" / "c23" / "videos"

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dfprep.shards import encode_image, encode_npy
+from dfprep.io.shards import encode_image, encode_npy
 from dfprep.synthetic import FacePlacement, linear_motion, write_clip, write_ffpp_pairs
 
 FFPP_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "ffpp-mini"
@@ -153,7 +153,7 @@ def pairs_out(tmp_path_factory) -> tuple[Path, Path]:
     caddm-ffpp recipe as a user runs it (4 frames per video): (dataset root, output folder). Read-only."""
     from dfprep.catalog import scan
     from dfprep.config import load_config
-    from dfprep.run import extract_run
+    from dfprep.runner.run import extract_run
 
     root = write_ffpp_pairs(tmp_path_factory.mktemp("ffpp_pairs"))
     out = tmp_path_factory.mktemp("pairs_out")

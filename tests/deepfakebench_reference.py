@@ -32,9 +32,9 @@ from skimage.transform import SimilarityTransform
 
 from dfprep.catalog.base import VideoRecord
 from dfprep.config import PipelineConfig
-from dfprep.extract import ExtractionModels, VideoExtractor
-from dfprep.shards import Sample
-from dfprep.video import decode_frames, frame_plan, probe
+from dfprep.jobs.extract import ExtractionModels, VideoExtractor
+from dfprep.io.shards import Sample
+from dfprep.vision.video import decode_frames, frame_plan, probe
 
 # The ArcFace template as DeepfakeBench writes it: 96 px wide (x) by 112 px high, before its x + 8.
 TEMPLATE_96X112 = np.array([[30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366],

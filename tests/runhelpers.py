@@ -47,7 +47,7 @@ def good_videos(root: Path) -> set[str]:
 def unit_sizes(root: Path, per_shard: int = PER_SHARD) -> list[tuple[str, int]]:
     """(unit name, videos) of the plan dfprep makes for this dataset (the same function the run uses)."""
     from dfprep.catalog import scan
-    from dfprep.plan import build_units
+    from dfprep.jobs.plan import build_units
 
     return [(unit.name, len(unit.records)) for unit in build_units(scan("folder", root), per_shard)]
 

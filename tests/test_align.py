@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from skimage.transform import SimilarityTransform
 
-from dfprep.align import (DEEPFAKEBENCH_POINTS, AlignedFace, align_face, alignment_points, deepfakebench_points,
+from dfprep.vision.align import (DEEPFAKEBENCH_POINTS, AlignedFace, align_face, alignment_points, deepfakebench_points,
                           five_points, similarity_matrix, template_points, transform_points)
 from dfprep.config import AlignmentConfig, DetectionConfig
-from dfprep.faces import Face, FaceAnalyzer
+from dfprep.vision.faces import Face, FaceAnalyzer
 from dfprep.synthetic import FacePlacement, render_frame
 from deepfakebench_reference import reference_template
 

@@ -10,13 +10,13 @@ import cv2
 import numpy as np
 import pytest
 
-from dfprep.align import deepfakebench_points, five_points, similarity_matrix, template_points
+from dfprep.vision.align import deepfakebench_points, five_points, similarity_matrix, template_points
 from dfprep.catalog.base import VideoRecord
 from dfprep.config import load_config
-from dfprep.extract import ExtractionModels, VideoExtractor, neighbour_order, plan_for_family
-from dfprep.shards import Sample
+from dfprep.jobs.extract import ExtractionModels, VideoExtractor, neighbour_order, plan_for_family
+from dfprep.io.shards import Sample
 from dfprep.synthetic import FacePlacement, face_box_in_frame, linear_motion, write_clip
-from dfprep.video import probe
+from dfprep.vision.video import probe
 
 from conftest import moving_face
 

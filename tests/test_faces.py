@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dfprep.config import DetectionConfig
-from dfprep.faces import Face, FaceAnalyzer, box_centre
+from dfprep.vision.faces import Face, FaceAnalyzer, box_centre
 from dfprep.synthetic import FacePlacement, background, face_box_in_frame, render_frame
 
 

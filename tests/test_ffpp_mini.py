@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from dfprep.catalog import scan
 from dfprep.cli import cli
 from dfprep.config import load_config
-from dfprep.run import extract_run
+from dfprep.runner.run import extract_run
 
 
 @pytest.fixture(scope="module")

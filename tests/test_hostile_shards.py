@@ -13,12 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-import dfprep.payloads as payloads
+import dfprep.io.payloads as payloads
 from dfprep.cli import cli
 from dfprep.errors import DfprepError
-from dfprep.payloads import PayloadError, image_size, load_landmarks
-from dfprep.regions import RegionMapError, decode_map_png
-from dfprep.shards import ShardReadError, Storage, encode_image, read_samples
+from dfprep.io.payloads import PayloadError, image_size, load_landmarks
+from dfprep.vision.regions import RegionMapError, decode_map_png
+from dfprep.io.shards import ShardReadError, Storage, encode_image, read_samples
 
 
 @pytest.fixture()
@@ -59,7 +59,7 @@ def test_read_samples_refuses_a_2_gb_member_before_reading_it(tmp_path, hostile)
 
 
 def test_read_samples_and_verify_refuse_a_2_gb_pax_header_before_reading_it(tmp_path, hostile):
-    from dfprep.integrity import read_tar
+    from dfprep.io.integrity import read_tar
 
     hostile.write_pax_bomb_tar(tmp_path / "train-000000.tar")
     storage = Storage(str(tmp_path))
@@ -138,7 +138,7 @@ def test_preview_and_maps_turn_hostile_samples_into_one_line(case, small_out, ho
 
 
 def test_a_hostile_face_sample_is_a_dfprep_error_in_the_map_reader(small_out, hostile):
-    from dfprep.maps import read_face_samples
+    from dfprep.jobs.maps import read_face_samples
 
     samples = [("a-000000", {**hostile.face_members("a-000000"), "json": b'{"label": 0, "crc32": {"jpg": 1}}'})]
     _replace_shard(small_out, hostile, samples)

@@ -17,11 +17,11 @@ from click.testing import CliRunner
 from dfprep.catalog import scan
 from dfprep.cli import cli
 from dfprep.config import load_config
-from dfprep.integrity import DATASET_JSON, damaged_units, output_problems, verify_output
-from dfprep.run import DATASET_JSON as RUN_DATASET_JSON
-from dfprep.run import extract_run
-from dfprep.shards import Storage, committed_units
-from dfprep.stats import compute_stats, format_stats
+from dfprep.io.integrity import DATASET_JSON, damaged_units, output_problems, verify_output
+from dfprep.runner.run import DATASET_JSON as RUN_DATASET_JSON
+from dfprep.runner.run import extract_run
+from dfprep.io.shards import Storage, committed_units
+from dfprep.inspect.stats import compute_stats, format_stats
 
 SHARD = "train-000000"
 
@@ -218,7 +218,7 @@ def test_verify_refuses_a_folder_that_is_not_an_output(tmp_path):
 
 
 def test_map_shards_are_verified_against_their_face_shards_and_redone_when_damaged(copy):
-    from dfprep.maps import MapSettings, maps_run
+    from dfprep.jobs.maps import MapSettings, maps_run
 
     maps_run(str(copy), MapSettings(), workers=0, quiet=True)
     map_tar = copy / "maps" / "landmarks" / f"{SHARD}.tar"

@@ -16,14 +16,14 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-import dfprep.extract as extract_module
-import dfprep.pairs as pairs_module
+import dfprep.jobs.extract as extract_module
+import dfprep.jobs.pairs as pairs_module
 from dfprep.catalog.base import VideoRecord
 from dfprep.cli import cli
 from dfprep.config import load_config
-from dfprep.extract import ExtractionModels, VideoExtractor
-from dfprep.faces import FaceAnalyzer
-from dfprep.shards import ShardWriter, Storage
+from dfprep.jobs.extract import ExtractionModels, VideoExtractor
+from dfprep.vision.faces import FaceAnalyzer
+from dfprep.io.shards import ShardWriter, Storage
 from dfprep.synthetic import FacePlacement, linear_motion, write_clip
 
 FRAMES = 3

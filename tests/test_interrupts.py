@@ -19,7 +19,7 @@ import pytest
 
 from dfprep.catalog import scan
 from dfprep.config import load_config
-from dfprep.run import extract_run
+from dfprep.runner.run import extract_run
 from runhelpers import (EXIT_CODES, FRAMES, INTERRUPTED_LINE, PER_SHARD, REPO, check_output, cli, cli_env,
                         good_videos, interrupt, library_config, staging_left, start, unit_sizes, wait_for, when_reached,
                         write_small_dataset)
@@ -96,7 +96,7 @@ def _interrupt_self(kind: str, actor_pid: int) -> None:
 @pytest.fixture()
 def cli_signal_handlers():
     """The CLI's SIGINT/SIGTERM handlers in this process (as `dfprep extract` installs them), restored after."""
-    from dfprep.cli import _on_signal
+    from dfprep.cli.app import _on_signal
 
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     yield lambda: [signal.signal(s, _on_signal) for s in saved]
@@ -297,7 +297,7 @@ def test_chaos_then_a_rerun_completes_exactly_once(small, tmp_path, tmpdir_short
 
 
 def test_a_ray_failure_reports_the_worker_s_own_exception(ray_module):
-    from dfprep.pool import unit_failure
+    from dfprep.runner.pool import unit_failure
 
     @ray_module.remote
     def fails(kind: str) -> None:

@@ -21,14 +21,14 @@ from dfprep.catalog import scan
 from dfprep.cli import cli
 from dfprep.config import load_config
 from dfprep.errors import DfprepError
-from dfprep.maps import LandmarkMapper, MapSettings, maps_run
-from dfprep.regions import REGION_PARTS_68
+from dfprep.jobs.maps import LandmarkMapper, MapSettings, maps_run
+from dfprep.vision.regions import REGION_PARTS_68
 
 
 @pytest.fixture(scope="module")
 def faces_out(folder_dataset, tmp_path_factory) -> Path:
     """One extraction of the synthetic folder dataset: 24 faces in 2-video shards, one shard without faces."""
-    from dfprep.run import extract_run
+    from dfprep.runner.run import extract_run
 
     out = tmp_path_factory.mktemp("faces") / "out"
     config = load_config(None, {"sampling.frames": 4, "output.videos_per_shard": 2, "ray.workers": 0})
@@ -307,8 +307,8 @@ def test_ray_actors_write_what_in_process_writes(out, zoo, ray_session):
 def test_the_printed_maps_command_makes_the_maps_the_recipe_describes():
     import shlex
 
-    from dfprep.cli import maps as maps_command
-    from dfprep.maps import cam_next_steps, inline_settings
+    from dfprep.cli.app import maps as maps_command
+    from dfprep.jobs.maps import cam_next_steps, inline_settings
 
     config = load_config("prle", {"cam.released_halving": True, "cam.target": "label", "cam.threshold": 0.4,
                                   "cam.layers": ["features.4"], "cam.name": "cam2", "cam.fusion": "max"})

@@ -5,12 +5,12 @@ import shutil
 import pytest
 
 from dfprep.errors import ModelError
-from dfprep.models import load_check, manifest, resolve_model
+from dfprep.vision.models import load_check, manifest, resolve_model
 
 
 def _registry_copy(tmp_path):
     """A private landmarks/ folder holding only the manifest."""
-    from dfprep import paths
+    from dfprep.config import paths
 
     shutil.copy(paths.landmarks_dir() / "models.yaml", tmp_path / "models.yaml")
     return tmp_path

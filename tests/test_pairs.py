@@ -11,14 +11,14 @@ import cv2
 import numpy as np
 import pyarrow.parquet as pq
 
-from dfprep.align import warp
+from dfprep.vision.align import warp
 from dfprep.catalog.base import VideoRecord
 from dfprep.config import load_config
-from dfprep.extract import ExtractionModels, VideoExtractor
-from dfprep.pairs import OriginalFrames
-from dfprep.shards import Sample
+from dfprep.jobs.extract import ExtractionModels, VideoExtractor
+from dfprep.jobs.pairs import OriginalFrames
+from dfprep.io.shards import Sample
 from dfprep.synthetic import FacePlacement, linear_motion, write_clip
-from dfprep.video import decode_frames, probe
+from dfprep.vision.video import decode_frames, probe
 
 FRAMES = 4  # the `pairs_out` fixture (tests/conftest.py) samples 4 frames per video
 

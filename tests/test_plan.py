@@ -5,8 +5,8 @@ import pytest
 from dfprep.catalog.base import VideoRecord
 from dfprep.config import load_config
 from dfprep.errors import DfprepError
-from dfprep.plan import build_units, load_or_create_plan
-from dfprep.shards import Storage
+from dfprep.jobs.plan import build_units, load_or_create_plan
+from dfprep.io.shards import Storage
 
 
 def _record(stem: str, split: str, label: int, family: str) -> VideoRecord:

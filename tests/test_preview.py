@@ -15,14 +15,14 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from dfprep import preview
+from dfprep.inspect import preview
 from dfprep.catalog import scan
 from dfprep.cli import cli
 from dfprep.config import load_config
 from dfprep.errors import DfprepError
-from dfprep.preview import TITLE_HEIGHT, TileLayout, choose_samples, find_video, make_sheet
-from dfprep.run import extract_run
-from dfprep.shards import Sample, ShardWriter, Storage, encode_npy, sample_key
+from dfprep.inspect.preview import TITLE_HEIGHT, TileLayout, choose_samples, find_video, make_sheet
+from dfprep.runner.run import extract_run
+from dfprep.io.shards import Sample, ShardWriter, Storage, encode_npy, sample_key
 
 CROP = 64
 FRAMES = 5

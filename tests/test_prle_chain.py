@@ -51,7 +51,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory, one_thread) -> dict[str, object]:
     """Demo videos → `extract --pipeline prle` without a zoo → two tiny_cnn zoo members → extract with the zoo."""
-    from dfprep.demo import build_demo_dataset
+    from dfprep.cli.demo import build_demo_dataset
 
     root = tmp_path_factory.mktemp("prle")
     build_demo_dataset(root / "videos")

@@ -14,13 +14,13 @@ import pytest
 
 from deepfakebench_reference import (DeepfakeBench, agreement, dfprep_samples, make_extractor, mean_offset, psnr,
                                      reference_crop)
-from dfprep.align import align_face
+from dfprep.vision.align import align_face
 from dfprep.catalog import scan
 from dfprep.config import load_config
 from dfprep.errors import ConfigError
-from dfprep.extract import ExtractionModels
-from dfprep.faces import FaceAnalyzer
-from dfprep.models import resolve_model
+from dfprep.jobs.extract import ExtractionModels
+from dfprep.vision.faces import FaceAnalyzer
+from dfprep.vision.models import resolve_model
 from dfprep.synthetic import FacePlacement, render_frame
 
 FAST_DETECTOR = {"detection.working_size": 640, "detection.tracking": True, "detection.upsample_ladder": True}

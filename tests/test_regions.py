@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from dfprep.regions import (REGION_PARTS_68, RegionMapError, apply_threshold, decode_map_png, encode_map_png,
+from dfprep.vision.regions import (REGION_PARTS_68, RegionMapError, apply_threshold, decode_map_png, encode_map_png,
                             fuse_maps, landmark_prior_map, normalise_min_max, parse_weights)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,8 +155,8 @@ def test_map_png_is_8bit_grayscale_and_round_trips():
 
 def test_regions_and_maps_import_without_torch():
     code = ("import sys; sys.modules['torch'] = None\n"
-            "import dfprep.regions, dfprep.maps, numpy as np\n"
-            "print(dfprep.regions.landmark_prior_map(np.full((68, 2), 10.0) + np.arange(68)[:, None] % 7, "
+            "import dfprep.vision.regions, dfprep.jobs.maps, numpy as np\n"
+            "print(dfprep.vision.regions.landmark_prior_map(np.full((68, 2), 10.0) + np.arange(68)[:, None] % 7, "
             "(32, 32)).max())")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
@@ -177,7 +177,7 @@ def torch_one_thread():
 
 
 def _checkpoint(torch, model_name: str, state_dict=None, seed: int = 0, **extra) -> "ZooCheckpoint":
-    from dfprep.regions import ZooCheckpoint
+    from dfprep.vision.regions import ZooCheckpoint
     from dfprep.torch.models import build_model
 
     torch.manual_seed(seed)
@@ -189,7 +189,7 @@ def _checkpoint(torch, model_name: str, state_dict=None, seed: int = 0, **extra)
 
 def test_grad_cam_matches_its_definition(torch_one_thread):
     torch = torch_one_thread
-    from dfprep.regions import grad_cam
+    from dfprep.vision.regions import grad_cam
     from dfprep.torch.models import build_model
 
     torch.manual_seed(0)
@@ -214,7 +214,7 @@ def test_grad_cam_matches_its_definition(torch_one_thread):
 
 def test_cam_of_a_trained_tiny_cnn_points_at_the_fake_artefact(torch_one_thread):
     torch = torch_one_thread
-    from dfprep.regions import CamRecipe, CamZoo, ZooCheckpoint
+    from dfprep.vision.regions import CamRecipe, CamZoo, ZooCheckpoint
     from dfprep.torch.models import build_model
 
     rng = np.random.default_rng(0)
@@ -251,7 +251,7 @@ def test_cam_of_a_trained_tiny_cnn_points_at_the_fake_artefact(torch_one_thread)
 
 def test_cam_zoo_with_random_weights_gives_fused_maps_in_unit_range(torch_one_thread):
     torch = torch_one_thread
-    from dfprep.regions import CamRecipe, CamZoo
+    from dfprep.vision.regions import CamRecipe, CamZoo
 
     zoo_members = [_checkpoint(torch, "tiny_cnn", seed=0), _checkpoint(torch, "tiny_cnn", seed=1)]
     crops = np.random.default_rng(1).integers(0, 256, (5, 48, 40, 3)).astype(np.uint8)
@@ -281,7 +281,7 @@ def test_cam_zoo_with_random_weights_gives_fused_maps_in_unit_range(torch_one_th
 
 def test_default_cam_layers_and_an_unknown_layer(torch_one_thread):
     torch = torch_one_thread
-    from dfprep.regions import DEFAULT_CAM_LAYERS, load_detector, resolve_cam_layers
+    from dfprep.vision.regions import DEFAULT_CAM_LAYERS, load_detector, resolve_cam_layers
     from dfprep.torch.models import MODELS, build_model
 
     for name in MODELS:  # every registered architecture has PRLE-style layers that exist and give 4-D maps
@@ -309,7 +309,7 @@ def test_default_cam_layers_and_an_unknown_layer(torch_one_thread):
 
 def test_a_checkpoint_that_does_not_fit_its_architecture_is_a_one_line_error(torch_one_thread):
     torch = torch_one_thread
-    from dfprep.regions import ZooCheckpoint, load_detector
+    from dfprep.vision.regions import ZooCheckpoint, load_detector
     from dfprep.torch.models import build_model
 
     wrong = _checkpoint(torch, "resnet18", state_dict=build_model("tiny_cnn").state_dict())

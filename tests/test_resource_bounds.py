@@ -7,14 +7,14 @@ import sys
 from collections import deque
 from pathlib import Path
 
-from dfprep.plan import WorkUnit
-from dfprep.pool import ActorPool
+from dfprep.jobs.plan import WorkUnit
+from dfprep.runner.pool import ActorPool
 from dfprep.synthetic import FacePlacement, linear_motion, write_clip
 
 PEAK_RSS = """
 from dfprep.catalog.base import VideoRecord
 from dfprep.config import load_config
-from dfprep.extract import ExtractionModels, VideoExtractor
+from dfprep.jobs.extract import ExtractionModels, VideoExtractor
 config = load_config(None, {"sampling.frames": 2})
 extractor = VideoExtractor(config, ExtractionModels.resolve(config))
 record = VideoRecord("b/real/raw/8k", PATH, "b", "real", "raw", "test", 0, "b/real/raw/8k")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dfprep.shards import Storage, sample_key
+from dfprep.io.shards import Storage, sample_key
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dfprep"
 FORBIDDEN = {

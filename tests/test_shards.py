@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import pytest
 
-from dfprep.shards import (STATS_SUFFIX, Sample, ShardWriter, Storage, committed_units, encode_image, encode_npy,
+from dfprep.io.shards import (STATS_SUFFIX, Sample, ShardWriter, Storage, committed_units, encode_image, encode_npy,
                            remove_uncommitted, sample_key, video_slug)
 
 
@@ -100,7 +100,7 @@ def test_storage_through_uri_and_subtree_filesystem(tmp_path):
 
 def test_read_samples_groups_members_by_key_and_refuses_odd_names(tmp_path):
     from dfprep.errors import DfprepError
-    from dfprep.shards import read_samples
+    from dfprep.io.shards import read_samples
 
     storage = Storage(str(tmp_path))
     writer = ShardWriter(storage, "train-000000")

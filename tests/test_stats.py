@@ -18,8 +18,8 @@ from dfprep.catalog import scan
 from dfprep.cli import cli
 from dfprep.config import load_config
 from dfprep.errors import DfprepError
-from dfprep.stats import compute_stats, format_stats
-from dfprep.run import extract_run
+from dfprep.inspect.stats import compute_stats, format_stats
+from dfprep.runner.run import extract_run
 from dfprep.synthetic import FacePlacement, linear_motion, write_clip
 
 

@@ -12,7 +12,7 @@ import pytest
 from dfprep.catalog import scan
 from dfprep.config import load_config
 from dfprep.errors import DfprepError
-from dfprep.run import extract_run
+from dfprep.runner.run import extract_run
 from faulty_fs import FaultyHandler
 
 

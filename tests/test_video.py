@@ -10,7 +10,7 @@ import pytest
 
 from dfprep.config import SamplingConfig
 from dfprep.synthetic import background, write_clip
-from dfprep.video import (VideoError, VideoInfo, decode_frames, decode_runs, frame_plan, keyframe_gap, probe,
+from dfprep.vision.video import (VideoError, VideoInfo, decode_frames, decode_runs, frame_plan, keyframe_gap, probe,
                           scan_packets)
 
 WIDTH, HEIGHT = 160, 120
@@ -180,7 +180,7 @@ def test_other_containers_seek_exactly_too(video_clips, kind):
 
 def test_a_demuxer_that_cannot_land_on_keyframes_falls_back_to_sequential_decoding(video_clips, monkeypatch):
     info = probe(video_clips["long"])
-    monkeypatch.setattr("dfprep.video._land_on_keyframe", lambda *args: None)
+    monkeypatch.setattr("dfprep.vision.video._land_on_keyframe", lambda *args: None)
     frames = list(decode_frames(video_clips["long"], [5, 150, 290], info))
     assert [(f.index, read_index(f.image)) for f in frames] == [(5, 5), (150, 150), (290, 290)]
 
@@ -197,7 +197,7 @@ def test_a_passed_deadline_stops_decoding(video_clips, monkeypatch):
         list(decode_frames(video_clips["long"], [5], info, deadline=time.monotonic() - 1))
     assert caught.value.status == "timeout"
     clock = [100.0]
-    monkeypatch.setattr("dfprep.video.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("dfprep.vision.video.time.monotonic", lambda: clock[0])
     frames = decode_frames(video_clips["long"], [1, 250], info, deadline=110.0)
     assert next(frames).index == 1  # frames before the deadline still arrive
     clock[0] = 111.0

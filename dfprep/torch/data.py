@@ -21,10 +21,10 @@ import numpy as np
 import pyarrow.parquet as pq
 from webdataset.filters import shuffle as shuffle_stage
 
-from dfprep.payloads import (CRC_FIELD, DEFAULT_LIMITS, PayloadError, ReadLimits, crc_mismatch, decode_image,
+from dfprep.io.payloads import (CRC_FIELD, DEFAULT_LIMITS, PayloadError, ReadLimits, crc_mismatch, decode_image,
                              load_json, load_landmarks)
-from dfprep.payloads import load_plain_npy, npy_layout  # noqa: F401 - re-exported for existing callers
-from dfprep.shards import resolve_uri
+from dfprep.io.payloads import load_plain_npy, npy_layout  # noqa: F401 - re-exported for existing callers
+from dfprep.io.shards import resolve_uri
 from dfprep.torch._require import require_torch
 from dfprep.torch.shardio import RawSample, ShardError, read_shard
 from dfprep.torch.shardlist import (SampleFilter, ShardListError, ShardSource, map_shard, resolve_shards,
@@ -274,7 +274,7 @@ class FaceShards(torch.utils.data.IterableDataset):
         """Resolve and pre-filter the shard list once; `shuffle` is the buffer size (0: fixed order).
 
         `limits` bounds what one member may cost (bytes, image pixels from its header, json size); a member
-        over them is a ShardError naming shard and key, like any other damage (see dfprep.payloads).
+        over them is a ShardError naming shard and key, like any other damage (see dfprep.io.payloads).
         """
         super().__init__()
         self.filter = SampleFilter.of(split=split, label=label, method=method, dataset=dataset)

@@ -24,8 +24,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from dfprep.errors import DfprepError
-from dfprep.integrity import require_complete
-from dfprep.shards import Storage
+from dfprep.io.integrity import require_complete
+from dfprep.io.shards import Storage
 from dfprep.torch._require import require_torch
 from dfprep.torch.data import FaceShards
 from dfprep.torch.metrics import AGGREGATES, NO_FACE_SCORE, accuracy, auc, average_precision, eer, video_scores

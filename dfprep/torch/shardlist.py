@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from webdataset.shardlists import expand_urls
 
 from dfprep.errors import DfprepError
-from dfprep.shards import STATS_SUFFIX, Storage, committed_units, resolve_uri
+from dfprep.io.shards import STATS_SUFFIX, Storage, committed_units, resolve_uri
 
 _UNIT_NAME = re.compile(r"^(train|val|test|unassigned)-\d{6}$")
 FILTER_FIELDS = ("split", "label", "method", "dataset")

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from dfprep.shards import Sample, ShardWriter, Storage, encode_image, encode_npy, sample_key
+from dfprep.io.shards import Sample, ShardWriter, Storage, encode_image, encode_npy, sample_key
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dfprep.align import template_points  # noqa: E402
+from dfprep.vision.align import template_points  # noqa: E402
 from dfprep.torch import FaceShards  # noqa: E402
 from dfprep.torch.shardlist import ShardListError  # noqa: E402
 from dfprep.torch.transforms import (CaddmRandomCrop, MultiScaleFacialSwap, RandomDownscale,  # noqa: E402

@@ -16,9 +16,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import dfprep.payloads as payloads  # noqa: E402
-from dfprep.payloads import ReadLimits  # noqa: E402
-from dfprep.shards import encode_npy  # noqa: E402
+import dfprep.io.payloads as payloads  # noqa: E402
+from dfprep.io.payloads import ReadLimits  # noqa: E402
+from dfprep.io.shards import encode_npy  # noqa: E402
 from dfprep.torch.data import FaceShards  # noqa: E402
 from dfprep.torch.shardio import ShardError  # noqa: E402
 

@@ -234,8 +234,8 @@ def test_flip_maps_a_symmetric_shape_onto_itself(count):
 
 def test_flip_matches_landmarks_found_on_the_mirrored_face():
     from dfprep.config import DetectionConfig
-    from dfprep.faces import FaceAnalyzer
-    from dfprep.models import resolve_model
+    from dfprep.vision.faces import FaceAnalyzer
+    from dfprep.vision.models import resolve_model
     from dfprep.synthetic import FacePlacement, render_frame
 
     frame = render_frame(480, 360, [FacePlacement(120, 60, 1.0)])

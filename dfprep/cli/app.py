@@ -153,7 +153,7 @@ def _indent(text: str) -> str:
 @_fail_cleanly
 def models() -> None:
     """Show the landmark/detector models the registry resolves, with their checksums."""
-    from dfprep.models import manifest, resolve_model
+    from dfprep.vision.models import manifest, resolve_model
 
     for entry in manifest():
         try:
@@ -185,7 +185,7 @@ def extract(dataset: str | None, root: str | None, output: str, pipeline: str | 
     """Extract aligned faces from DATASET at ROOT into WebDataset shards under OUTPUT."""
     from dfprep.catalog import scan
     from dfprep.config import load_config
-    from dfprep.run import extract_run
+    from dfprep.runner.run import extract_run
 
     overrides = _overrides(settings, **{"dataset.name": dataset, "dataset.root": root, "sampling.frames": frames,
                                         "ray.workers": workers, "ray.address": address,
@@ -210,7 +210,7 @@ def extract(dataset: str | None, root: str | None, output: str, pipeline: str | 
 @_fail_cleanly
 def demo(output: str, workers: int | None, quiet: bool) -> None:
     """Build a small labelled video set from a bundled real face and run the whole pipeline on it."""
-    from dfprep.demo import run_demo
+    from dfprep.cli.demo import run_demo
 
     run_demo(Path(output).resolve(), workers, quiet, click.echo)
 
@@ -222,7 +222,7 @@ def demo(output: str, workers: int | None, quiet: bool) -> None:
 @_fail_cleanly
 def leakage(outputs: tuple[str, ...], threshold: float, strict: bool, as_json: bool) -> None:
     """Identities shared across splits or datasets (needs extract with --set detection.identity=true)."""
-    from dfprep.identity import find_leaks, format_leaks, load_identities
+    from dfprep.vision.identity import find_leaks, format_leaks, load_identities
 
     videos, without = load_identities(outputs)
     if not videos:
@@ -269,8 +269,8 @@ def maps(output: str, more_zoo: tuple[str, ...], method: str, name: str, zoo: tu
          weights: str | None, blur_sigma: float | None, batch_size: int, device: str, models: tuple[str, ...],
          workers: int | None, address: str | None, overwrite: bool, quiet: bool) -> None:
     """Primary-region maps for every face under OUTPUT, as companion shards in OUTPUT/maps/NAME/."""
-    from dfprep.maps import MapSettings, format_map_summary, maps_run
-    from dfprep.regions import parse_weights
+    from dfprep.jobs.maps import MapSettings, format_map_summary, maps_run
+    from dfprep.vision.regions import parse_weights
 
     if more_zoo and not zoo:
         raise DfprepError(f"unexpected extra argument(s) {' '.join(more_zoo)}: checkpoints go after --zoo")
@@ -290,7 +290,7 @@ def maps(output: str, more_zoo: tuple[str, ...], method: str, name: str, zoo: tu
 @_fail_cleanly
 def stats(output: str, as_json: bool) -> None:
     """Counts, face yield, failures by reason and disk of OUTPUT, from its indexes (never opens a tar)."""
-    from dfprep.stats import compute_stats, format_stats
+    from dfprep.inspect.stats import compute_stats, format_stats
 
     numbers = compute_stats(output)
     click.echo(json.dumps(numbers, indent=1) if as_json else format_stats(numbers))
@@ -307,8 +307,8 @@ def verify(output: str, deep: bool, as_json: bool, repair: bool, quiet: bool) ->
     """Read every shard of OUTPUT once and check it against its commit marker; exit 1 when anything is damaged."""
     from tqdm import tqdm
 
-    from dfprep.integrity import check_is_output, count_shards, uncommit, verify_output
-    from dfprep.shards import Storage
+    from dfprep.io.integrity import check_is_output, count_shards, uncommit, verify_output
+    from dfprep.io.shards import Storage
 
     storage = Storage(output)
     check_is_output(storage)
@@ -343,9 +343,9 @@ def verify(output: str, deep: bool, as_json: bool, repair: bool, quiet: bool) ->
 def preview(output: str, sheet: str, count: int, split: str | None, map_name: str | None, seed: int,
             video: str | None, cols: int | None, tile: int) -> None:
     """Write a contact sheet of OUTPUT's crops: landmarks, label borders, captions, optional maps."""
-    from dfprep.preview import write_sheet
+    from dfprep.inspect.preview import write_sheet
 
-    from dfprep.integrity import output_problems, summary_line
+    from dfprep.io.integrity import output_problems, summary_line
 
     height, width = write_sheet(output, sheet, n=count, split=split, maps=map_name, seed=seed, video=video,
                                 cols=cols, tile=tile)

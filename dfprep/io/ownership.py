@@ -17,8 +17,8 @@ import pyarrow.fs as pafs
 
 from dfprep import __version__
 from dfprep.errors import DfprepError, one_line
-from dfprep.lock import LOCK_FILE
-from dfprep.shards import TEMP_SUFFIX, Storage
+from dfprep.io.lock import LOCK_FILE
+from dfprep.io.shards import TEMP_SUFFIX, Storage
 
 OWNERSHIP_FILE = "_dfprep_output.json"
 

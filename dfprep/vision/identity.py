@@ -9,7 +9,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from dfprep.faces import Face
+from dfprep.vision.faces import Face
 
 DEFAULT_THRESHOLD = 0.6  # dlib's usual same-person distance
 
@@ -81,8 +81,8 @@ class Leak:
 
 def load_identities(outputs: Iterable[str]) -> tuple[list[IdentityVideo], int]:
     """Videos with a descriptor from each output's videos.parquet; also counts those without one."""
-    from dfprep.run import VIDEOS_TABLE
-    from dfprep.shards import Storage
+    from dfprep.runner.run import VIDEOS_TABLE
+    from dfprep.io.shards import Storage
 
     videos, without = [], 0
     for output in outputs:

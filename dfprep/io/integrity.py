@@ -24,11 +24,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from dfprep.errors import DfprepError, one_line
-from dfprep.payloads import CRC_FIELD, DEFAULT_LIMITS, PayloadError, crc_mismatch, load_json
-from dfprep.plan import PLAN_TABLE
-from dfprep.shards import STATS_SUFFIX, BoundedTarInfo, ShardReadError, Storage
+from dfprep.io.payloads import CRC_FIELD, DEFAULT_LIMITS, PayloadError, crc_mismatch, load_json
+from dfprep.jobs.plan import PLAN_TABLE
+from dfprep.io.shards import STATS_SUFFIX, BoundedTarInfo, ShardReadError, Storage
 
-DATASET_JSON = "dataset.json"  # the same files as dfprep.run's constants (run imports this module)
+DATASET_JSON = "dataset.json"  # the same files as dfprep.runner.run's constants (run imports this module)
 VIDEOS_TABLE = "videos.parquet"
 MAPS_FOLDER = "maps"
 _CHUNK = 1 << 20

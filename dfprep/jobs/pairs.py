@@ -22,11 +22,11 @@ from typing import Any, Iterator, Sequence
 import cv2
 import numpy as np
 
-from dfprep.align import AlignedFace, warp
+from dfprep.vision.align import AlignedFace, warp
 from dfprep.catalog.base import VideoRecord
 from dfprep.config import OutputConfig, SamplingConfig
-from dfprep.shards import encode_image, sample_key
-from dfprep.video import DecodedFrame, VideoError, VideoInfo, decode_frames, frame_plan, probe
+from dfprep.io.shards import encode_image, sample_key
+from dfprep.vision.video import DecodedFrame, VideoError, VideoInfo, decode_frames, frame_plan, probe
 
 PAIRED = "paired"
 CLAMPED = "clamped"

@@ -11,9 +11,9 @@ from typing import Any, Callable
 
 from dfprep.config import PipelineConfig
 from dfprep.errors import DfprepError, one_line
-from dfprep.guard import RunContext
-from dfprep.plan import WorkUnit
-from dfprep.shards import Storage, remove_stale_staging
+from dfprep.runner.guard import RunContext
+from dfprep.jobs.plan import WorkUnit
+from dfprep.io.shards import Storage, remove_stale_staging
 
 _SHUTDOWN_WAIT_S = 10.0  # how long an interrupted pool waits for its killed actors before sweeping staging
 
@@ -27,8 +27,8 @@ class ExtractWorker:
     def __init__(self, config: PipelineConfig, models: Any):
         import cv2
 
-        from dfprep.extract import VideoExtractor
-        from dfprep.faults import fault_hook_from_env
+        from dfprep.jobs.extract import VideoExtractor
+        from dfprep.runner.faults import fault_hook_from_env
 
         cv2.setNumThreads(1)
         remove_stale_staging()  # a restarted actor (or a killed run) may have left its staging folder
@@ -37,7 +37,7 @@ class ExtractWorker:
 
     def run_unit(self, unit: WorkUnit, storage: Storage, context: RunContext, queue: Any) -> dict[str, Any]:
         """Process and commit one unit; each finished video is announced as (unit, position, row)."""
-        from dfprep.run import process_unit
+        from dfprep.runner.run import process_unit
 
         positions = iter(range(len(unit.records)))
         report = lambda row: queue.put_nowait.remote((unit.name, next(positions), row))  # noqa: E731
@@ -147,6 +147,6 @@ def unit_failure(error: Exception) -> str:
 
 def _fault_env() -> dict[str, str]:
     """Pass a test's fault-injection spec through to the actors."""
-    from dfprep.faults import ENV
+    from dfprep.runner.faults import ENV
 
     return {ENV: os.environ[ENV]} if os.environ.get(ENV) else {}

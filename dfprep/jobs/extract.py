@@ -10,16 +10,16 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from dfprep.align import AlignedFace, align_face
+from dfprep.vision.align import AlignedFace, align_face
 from dfprep.catalog.base import VideoRecord
 from dfprep.config import PipelineConfig
 from dfprep.errors import ConfigError, one_line
-from dfprep.faces import Face, FaceAnalyzer
-from dfprep.identity import IdentityCollector
-from dfprep.models import ResolvedModel, load_check, resolve_model
-from dfprep.pairs import Pairing, family_plan, start_pairing
-from dfprep.shards import Sample, encode_image, encode_npy, sample_key
-from dfprep.video import DecodedFrame, VideoError, VideoInfo, decode_frames, probe
+from dfprep.vision.faces import Face, FaceAnalyzer
+from dfprep.vision.identity import IdentityCollector
+from dfprep.vision.models import ResolvedModel, load_check, resolve_model
+from dfprep.jobs.pairs import Pairing, family_plan, start_pairing
+from dfprep.io.shards import Sample, encode_image, encode_npy, sample_key
+from dfprep.vision.video import DecodedFrame, VideoError, VideoInfo, decode_frames, probe
 
 
 @dataclass

@@ -21,13 +21,13 @@ import numpy as np
 
 from dfprep import __version__
 from dfprep.errors import DfprepError
-from dfprep.integrity import damaged_units
-from dfprep.lock import OutputLock
-from dfprep.ownership import check_claimable, open_output, output_errors
-from dfprep.payloads import PayloadError, decode_image, load_json, load_landmarks
-from dfprep.regions import (DEFAULT_BLUR_SIGMA, DEFAULT_WEIGHTS, FUSIONS, TARGETS, CamRecipe, ZooCheckpoint,
+from dfprep.io.integrity import damaged_units
+from dfprep.io.lock import OutputLock
+from dfprep.io.ownership import check_claimable, open_output, output_errors
+from dfprep.io.payloads import PayloadError, decode_image, load_json, load_landmarks
+from dfprep.vision.regions import (DEFAULT_BLUR_SIGMA, DEFAULT_WEIGHTS, FUSIONS, TARGETS, CamRecipe, ZooCheckpoint,
                             apply_threshold, check_weights, encode_map_png, landmark_prior_map)
-from dfprep.shards import (STATS_SUFFIX, TEMP_SUFFIX, Sample, ShardWriter, Storage, committed_units, read_samples,
+from dfprep.io.shards import (STATS_SUFFIX, TEMP_SUFFIX, Sample, ShardWriter, Storage, committed_units, read_samples,
                            remove_stale_staging, remove_uncommitted, unit_files)
 
 MAP_MEMBER = "prmap.png"
@@ -245,7 +245,7 @@ class CamMapper:
     bits = 16  # erasing ranks the values (PRLE keeps float .npy maps): 8 bits would tie many of them
 
     def __init__(self, settings: MapSettings, checkpoints: list[ZooCheckpoint]):
-        from dfprep.regions import CamZoo
+        from dfprep.vision.regions import CamZoo
 
         self.zoo = CamZoo(checkpoints, settings.cam_recipe(), settings.device, settings.models)
         self.target, self.batch_size = settings.target, settings.batch_size
@@ -420,7 +420,7 @@ def finalize_maps(maps: Storage, manifest: dict[str, Any], units: list[MapUnit])
 
 def zoo_layers(settings: MapSettings, checkpoints: list[ZooCheckpoint]) -> list[tuple[str, ...]]:
     """Load every zoo checkpoint once on the driver: a bad one fails here, before any work."""
-    from dfprep.regions import load_detector
+    from dfprep.vision.regions import load_detector
 
     return [load_detector(checkpoint, settings.layers, settings.models)[2] for checkpoint in checkpoints]
 
@@ -534,8 +534,8 @@ def run_on_ray(units: list[MapUnit], settings: MapSettings, checkpoints: list[Zo
     import ray
 
     from dfprep.config import load_config
-    from dfprep.pool import ActorPool, connect
-    from dfprep.run import worker_count
+    from dfprep.runner.pool import ActorPool, connect
+    from dfprep.runner.run import worker_count
 
     config = load_config(None, {"ray.workers": workers, "ray.address": address})
     connect(config, worker_count(config))

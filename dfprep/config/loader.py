@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from dfprep import paths
+from dfprep.config import paths
 from dfprep.errors import ConfigError, one_line
 
 

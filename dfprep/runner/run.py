@@ -15,14 +15,14 @@ from dfprep import __version__
 from dfprep.catalog.base import VideoRecord
 from dfprep.config import PipelineConfig
 from dfprep.errors import DfprepError
-from dfprep.guard import (ATTEMPTS_DIR, AttemptLog, RunContext, Watchdog, hard_limit, marker_unit,
+from dfprep.runner.guard import (ATTEMPTS_DIR, AttemptLog, RunContext, Watchdog, hard_limit, marker_unit,
                           recording_crashes, settle_interrupted)
-from dfprep.integrity import damaged_units, uncommit
-from dfprep.lock import OutputLock, new_run_id
-from dfprep.ownership import OWNERSHIP_FILE, check_claimable, check_separate, claim, open_output, output_errors
-from dfprep.plan import (PLAN_META, PLAN_TABLE, WorkUnit, catalog_drift, input_roots, load_or_create_plan,
+from dfprep.io.integrity import damaged_units, uncommit
+from dfprep.io.lock import OutputLock, new_run_id
+from dfprep.io.ownership import OWNERSHIP_FILE, check_claimable, check_separate, claim, open_output, output_errors
+from dfprep.jobs.plan import (PLAN_META, PLAN_TABLE, WorkUnit, catalog_drift, input_roots, load_or_create_plan,
                          units_from_table)
-from dfprep.shards import (TEMP_SUFFIX, ShardWriter, Storage, committed_units, remove_stale_staging,
+from dfprep.io.shards import (TEMP_SUFFIX, ShardWriter, Storage, committed_units, remove_stale_staging,
                            remove_uncommitted, unit_files)
 
 VIDEOS_TABLE = "videos.parquet"
@@ -97,7 +97,7 @@ def process_unit(unit: WorkUnit, extractor: Any, storage: Storage, progress: Pro
 def _guarded_extract(extractor: Any, record: VideoRecord, original: str | None, writer: ShardWriter,
                      attempts: AttemptLog, position: int, context: RunContext, fault: Callable[[], None]) -> Any:
     """One video marked in progress, under its watchdog; the mark is released however the video ends."""
-    from dfprep.extract import VideoResult, base_row
+    from dfprep.jobs.extract import VideoResult, base_row
 
     timeout_s = extractor.config.sampling.video_timeout_s
     skip = attempts.begin(position, timeout_s)
@@ -269,9 +269,9 @@ class Progress:
 def run_in_process(units: list[WorkUnit], config: PipelineConfig, models: Any, storage: Storage,
                    progress: ProgressFn, run_id: str | None = None) -> None:
     """--workers 0: every unit in this process, one after another (debuggable, no Ray), crashes recorded."""
-    from dfprep.extract import VideoExtractor
+    from dfprep.jobs.extract import VideoExtractor
 
-    from dfprep.faults import fault_hook_from_env
+    from dfprep.runner.faults import fault_hook_from_env
 
     extractor = VideoExtractor(config, models)
     fault = fault_hook_from_env()
@@ -285,8 +285,8 @@ def run_in_process(units: list[WorkUnit], config: PipelineConfig, models: Any, s
 def extract_run(records: Iterable[VideoRecord], config: PipelineConfig, output: str, *, overwrite: bool = False,
                 extend: bool = False, quiet: bool = False, filesystem: Any = None) -> RunReport:
     """The whole `dfprep extract`: resolve models, claim and lock the output, run what is not committed."""
-    from dfprep.extract import ExtractionModels
-    from dfprep.maps import check_inline_maps
+    from dfprep.jobs.extract import ExtractionModels
+    from dfprep.jobs.maps import check_inline_maps
 
     started = time.monotonic()
     check_inline_maps(config)  # a bad zoo checkpoint fails now, not after the extraction
@@ -327,7 +327,7 @@ def _extract_locked(storage: Storage, records: list[VideoRecord], config: Pipeli
 
 def inline_maps(config: PipelineConfig, output: str, filesystem: Any, quiet: bool) -> list[str]:
     """`output.maps`: region maps computed in the same command, as companion shards (resumable like maps)."""
-    from dfprep.maps import cam_next_steps, inline_settings, maps_run
+    from dfprep.jobs.maps import cam_next_steps, inline_settings, maps_run
 
     lines = []
     for method in config.output.maps:
@@ -343,7 +343,7 @@ def inline_maps(config: PipelineConfig, output: str, filesystem: Any, quiet: boo
 def run_on_ray(units: list[WorkUnit], config: PipelineConfig, models: Any, storage: Storage,
                progress: ProgressFn, run_id: str | None = None) -> None:
     """Units over a pool of stateful Ray actors: bounded in flight, retried, progress per video."""
-    from dfprep.pool import ActorPool, ExtractWorker
+    from dfprep.runner.pool import ActorPool, ExtractWorker
 
     counted: set[tuple[str, int]] = set()
 

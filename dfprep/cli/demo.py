@@ -85,11 +85,11 @@ def _torch_available() -> bool:
 def run_demo(root: Path, workers: int | None, quiet: bool, echo: Callable[[str], None]) -> None:
     """The newcomer's tour: videos → extract (+ maps) → stats → preview → train → evaluate."""
     from dfprep.catalog import scan
-    from dfprep.cli import format_summary
+    from dfprep.cli.app import format_summary
     from dfprep.config import load_config
-    from dfprep.preview import write_sheet
-    from dfprep.run import extract_run
-    from dfprep.stats import compute_stats, format_stats
+    from dfprep.inspect.preview import write_sheet
+    from dfprep.runner.run import extract_run
+    from dfprep.inspect.stats import compute_stats, format_stats
 
     videos, shards, sheet, run = root / "videos", root / "shards", root / "sheet.png", root / "runs" / "tiny"
     echo(f"1/6 demo videos from scikit-image's astronaut photo → {videos}")

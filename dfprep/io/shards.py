@@ -21,7 +21,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from dfprep.errors import DfprepError, one_line
-from dfprep.payloads import CRC_FIELD, DEFAULT_LIMITS, PayloadError, ReadLimits, crc_mismatch, load_json, with_crcs
+from dfprep.io.payloads import CRC_FIELD, DEFAULT_LIMITS, PayloadError, ReadLimits, crc_mismatch, load_json, with_crcs
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _MAX_SLUG = 120

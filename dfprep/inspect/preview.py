@@ -18,11 +18,11 @@ import cv2
 import numpy as np
 
 from dfprep.errors import DfprepError
-from dfprep.payloads import PayloadError
-from dfprep.payloads import decode_image as bounded_decode
-from dfprep.payloads import load_landmarks
-from dfprep.shards import Storage, read_samples, video_slug
-from dfprep.stats import as_storage, file_sizes, load_video_rows
+from dfprep.io.payloads import PayloadError
+from dfprep.io.payloads import decode_image as bounded_decode
+from dfprep.io.payloads import load_landmarks
+from dfprep.io.shards import Storage, read_samples, video_slug
+from dfprep.inspect.stats import as_storage, file_sizes, load_video_rows
 
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp"})
 LANDMARKS_MEMBER = "ldm.npy"

@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from dfprep.shards import Storage
+from dfprep.io.shards import Storage
 
 ATTEMPTS_DIR = "_attempts"
 MAX_ATTEMPTS = 2

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from dfprep import paths
+from dfprep.config import paths
 from dfprep.config import read_yaml
 from dfprep.errors import ModelError, one_line
 

@@ -13,10 +13,10 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from dfprep.errors import DfprepError, one_line
-from dfprep.integrity import output_problems
-from dfprep.plan import PLAN_META
-from dfprep.run import DATASET_JSON, VIDEOS_TABLE, normalised_reason
-from dfprep.shards import STATS_SUFFIX, Storage, committed_units
+from dfprep.io.integrity import output_problems
+from dfprep.jobs.plan import PLAN_META
+from dfprep.runner.run import DATASET_JSON, VIDEOS_TABLE, normalised_reason
+from dfprep.io.shards import STATS_SUFFIX, Storage, committed_units
 
 SHARD_NAME = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-\d{6}$")
 TOP_REASONS = 20
@@ -121,7 +121,7 @@ def frames_per_video(rows: list[dict[str, Any]]) -> list[dict[str, int]]:
 def shard_state(storage: Storage, sizes: dict[str, int], dataset: dict[str, Any]) -> dict[str, Any]:
     """Planned vs committed shards, and whether the output is complete: every planned shard committed and intact.
 
-    Intact is the cheap check (dfprep.integrity): markers readable, tars and indexes present with the sizes
+    Intact is the cheap check (dfprep.io.integrity): markers readable, tars and indexes present with the sizes
     their markers recorded. `dfprep verify` reads the tars as well.
     """
     committed = sum(1 for n in sizes if n.endswith(STATS_SUFFIX) and shard_split(n[: -len(STATS_SUFFIX)]))

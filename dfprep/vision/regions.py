@@ -2,7 +2,7 @@
 
 A map is an (H, W) float32 array in [0, 1] indexed like its crop (``map[row, col] ↔ crop[row, col]``),
 stored as an 8-bit grayscale PNG. The landmark prior needs only numpy and OpenCV; everything under
-"Grad-CAM" imports torch lazily, so ``import dfprep.regions`` works without it.
+"Grad-CAM" imports torch lazily, so ``import dfprep.vision.regions`` works without it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from dfprep.errors import DfprepError
-from dfprep.payloads import PayloadError, decode_image
+from dfprep.io.payloads import PayloadError, decode_image
 
 # 68-point (iBUG 300-W) indices of each facial part; a region's weight applies to all of its parts.
 REGION_PARTS_68: dict[str, tuple[tuple[int, ...], ...]] = {

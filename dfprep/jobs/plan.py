@@ -12,7 +12,7 @@ import pyarrow as pa
 from dfprep.catalog.base import VideoRecord
 from dfprep.config import PipelineConfig
 from dfprep.errors import DfprepError
-from dfprep.shards import STATS_SUFFIX, Storage
+from dfprep.io.shards import STATS_SUFFIX, Storage
 
 PLAN_TABLE = "plan.parquet"
 PLAN_META = "plan.json"

@@ -19,7 +19,7 @@ import uuid
 from typing import Any
 
 from dfprep.errors import DfprepError
-from dfprep.shards import Storage, process_alive
+from dfprep.io.shards import Storage, process_alive
 
 LOCK_FILE = "_dfprep.lock"
 _UNREADABLE_GRACE_S = 30.0  # a lock still being written is unreadable for a moment; older than this it is junk

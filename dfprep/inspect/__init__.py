@@ -1,0 +1,1 @@
+"""Look at outputs without writing them: stats, preview, leakage, verify."""

@@ -1,0 +1,1 @@
+"""Pixels and faces: decode planned frames, detect and track faces, landmarks, alignment, models, identity."""
