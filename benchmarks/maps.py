@@ -26,8 +26,10 @@ from decode_floor import DEFAULT_ROOT  # noqa: E402
 
 from dfprep.catalog import scan  # noqa: E402
 from dfprep.config import load_config  # noqa: E402
-from dfprep.jobs.maps import MapSettings, maps_run  # noqa: E402
-from dfprep.vision.regions import encode_map_png, landmark_prior_map  # noqa: E402
+from dfprep.jobs.maps import MapSettings
+from dfprep.runner.maps import maps_run  # noqa: E402
+from dfprep.io.regionmaps import encode_map_png
+from dfprep.vision.regions import landmark_prior_map  # noqa: E402
 from dfprep.runner.run import extract_run  # noqa: E402
 
 

@@ -140,7 +140,7 @@ def load_zoo(paths: Iterable[str]) -> list[tuple[Any, str, tuple[str, ...], tupl
     """Each checkpoint's model (eval), name, dfprep's default CAM layers, and its normalisation."""
     import torch
 
-    from dfprep.vision.regions import DEFAULT_CAM_LAYERS
+    from dfprep.torch.cam import DEFAULT_CAM_LAYERS
     from dfprep.torch.models import build_model
 
     zoo = []

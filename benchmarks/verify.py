@@ -22,7 +22,8 @@ from decode_floor import DEFAULT_ROOT  # noqa: E402
 
 from dfprep.catalog import scan  # noqa: E402
 from dfprep.config import load_config  # noqa: E402
-from dfprep.io.integrity import output_problems, verify_output  # noqa: E402
+from dfprep.inspect.verify import verify_output
+from dfprep.io.integrity import output_problems  # noqa: E402
 from dfprep.io.payloads import with_crcs  # noqa: E402
 from dfprep.runner.run import extract_run  # noqa: E402
 

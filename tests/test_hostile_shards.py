@@ -17,8 +17,10 @@ import dfprep.io.payloads as payloads
 from dfprep.cli import cli
 from dfprep.errors import DfprepError
 from dfprep.io.payloads import PayloadError, image_size, load_landmarks
-from dfprep.vision.regions import RegionMapError, decode_map_png
-from dfprep.io.shards import ShardReadError, Storage, encode_image, read_samples
+from dfprep.errors import RegionMapError
+from dfprep.io.regionmaps import decode_map_png
+from dfprep.io.shards import ShardReadError, encode_image, read_samples
+from dfprep.io.storage import Storage
 
 
 @pytest.fixture()
@@ -59,7 +61,7 @@ def test_read_samples_refuses_a_2_gb_member_before_reading_it(tmp_path, hostile)
 
 
 def test_read_samples_and_verify_refuse_a_2_gb_pax_header_before_reading_it(tmp_path, hostile):
-    from dfprep.io.integrity import read_tar
+    from dfprep.inspect.verify import read_tar
 
     hostile.write_pax_bomb_tar(tmp_path / "train-000000.tar")
     storage = Storage(str(tmp_path))

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from dfprep.catalog import scan
 from dfprep.cli import cli
 from dfprep.config import load_config
-from dfprep.vision.identity import IdentityVideo, cluster_identities, find_leaks
+from dfprep.inspect.leakage import IdentityVideo, cluster_identities, find_leaks
 from dfprep.runner.run import extract_run
 from dfprep.synthetic import FacePlacement, linear_motion, lfw_face, render_frame, write_clip
 

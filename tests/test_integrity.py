@@ -17,10 +17,12 @@ from click.testing import CliRunner
 from dfprep.catalog import scan
 from dfprep.cli import cli
 from dfprep.config import load_config
-from dfprep.io.integrity import DATASET_JSON, damaged_units, output_problems, verify_output
-from dfprep.runner.run import DATASET_JSON as RUN_DATASET_JSON
+from dfprep.inspect.verify import verify_output
+from dfprep.io.integrity import damaged_units, output_problems
+from dfprep.io.layout import DATASET_JSON
 from dfprep.runner.run import extract_run
-from dfprep.io.shards import Storage, committed_units
+from dfprep.io.shards import committed_units
+from dfprep.io.storage import Storage
 from dfprep.inspect.stats import compute_stats, format_stats
 
 SHARD = "train-000000"
@@ -105,7 +107,6 @@ def test_every_sample_json_records_the_crc32_of_each_other_member(extracted):
 
 
 def test_a_clean_output_verifies_clean_with_exit_0(extracted):
-    assert DATASET_JSON == RUN_DATASET_JSON
     for extra in ([], ["--deep"]):
         result = CliRunner().invoke(cli, ["verify", str(extracted), "--quiet", *extra])
         assert result.exit_code == 0, result.output
@@ -218,7 +219,8 @@ def test_verify_refuses_a_folder_that_is_not_an_output(tmp_path):
 
 
 def test_map_shards_are_verified_against_their_face_shards_and_redone_when_damaged(copy):
-    from dfprep.jobs.maps import MapSettings, maps_run
+    from dfprep.jobs.maps import MapSettings
+    from dfprep.runner.maps import maps_run
 
     maps_run(str(copy), MapSettings(), workers=0, quiet=True)
     map_tar = copy / "maps" / "landmarks" / f"{SHARD}.tar"

@@ -23,7 +23,8 @@ from dfprep.cli import cli
 from dfprep.config import load_config
 from dfprep.jobs.extract import ExtractionModels, VideoExtractor
 from dfprep.vision.faces import FaceAnalyzer
-from dfprep.io.shards import ShardWriter, Storage
+from dfprep.io.shards import ShardWriter
+from dfprep.io.storage import Storage
 from dfprep.synthetic import FacePlacement, linear_motion, write_clip
 
 FRAMES = 3

@@ -21,7 +21,8 @@ from dfprep.catalog import scan
 from dfprep.cli import cli
 from dfprep.config import load_config
 from dfprep.errors import DfprepError
-from dfprep.jobs.maps import LandmarkMapper, MapSettings, maps_run
+from dfprep.jobs.maps import LandmarkMapper, MapSettings
+from dfprep.runner.maps import maps_run
 from dfprep.vision.regions import REGION_PARTS_68
 
 
@@ -307,7 +308,7 @@ def test_ray_actors_write_what_in_process_writes(out, zoo, ray_session):
 def test_the_printed_maps_command_makes_the_maps_the_recipe_describes():
     import shlex
 
-    from dfprep.cli.app import maps as maps_command
+    from dfprep.cli.build import maps as maps_command
     from dfprep.jobs.maps import cam_next_steps, inline_settings
 
     config = load_config("prle", {"cam.released_halving": True, "cam.target": "label", "cam.threshold": 0.4,

@@ -20,11 +20,13 @@ from dfprep.catalog import scan
 from dfprep.cli import cli
 from dfprep.config import load_config
 from dfprep.errors import DfprepError
-from dfprep.io.lock import LOCK_FILE, OutputLock, process_start
-from dfprep.jobs.maps import MapSettings, maps_run
-from dfprep.io.ownership import OWNERSHIP_FILE
+from dfprep.io.layout import LOCK_FILE
+from dfprep.io.lock import OutputLock, process_start
+from dfprep.jobs.maps import MapSettings
+from dfprep.runner.maps import maps_run
+from dfprep.io.layout import OWNERSHIP_FILE
 from dfprep.runner.run import extract_run
-from dfprep.io.shards import Storage
+from dfprep.io.storage import Storage
 from faulty_fs import FaultyHandler
 from runhelpers import FRAMES, PER_SHARD, REPO, check_output, cli as cli_command, good_videos, write_small_dataset
 
@@ -213,7 +215,7 @@ def test_a_lock_is_exclusive_and_re_entered_only_by_its_own_run(tmp_path):
             assert nested.run_id == first.run_id
         assert (tmp_path / "o" / LOCK_FILE).exists()
         code = subprocess.run([sys.executable, "-c", "import sys; from dfprep.io.lock import OutputLock; "
-                               "from dfprep.io.shards import Storage\ntry:\n with OutputLock(Storage(sys.argv[1]), 'x'):"
+                               "from dfprep.io.storage import Storage\ntry:\n with OutputLock(Storage(sys.argv[1]), 'x'):"
                                " pass\nexcept Exception as e: print(e); sys.exit(3)", str(tmp_path / "o")],
                               capture_output=True, text=True)
         assert code.returncode == 3 and f"pid {os.getpid()}" in code.stdout

@@ -6,7 +6,7 @@ from dfprep.catalog.base import VideoRecord
 from dfprep.config import load_config
 from dfprep.errors import DfprepError
 from dfprep.jobs.plan import build_units, load_or_create_plan
-from dfprep.io.shards import Storage
+from dfprep.io.storage import Storage
 
 
 def _record(stem: str, split: str, label: int, family: str) -> VideoRecord:

@@ -22,7 +22,9 @@ from dfprep.config import load_config
 from dfprep.errors import DfprepError
 from dfprep.inspect.preview import TITLE_HEIGHT, TileLayout, choose_samples, find_video, make_sheet
 from dfprep.runner.run import extract_run
-from dfprep.io.shards import Sample, ShardWriter, Storage, encode_npy, sample_key
+from dfprep.io.keys import sample_key
+from dfprep.io.shards import Sample, ShardWriter, encode_npy
+from dfprep.io.storage import Storage
 
 CROP = 64
 FRAMES = 5

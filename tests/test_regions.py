@@ -12,8 +12,10 @@ import cv2
 import numpy as np
 import pytest
 
-from dfprep.vision.regions import (REGION_PARTS_68, RegionMapError, apply_threshold, decode_map_png, encode_map_png,
-                            fuse_maps, landmark_prior_map, normalise_min_max, parse_weights)
+from dfprep.errors import RegionMapError
+from dfprep.io.regionmaps import apply_threshold, decode_map_png, encode_map_png
+from dfprep.torch.cam import fuse_maps, normalise_min_max
+from dfprep.vision.regions import REGION_PARTS_68, landmark_prior_map, parse_weights
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (128, 128)
@@ -177,7 +179,7 @@ def torch_one_thread():
 
 
 def _checkpoint(torch, model_name: str, state_dict=None, seed: int = 0, **extra) -> "ZooCheckpoint":
-    from dfprep.vision.regions import ZooCheckpoint
+    from dfprep.io.regionmaps import ZooCheckpoint
     from dfprep.torch.models import build_model
 
     torch.manual_seed(seed)
@@ -189,7 +191,7 @@ def _checkpoint(torch, model_name: str, state_dict=None, seed: int = 0, **extra)
 
 def test_grad_cam_matches_its_definition(torch_one_thread):
     torch = torch_one_thread
-    from dfprep.vision.regions import grad_cam
+    from dfprep.torch.cam import grad_cam
     from dfprep.torch.models import build_model
 
     torch.manual_seed(0)
@@ -214,7 +216,9 @@ def test_grad_cam_matches_its_definition(torch_one_thread):
 
 def test_cam_of_a_trained_tiny_cnn_points_at_the_fake_artefact(torch_one_thread):
     torch = torch_one_thread
-    from dfprep.vision.regions import CamRecipe, CamZoo, ZooCheckpoint
+    from dfprep.config import CamRecipe
+    from dfprep.io.regionmaps import ZooCheckpoint
+    from dfprep.torch.cam import CamZoo
     from dfprep.torch.models import build_model
 
     rng = np.random.default_rng(0)
@@ -251,7 +255,8 @@ def test_cam_of_a_trained_tiny_cnn_points_at_the_fake_artefact(torch_one_thread)
 
 def test_cam_zoo_with_random_weights_gives_fused_maps_in_unit_range(torch_one_thread):
     torch = torch_one_thread
-    from dfprep.vision.regions import CamRecipe, CamZoo
+    from dfprep.config import CamRecipe
+    from dfprep.torch.cam import CamZoo
 
     zoo_members = [_checkpoint(torch, "tiny_cnn", seed=0), _checkpoint(torch, "tiny_cnn", seed=1)]
     crops = np.random.default_rng(1).integers(0, 256, (5, 48, 40, 3)).astype(np.uint8)
@@ -281,7 +286,7 @@ def test_cam_zoo_with_random_weights_gives_fused_maps_in_unit_range(torch_one_th
 
 def test_default_cam_layers_and_an_unknown_layer(torch_one_thread):
     torch = torch_one_thread
-    from dfprep.vision.regions import DEFAULT_CAM_LAYERS, load_detector, resolve_cam_layers
+    from dfprep.torch.cam import DEFAULT_CAM_LAYERS, load_detector, resolve_cam_layers
     from dfprep.torch.models import MODELS, build_model
 
     for name in MODELS:  # every registered architecture has PRLE-style layers that exist and give 4-D maps
@@ -309,7 +314,8 @@ def test_default_cam_layers_and_an_unknown_layer(torch_one_thread):
 
 def test_a_checkpoint_that_does_not_fit_its_architecture_is_a_one_line_error(torch_one_thread):
     torch = torch_one_thread
-    from dfprep.vision.regions import ZooCheckpoint, load_detector
+    from dfprep.io.regionmaps import ZooCheckpoint
+    from dfprep.torch.cam import load_detector
     from dfprep.torch.models import build_model
 
     wrong = _checkpoint(torch, "resnet18", state_dict=build_model("tiny_cnn").state_dict())

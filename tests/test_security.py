@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from dfprep.io.shards import Storage, sample_key
+from dfprep.io.keys import sample_key
+from dfprep.io.storage import Storage
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dfprep"
 FORBIDDEN = {

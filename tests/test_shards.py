@@ -9,8 +9,10 @@ import numpy as np
 import pyarrow.fs as pafs
 import pytest
 
-from dfprep.io.shards import (STATS_SUFFIX, Sample, ShardWriter, Storage, committed_units, encode_image, encode_npy,
-                           remove_uncommitted, sample_key, video_slug)
+from dfprep.io.keys import sample_key, video_slug
+from dfprep.io.layout import STATS_SUFFIX
+from dfprep.io.shards import Sample, ShardWriter, committed_units, encode_image, encode_npy, remove_uncommitted
+from dfprep.io.storage import Storage
 
 
 @pytest.mark.parametrize("video_id", ["ffpp/Deepfakes/c23/000_003", "x/../../etc/passwd", "/abs/path",

@@ -85,7 +85,7 @@ def _torch_available() -> bool:
 def run_demo(root: Path, workers: int | None, quiet: bool, echo: Callable[[str], None]) -> None:
     """The newcomer's tour: videos → extract (+ maps) → stats → preview → train → evaluate."""
     from dfprep.catalog import scan
-    from dfprep.cli.app import format_summary
+    from dfprep.cli.summary import format_summary
     from dfprep.config import load_config
     from dfprep.inspect.preview import write_sheet
     from dfprep.runner.run import extract_run

@@ -1,9 +1,9 @@
-"""Configuration: frozen dataclasses per stage, loaded from pipelines.yaml + a recipe + overrides, validated."""
+"""Configuration: frozen dataclasses per stage (schema), loaded from pipelines.yaml + a recipe + overrides (loader)."""
 
-from dfprep.config.loader import (RANGES, AlignmentConfig, CamConfig, DatasetConfig, DetectionConfig, OutputConfig,
-                                  PipelineConfig, RayConfig, SamplingConfig, available_recipes, load_config,
-                                  parse_override, read_yaml)
+from dfprep.config.loader import RANGES, available_recipes, load_config, parse_override, read_yaml
+from dfprep.config.schema import (FUSIONS, MAP_METHODS, TARGETS, AlignmentConfig, CamConfig, CamRecipe, DatasetConfig,
+                                  DetectionConfig, OutputConfig, PipelineConfig, RayConfig, SamplingConfig)
 
-__all__ = ["RANGES", "AlignmentConfig", "CamConfig", "DatasetConfig", "DetectionConfig", "OutputConfig",
-           "PipelineConfig", "RayConfig", "SamplingConfig", "available_recipes", "load_config", "parse_override",
-           "read_yaml"]
+__all__ = ["FUSIONS", "MAP_METHODS", "RANGES", "TARGETS", "AlignmentConfig", "CamConfig", "CamRecipe", "DatasetConfig",
+           "DetectionConfig", "OutputConfig", "PipelineConfig", "RayConfig", "SamplingConfig", "available_recipes",
+           "load_config", "parse_override", "read_yaml"]

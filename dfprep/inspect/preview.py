@@ -21,13 +21,13 @@ from dfprep.errors import DfprepError
 from dfprep.io.payloads import PayloadError
 from dfprep.io.payloads import decode_image as bounded_decode
 from dfprep.io.payloads import load_landmarks
-from dfprep.io.shards import Storage, read_samples, video_slug
 from dfprep.inspect.stats import as_storage, file_sizes, load_video_rows
+from dfprep.io.keys import video_slug
+from dfprep.io.layout import IMAGE_TYPES, LANDMARKS_MEMBER, MAP_MEMBER, MAP_SET_NAME, MAPS_FOLDER, VIDEOS_TABLE
+from dfprep.io.shards import read_samples
+from dfprep.io.storage import Storage
 
-IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp"})
-LANDMARKS_MEMBER = "ldm.npy"
-MAP_MEMBER = "prmap.png"
-MAP_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+IMAGE_EXTENSIONS = frozenset({*IMAGE_TYPES, "jpeg"})  # also what other tools name .jpeg
 
 TITLE_HEIGHT = 44
 BACKGROUND = (32, 32, 32)
@@ -118,7 +118,7 @@ def find_video(rows: list[dict[str, Any]], wanted: str, root: str) -> dict[str, 
     if not matches:
         matches = [r for r in rows if r["video_id"].endswith("/" + wanted) or video_slug(r["video_id"]) == wanted]
     if not matches:
-        raise DfprepError(f"no video {wanted!r} in {root}/videos.parquet")
+        raise DfprepError(f"no video {wanted!r} in {root}/{VIDEOS_TABLE}")
     if len(matches) > 1:
         names = ", ".join(r["video_id"] for r in matches[:5])
         raise DfprepError(f"--video {wanted!r} matches {len(matches)} videos ({names}…): give the full video_id")
@@ -230,7 +230,7 @@ def _face_content(pick: Pick, payloads: dict[str, bytes], tar_name: str) -> Tile
 
 def _attach_maps(storage: Storage, shard: str, contents: list[TileContent], maps: str) -> None:
     """Join each content with its companion map (maps/<name>/<shard>.tar, same key)."""
-    tar_name = f"maps/{maps}/{shard}.tar"
+    tar_name = f"{MAPS_FOLDER}/{maps}/{shard}.tar"
     if not storage.exists(tar_name):
         raise DfprepError(f"{storage.path(tar_name)}: no map shard for {shard} (run `dfprep maps` first)")
     payloads = read_members(storage, tar_name, {c.pick.key for c in contents}, frozenset({MAP_MEMBER}), 1)
@@ -243,9 +243,9 @@ def _attach_maps(storage: Storage, shard: str, contents: list[TileContent], maps
 
 def check_map_set(storage: Storage, maps: str) -> None:
     """--maps names a folder under OUT/maps/ that holds map shards; else say which sets exist."""
-    if not MAP_NAME.match(maps):
+    if not MAP_SET_NAME.match(maps):
         raise DfprepError(f"--maps {maps!r}: expected a map set name such as landmarks")
-    available = sorted({name.split("/")[0] for name in file_sizes(storage, "maps", recursive=True)
+    available = sorted({name.split("/")[0] for name in file_sizes(storage, MAPS_FOLDER, recursive=True)
                         if name.endswith(".tar") and name.count("/") == 1})
     if maps not in available:
         raise DfprepError(f"no map set {maps!r} in {storage.root}/maps (available: {', '.join(available) or 'none'})")

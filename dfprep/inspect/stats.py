@@ -12,13 +12,12 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from dfprep.errors import DfprepError, one_line
+from dfprep.errors import DfprepError, normalised_reason, one_line
 from dfprep.io.integrity import output_problems
-from dfprep.jobs.plan import PLAN_META
-from dfprep.runner.run import DATASET_JSON, VIDEOS_TABLE, normalised_reason
-from dfprep.io.shards import STATS_SUFFIX, Storage, committed_units
+from dfprep.io.layout import DATASET_JSON, MAPS_FOLDER, PLAN_META, STATS_SUFFIX, TEMP_SUFFIX, VIDEOS_TABLE, shard_split
+from dfprep.io.shards import committed_units
+from dfprep.io.storage import Storage
 
-SHARD_NAME = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-\d{6}$")
 TOP_REASONS = 20
 VIDEO_COLUMNS = ("video_id", "dataset", "method", "split", "label", "status", "error", "frames_planned",
                  "faces_written", "shard")
@@ -57,12 +56,6 @@ def file_sizes(storage: Storage, folder: str = "", recursive: bool = False) -> d
     selector = pafs.FileSelector(base, allow_not_found=True, recursive=recursive)
     infos = storage.fs.get_file_info(selector)
     return {info.path[len(base) + 1:]: info.size or 0 for info in infos if info.type == pafs.FileType.File}
-
-
-def shard_split(name: str) -> str | None:
-    """The split a shard name carries (`train-000003` → train); None for other files."""
-    match = SHARD_NAME.match(name)
-    return match.group("split") if match else None
 
 
 def _yield(planned: int, written: int) -> float | None:
@@ -127,7 +120,7 @@ def shard_state(storage: Storage, sizes: dict[str, int], dataset: dict[str, Any]
     committed = sum(1 for n in sizes if n.endswith(STATS_SUFFIX) and shard_split(n[: -len(STATS_SUFFIX)]))
     plan = _read_json_or_empty(storage, PLAN_META)
     planned = int(plan.get("units", len(dataset.get("shards", []))))
-    temporaries = sum(1 for n in sizes if n.endswith(".tar.tmp"))
+    temporaries = sum(1 for n in sizes if n.endswith(f".tar{TEMP_SUFFIX}"))
     damaged = [d for d in output_problems(storage) if d.kind == "damaged"]
     complete = bool(dataset.get("complete")) and committed >= planned and not temporaries and not damaged
     return {"planned": planned, "committed": committed, "tars": sum(1 for n in sizes if n.endswith(".tar")),
@@ -137,7 +130,7 @@ def shard_state(storage: Storage, sizes: dict[str, int], dataset: dict[str, Any]
 def map_summary(storage: Storage) -> list[dict[str, Any]]:
     """Companion map sets under maps/<name>/: shards and bytes each."""
     totals: dict[str, Counter[str]] = {}
-    for name, size in file_sizes(storage, "maps", recursive=True).items():
+    for name, size in file_sizes(storage, MAPS_FOLDER, recursive=True).items():
         folder, _, base = name.rpartition("/")
         if base.endswith(".tar") and folder and "/" not in folder:
             totals.setdefault(folder, Counter()).update(shards=1, disk_bytes=size)

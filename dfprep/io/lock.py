@@ -19,9 +19,10 @@ import uuid
 from typing import Any
 
 from dfprep.errors import DfprepError
-from dfprep.io.shards import Storage, process_alive
+from dfprep.io.layout import LOCK_FILE
+from dfprep.io.shards import process_alive
+from dfprep.io.storage import Storage
 
-LOCK_FILE = "_dfprep.lock"
 _UNREADABLE_GRACE_S = 30.0  # a lock still being written is unreadable for a moment; older than this it is junk
 _HELD: dict[tuple[str, str], "OutputLock"] = {}  # locks this process holds, so nested commands re-enter
 

@@ -17,10 +17,8 @@ import pyarrow.fs as pafs
 
 from dfprep import __version__
 from dfprep.errors import DfprepError, one_line
-from dfprep.io.lock import LOCK_FILE
-from dfprep.io.shards import TEMP_SUFFIX, Storage
-
-OWNERSHIP_FILE = "_dfprep_output.json"
+from dfprep.io.layout import LOCK_FILE, OWNERSHIP_FILE, TEMP_SUFFIX
+from dfprep.io.storage import Storage
 
 
 def open_output(output: str, filesystem: pafs.FileSystem | None = None) -> Storage:

@@ -1,12 +1,10 @@
-"""Sample encoding, safe keys, output storage and the shard commit protocol (tar → parquet → stats)."""
+"""Sample encoding, the shard commit protocol (tar → parquet → stats) and the one checked tar reader."""
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
-import re
 import shutil
 import tarfile
 import tempfile
@@ -17,40 +15,19 @@ from typing import Any, Iterable, Iterator
 import cv2
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from dfprep.errors import DfprepError, one_line
+from dfprep.io.layout import STATS_SUFFIX, TEMP_SUFFIX, unit_files
 from dfprep.io.payloads import CRC_FIELD, DEFAULT_LIMITS, PayloadError, ReadLimits, crc_mismatch, load_json, with_crcs
+from dfprep.io.storage import Storage
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
-_MAX_SLUG = 120
-STATS_SUFFIX = "_stats.json"
 MARKER_FORMAT = 2  # 2: the marker records size and sha256 of the tar and the parquet; samples record crc32s
-
-TEMP_SUFFIX = ".tmp"  # every file is written as <name>.tmp, then renamed
 STAGING_PREFIX = "dfprep-"  # local staging folders: dfprep-<pid>-<random> in the temp directory
-_WHOLE_OBJECT_STORES = {"s3", "gcs"}  # pyarrow filesystems whose uploads become visible only when complete
 
 
 class ShardReadError(DfprepError):
     """A shard cannot be read as promised (damaged, truncated, hostile); the message names the shard and key."""
-
-
-def video_slug(video_id: str) -> str:
-    """A key-safe form of a video id: no dots, slashes, NUL or `..`; a hash suffix keeps it unique."""
-    parts = [_UNSAFE.sub("_", part).strip("_") or "_" for part in video_id.split("/")]
-    slug = "-".join(parts)
-    if slug != video_id.replace("/", "-") or len(slug) > _MAX_SLUG:
-        digest = hashlib.sha1(video_id.encode("utf-8", "surrogatepass")).hexdigest()[:10]
-        slug = f"{slug[:_MAX_SLUG]}-{digest}"
-    return slug
-
-
-def sample_key(video_id: str, frame: int, track_id: int | None = None) -> str:
-    """Stable, unique sample key: <video slug>-<frame>[-t<track>]."""
-    key = f"{video_slug(video_id)}-{frame:06d}"
-    return key if track_id is None else f"{key}-t{track_id}"
 
 
 def encode_image(rgb: np.ndarray, image_format: str, quality: int) -> bytes:
@@ -85,127 +62,6 @@ class Sample:
     def size(self) -> int:
         """Bytes this sample adds to a tar (payloads only)."""
         return sum(len(v) for v in self.members.values())
-
-
-def resolve_uri(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and path for a local path or any `scheme://` URI (s3, gs, hdfs, file)."""
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
-
-
-class Storage:
-    """The output folder on any pyarrow filesystem (local path, file://, s3://, gs://, hdfs://)."""
-
-    def __init__(self, uri: str, filesystem: pafs.FileSystem | None = None):
-        if filesystem is None:
-            filesystem, uri = resolve_uri(uri)
-        self.fs = filesystem
-        self.root = uri.rstrip("/") or "/"
-        self.is_local = isinstance(filesystem, pafs.LocalFileSystem)
-
-    def path(self, name: str) -> str:
-        """Full path of a file inside the output folder; refuses names that would escape it."""
-        if name.startswith("/") or "\0" in name or ".." in name.split("/"):
-            raise ValueError(f"refusing output name outside the output folder: {name!r}")
-        return f"{self.root}/{name}"
-
-    def makedirs(self, name: str = "") -> None:
-        """Create the output folder (or a sub-folder)."""
-        self.fs.create_dir(self.path(name) if name else self.root, recursive=True)
-
-    def exists(self, name: str) -> bool:
-        """Whether a file exists in the output folder."""
-        return self.fs.get_file_info(self.path(name)).type != pafs.FileType.NotFound
-
-    def listdir(self, name: str = "") -> list[str]:
-        """Names of the files directly inside the output folder (or a sub-folder)."""
-        selector = pafs.FileSelector(self.path(name) if name else self.root, allow_not_found=True)
-        return sorted(info.base_name for info in self.fs.get_file_info(selector) if info.type == pafs.FileType.File)
-
-    def size(self, name: str) -> int:
-        """File size in bytes (0 when absent)."""
-        info = self.fs.get_file_info(self.path(name))
-        return info.size or 0 if info.type == pafs.FileType.File else 0
-
-    def read_bytes(self, name: str) -> bytes:
-        """Whole file contents."""
-        with self.fs.open_input_stream(self.path(name)) as stream:
-            return stream.read()
-
-    def write_bytes(self, name: str, data: bytes) -> None:
-        """Write a small file under a temporary name, then rename it: a reader never sees it half-written.
-
-        On S3 and GCS an object appears whole or not at all, so it is written in place (one request, not three).
-        """
-        if self.fs.type_name in _WHOLE_OBJECT_STORES:
-            with self.fs.open_output_stream(self.path(name)) as stream:
-                stream.write(data)
-            return
-        temporary = f"{name}{TEMP_SUFFIX}"
-        try:
-            with self.fs.open_output_stream(self.path(temporary)) as stream:
-                stream.write(data)
-            self.rename(temporary, name)
-        except BaseException:
-            self._forget(temporary)
-            raise
-
-    def _forget(self, name: str) -> None:
-        """Best-effort removal of a temporary file after a failed write (the disk may be full)."""
-        try:
-            self.delete(name)
-        except OSError:
-            pass
-
-    def upload(self, local: Path, name: str) -> None:
-        """Copy a staged local file to the output folder (local: a rename when possible)."""
-        if self.is_local:
-            shutil.move(str(local), self.path(name))
-        else:
-            pafs.copy_files(str(local), self.path(name), source_filesystem=pafs.LocalFileSystem(),
-                            destination_filesystem=self.fs)
-
-    def remove_dir(self, name: str) -> None:
-        """Remove an (empty) sub-folder if it exists."""
-        if self.fs.get_file_info(self.path(name)).type == pafs.FileType.Directory:
-            self.fs.delete_dir(self.path(name))
-
-    def rename(self, source: str, target: str) -> None:
-        """Move a file within the output folder (atomic on local filesystems)."""
-        self.fs.move(self.path(source), self.path(target))
-
-    def delete(self, name: str) -> None:
-        """Remove a file if it exists."""
-        if self.exists(name):
-            self.fs.delete_file(self.path(name))
-
-    def write_json(self, name: str, payload: Any) -> None:
-        """Write JSON with stable formatting."""
-        self.write_bytes(name, json.dumps(payload, indent=1, sort_keys=True, default=str).encode())
-
-    def read_json(self, name: str) -> Any:
-        """Read a JSON file from the output folder."""
-        return json.loads(self.read_bytes(name))
-
-    def read_marker(self, name: str) -> dict[str, Any] | None:
-        """A JSON object, or None when it is absent, empty, truncated or not an object (treated as absent)."""
-        try:
-            payload = json.loads(self.read_bytes(name))
-        except (FileNotFoundError, ValueError):  # ValueError covers JSONDecodeError and UnicodeDecodeError
-            return None
-        return payload if isinstance(payload, dict) else None
-
-    def write_table(self, name: str, table: pa.Table) -> None:
-        """Write a parquet file (through a temporary name, like every index)."""
-        buffer = pa.BufferOutputStream()
-        pq.write_table(table, buffer)
-        self.write_bytes(name, buffer.getvalue().to_pybytes())
-
-    def read_table(self, name: str) -> pa.Table:
-        """Read a parquet file."""
-        with self.fs.open_input_file(self.path(name)) as handle:
-            return pq.read_table(handle)
 
 
 def _tar_member(name: str, payload: bytes) -> tarfile.TarInfo:
@@ -400,14 +256,6 @@ def committed_units(storage: Storage, prefix: str = "") -> dict[str, dict[str, A
             if stats is not None:
                 done[name[: -len(STATS_SUFFIX)]] = stats
     return done
-
-
-UNIT_SUFFIXES = (STATS_SUFFIX, ".tar", ".parquet")  # a unit's files; the marker is deleted first
-
-
-def unit_files(unit: str) -> list[str]:
-    """Every file name a unit may leave: marker, tar, parquet and their temporaries (marker first)."""
-    return [f"{unit}{suffix}{temp}" for suffix in UNIT_SUFFIXES for temp in ("", TEMP_SUFFIX)]
 
 
 def remove_uncommitted(storage: Storage, unit_names: Iterable[str], committed: set[str], prefix: str = "") -> list[str]:

@@ -10,15 +10,17 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from dfprep.vision.align import AlignedFace, align_face
 from dfprep.catalog.base import VideoRecord
 from dfprep.config import PipelineConfig
 from dfprep.errors import ConfigError, one_line
+from dfprep.io.keys import sample_key
+from dfprep.io.layout import INTERNAL_ERROR, MISSING, NO_FACE, OK
+from dfprep.io.shards import Sample, encode_image, encode_npy
+from dfprep.jobs.pairs import Pairing, family_plan, start_pairing
+from dfprep.vision.align import AlignedFace, align_face
 from dfprep.vision.faces import Face, FaceAnalyzer
 from dfprep.vision.identity import IdentityCollector
 from dfprep.vision.models import ResolvedModel, load_check, resolve_model
-from dfprep.jobs.pairs import Pairing, family_plan, start_pairing
-from dfprep.io.shards import Sample, encode_image, encode_npy, sample_key
 from dfprep.vision.video import DecodedFrame, VideoError, VideoInfo, decode_frames, probe
 
 
@@ -102,7 +104,7 @@ class VideoExtractor:
         timings: Counter[str] = Counter()
         row = base_row(record)
         if record.status != "found":
-            return VideoResult({**row, "status": "missing", "error": record.error or "file not found"}, {})
+            return VideoResult({**row, "status": MISSING, "error": record.error or "file not found"}, {})
         self._stage, self._faces = "probe", 0
         if self.identity is not None:
             self.identity.reset(0)  # a video that fails before its plan must not report the previous one's identity
@@ -115,7 +117,7 @@ class VideoExtractor:
         except Exception as exc:  # noqa: BLE001 - any bug or library failure inside one video is that video's row
             if self._stage == "write":
                 raise
-            status, error = "internal_error", internal_reason(self.stage(), exc)
+            status, error = INTERNAL_ERROR, internal_reason(self.stage(), exc)
         finally:
             pairing = self._close_pairing(timings)
         if pairing is not None and pairing.registering:
@@ -132,7 +134,7 @@ class VideoExtractor:
         except MemoryError:
             raise
         except Exception as exc:  # noqa: BLE001 - see extract()
-            return "internal_error", internal_reason("identity", exc)
+            return INTERNAL_ERROR, internal_reason("identity", exc)
         return status, error
 
     def _extract_video(self, record: VideoRecord, original_path: str | None, sink: Callable[[Sample], None],
@@ -306,11 +308,11 @@ def outcome(written: dict[int, int], plan: list[int]) -> tuple[str, str]:
     """Status and one-line reason from how many planned frames got a face."""
     with_face = sum(1 for p in plan if written.get(p))
     if not plan:
-        return "no_face", "video has no frames to sample"
+        return NO_FACE, "video has no frames to sample"
     if with_face == len(plan):
-        return "ok", ""
+        return OK, ""
     if with_face == 0:
-        return "no_face", f"no face found in any of {len(plan)} planned frames (or their neighbours)"
+        return NO_FACE, f"no face found in any of {len(plan)} planned frames (or their neighbours)"
     return "partial", f"no face in {len(plan) - with_face} of {len(plan)} planned frames (or their neighbours)"
 
 

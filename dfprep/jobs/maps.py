@@ -9,33 +9,29 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import cv2
 import numpy as np
 
 from dfprep import __version__
+from dfprep.config.schema import FUSIONS, MAP_METHODS, TARGETS, CamRecipe
 from dfprep.errors import DfprepError
-from dfprep.io.integrity import damaged_units
-from dfprep.io.lock import OutputLock
-from dfprep.io.ownership import check_claimable, open_output, output_errors
+from dfprep.io.integrity import damaged_units, uncommit
+from dfprep.io.layout import (DATASET_JSON, IMAGE_TYPES, LANDMARKS_MEMBER, MANIFEST, MAP_MEMBER, MAP_SET_NAME,
+                              PLAN_META, STATS_SUFFIX, TEMP_SUFFIX, unit_files)
+from dfprep.io.ownership import check_claimable
 from dfprep.io.payloads import PayloadError, decode_image, load_json, load_landmarks
-from dfprep.vision.regions import (DEFAULT_BLUR_SIGMA, DEFAULT_WEIGHTS, FUSIONS, TARGETS, CamRecipe, ZooCheckpoint,
-                            apply_threshold, check_weights, encode_map_png, landmark_prior_map)
-from dfprep.io.shards import (STATS_SUFFIX, TEMP_SUFFIX, Sample, ShardWriter, Storage, committed_units, read_samples,
-                           remove_stale_staging, remove_uncommitted, unit_files)
+from dfprep.io.regionmaps import ZooCheckpoint, apply_threshold, encode_map_png
+from dfprep.io.shards import Sample, ShardWriter, committed_units, read_samples, remove_stale_staging, remove_uncommitted
+from dfprep.io.storage import Storage
+from dfprep.vision.regions import DEFAULT_BLUR_SIGMA, DEFAULT_WEIGHTS, check_weights, landmark_prior_map
 
-MAP_MEMBER = "prmap.png"
-MANIFEST = "manifest.json"
-METHODS = ("landmarks", "cam")
-IMAGE_TYPES = ("jpg", "png", "webp")
 DEFAULT_THRESHOLDS = {"landmarks": 0.0, "cam": 0.3}
-_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 ReportFn = Callable[[str, int], None]  # (unit name, samples mapped so far in that unit)
 
@@ -60,12 +56,12 @@ class MapSettings:
 
     def resolved(self) -> "MapSettings":
         """Defaults filled in and every option checked, before any file is touched."""
-        if self.method not in METHODS:
-            raise DfprepError(f"unknown map method {self.method!r}: use one of {list(METHODS)}")
+        if self.method not in MAP_METHODS:
+            raise DfprepError(f"unknown map method {self.method!r}: use one of {list(MAP_METHODS)}")
         name = self.name or self.method
         threshold = DEFAULT_THRESHOLDS[self.method] if self.threshold is None else float(self.threshold)
         problems = [
-            (not _NAME.match(name), f"--name {name!r}: use letters, digits, '_' or '-'"),
+            (not MAP_SET_NAME.match(name), f"--name {name!r}: use letters, digits, '_' or '-'"),
             (self.method == "cam" and not self.zoo, "--method cam needs checkpoints: --zoo A.pt [B.pt …]"),
             (self.method == "landmarks" and bool(self.zoo), "--zoo is only used by --method cam"),
             (self.method == "landmarks" and self.released_halving, "--released-halving is only used by --method cam"),
@@ -97,7 +93,7 @@ class MapSettings:
         }
 
     def cam_recipe(self) -> CamRecipe:
-        """The CAM options as regions.CamZoo takes them."""
+        """The CAM options as a CAM backend's zoo takes them."""
         return CamRecipe(self.layers, self.target, self.fusion, float(self.threshold or 0.0), self.released_halving)
 
 
@@ -107,13 +103,6 @@ def inline_settings(method: str, cam: Any) -> MapSettings:
         return MapSettings(method=method)
     return MapSettings(method="cam", name=cam.name, zoo=tuple(cam.zoo), layers=tuple(cam.layers), target=cam.target,
                        fusion=cam.fusion, threshold=cam.threshold, released_halving=cam.released_halving)
-
-
-def check_inline_maps(config: Any) -> None:
-    """Before extract starts: every zoo checkpoint of inline `cam` maps reads and loads (not hours later)."""
-    if "cam" in config.output.maps and config.cam.zoo:
-        settings = inline_settings("cam", config.cam).resolved()
-        zoo_layers(settings, [ZooCheckpoint.read(path) for path in settings.zoo])
 
 
 def cam_maps_command(output: str, cam: Any, zoo: str) -> str:
@@ -190,10 +179,10 @@ class FaceSample:
 
     def landmarks(self) -> np.ndarray:
         """`<key>.ldm.npy` as float32 (N, 2), read without pickles and bounded."""
-        if "ldm.npy" not in self.members:
-            raise DfprepError(f"{self.shard}: sample {self.key}: no ldm.npy landmarks member")
+        if LANDMARKS_MEMBER not in self.members:
+            raise DfprepError(f"{self.shard}: sample {self.key}: no {LANDMARKS_MEMBER} landmarks member")
         try:
-            return load_landmarks(self.members["ldm.npy"])
+            return load_landmarks(self.members[LANDMARKS_MEMBER])
         except PayloadError as exc:
             raise DfprepError(f"{self.shard}: sample {self.key}: {exc}") from None
 
@@ -208,7 +197,7 @@ class FaceSample:
 
 def read_face_samples(faces: Storage, unit: str) -> Iterator[FaceSample]:
     """A face shard's samples in tar order, streamed (members of one key are contiguous), crc32s checked."""
-    wanted = frozenset(IMAGE_TYPES) | {"ldm.npy", "json"}
+    wanted = frozenset(IMAGE_TYPES) | {LANDMARKS_MEMBER, "json"}
     for key, members in read_samples(faces, f"{unit}.tar", wanted):
         yield FaceSample(key, members, f"{unit}.tar")
 
@@ -221,6 +210,35 @@ def batched(samples: Iterable[FaceSample], size: int) -> Iterator[list[FaceSampl
 
 
 # ---------------------------------------------------------------- mappers: a batch of faces → maps
+
+
+class Mapper(Protocol):
+    """Turns a batch of faces into one map each; `bits` is the PNG depth its maps are stored with."""
+
+    bits: int
+    batch_size: int
+
+    def maps(self, batch: list[FaceSample]) -> list[np.ndarray]:
+        """One (H, W) float32 map in [0, 1] per face, in order."""
+
+
+class CamModel(Protocol):
+    """A loaded zoo: RGB uint8 crops (B, H, W, 3), optional 0/1 labels → fused, thresholded maps (B, H, W)."""
+
+    def maps(self, crops: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+        """Maps for crops of one size."""
+
+
+class CamBackend(Protocol):
+    """What CAM maps need from a Grad-CAM implementation (dfprep.torch.cam.GradCamBackend, given by the runner):
+    this module never imports torch."""
+
+    def layers(self, checkpoint: ZooCheckpoint, layers: Sequence[str], trusted: Sequence[str]) -> tuple[str, ...]:
+        """Load one checkpoint (a bad file fails here) and name the modules Grad-CAM reads."""
+
+    def zoo(self, checkpoints: Sequence[ZooCheckpoint], recipe: CamRecipe, device: str,
+            trusted: Sequence[str]) -> CamModel:
+        """Load every checkpoint onto the device as one zoo."""
 
 
 class LandmarkMapper:
@@ -244,10 +262,8 @@ class CamMapper:
 
     bits = 16  # erasing ranks the values (PRLE keeps float .npy maps): 8 bits would tie many of them
 
-    def __init__(self, settings: MapSettings, checkpoints: list[ZooCheckpoint]):
-        from dfprep.vision.regions import CamZoo
-
-        self.zoo = CamZoo(checkpoints, settings.cam_recipe(), settings.device, settings.models)
+    def __init__(self, settings: MapSettings, checkpoints: list[ZooCheckpoint], backend: CamBackend):
+        self.zoo = backend.zoo(checkpoints, settings.cam_recipe(), settings.device, settings.models)
         self.target, self.batch_size = settings.target, settings.batch_size
 
     def maps(self, batch: list[FaceSample]) -> list[np.ndarray]:
@@ -265,15 +281,24 @@ class CamMapper:
         return maps
 
 
-def make_mapper(settings: MapSettings, checkpoints: list[ZooCheckpoint]) -> LandmarkMapper | CamMapper:
-    """The mapper for the settings' method."""
-    return CamMapper(settings, checkpoints) if settings.method == "cam" else LandmarkMapper(settings)
+def make_mapper(settings: MapSettings, checkpoints: list[ZooCheckpoint], cam: CamBackend | None) -> Mapper:
+    """The mapper for the settings' method (CAM maps need the runner's CAM backend)."""
+    if settings.method != "cam":
+        return LandmarkMapper(settings)
+    if cam is None:
+        raise DfprepError("--method cam needs a Grad-CAM backend (dfprep.torch.cam): install dfprep[torch]")
+    return CamMapper(settings, checkpoints, cam)
+
+
+def zoo_layers(settings: MapSettings, checkpoints: list[ZooCheckpoint], cam: CamBackend) -> list[tuple[str, ...]]:
+    """Load every zoo checkpoint once on the driver: a bad one fails here, before any work."""
+    return [cam.layers(checkpoint, settings.layers, settings.models) for checkpoint in checkpoints]
 
 
 # ---------------------------------------------------------------- one unit: read, map, commit
 
 
-def map_unit(unit: MapUnit, faces: Storage, maps: Storage, mapper: Any,
+def map_unit(unit: MapUnit, faces: Storage, maps: Storage, mapper: Mapper,
              report: ReportFn | None = None, settings_hash: str = "") -> dict[str, Any]:
     """Map every face of one shard into its companion shard and commit it, stamped with the settings hash."""
     if unit.samples and not faces.exists(f"{unit.name}.tar"):
@@ -326,7 +351,7 @@ def face_units(faces: Storage) -> list[MapUnit]:
 
 def source_summary(faces: Storage) -> dict[str, Any]:
     """The face output's config hash, crop size and completeness, from its dataset.json (else its plan)."""
-    dataset = faces.read_marker("dataset.json") or faces.read_marker("plan.json")  # the plan has the same hash
+    dataset = faces.read_marker(DATASET_JSON) or faces.read_marker(PLAN_META)  # the plan has the same hash
     if dataset is None:
         return {}
     size = (dataset.get("config") or {}).get("alignment", {}).get("size")
@@ -353,7 +378,7 @@ def check_manifest(maps: Storage, identity: dict[str, Any], name: str) -> None:
 def clean_maps(maps: Storage, units: list[MapUnit]) -> list[str]:
     """--overwrite: delete this map folder's own files, by the names its manifest and the face plan give."""
     listed = (maps.read_marker(MANIFEST) or {}).get("shards") or []
-    names = {u.name for u in units} | {name for name in listed if isinstance(name, str) and _NAME.match(name)}
+    names = {u.name for u in units} | {name for name in listed if isinstance(name, str) and MAP_SET_NAME.match(name)}
     present = set(maps.listdir())
     removed = [n for n in (MANIFEST, f"{MANIFEST}{TEMP_SUFFIX}") if n in present]
     removed += [n for unit in sorted(names) for n in unit_files(unit) if n in present]
@@ -375,12 +400,8 @@ def remove_stale(maps: Storage, units: list[MapUnit], committed: dict[str, dict[
     removed = []
     damaged = damaged_units(maps, committed)
     for name, stats in committed.items():
-        if expected.get(name) == stats.get("samples") and name not in damaged:
-            continue
-        for suffix in (STATS_SUFFIX, ".tar", ".parquet"):
-            if maps.exists(f"{name}{suffix}"):
-                maps.delete(f"{name}{suffix}")
-                removed.append(f"{name}{suffix}")
+        if expected.get(name) != stats.get("samples") or name in damaged:
+            removed += uncommit(maps, name)
     return removed
 
 
@@ -418,87 +439,7 @@ def finalize_maps(maps: Storage, manifest: dict[str, Any], units: list[MapUnit])
     return committed
 
 
-def zoo_layers(settings: MapSettings, checkpoints: list[ZooCheckpoint]) -> list[tuple[str, ...]]:
-    """Load every zoo checkpoint once on the driver: a bad one fails here, before any work."""
-    from dfprep.vision.regions import load_detector
-
-    return [load_detector(checkpoint, settings.layers, settings.models)[2] for checkpoint in checkpoints]
-
-
-def maps_run(output: str, settings: MapSettings, *, workers: int | None = None, address: str | None = None,
-             overwrite: bool = False, quiet: bool = False, filesystem: Any = None) -> MapReport:
-    """The whole `dfprep maps`: check, lock the output, refuse or resume, map what is left, write the manifest."""
-    started = time.monotonic()
-    settings = settings.resolved()
-    faces = open_output(output, filesystem)
-    with output_errors(faces), OutputLock(faces, "maps"):
-        report = _maps_locked(faces, settings, workers, address, overwrite, quiet)
-    report.seconds = time.monotonic() - started
-    return report
-
-
-def _maps_locked(faces: Storage, settings: MapSettings, workers: int | None, address: str | None, overwrite: bool,
-                 quiet: bool) -> MapReport:
-    """The maps run proper, under the output's lock."""
-    units = face_units(faces)
-    checkpoints = [ZooCheckpoint.read(path) for path in settings.zoo]
-    layers = zoo_layers(settings, checkpoints) if checkpoints else []
-    source = source_summary(faces)
-    maps = Storage(faces.path(f"maps/{settings.name}"), faces.fs)
-    manifest = manifest_base(settings, checkpoints, layers, source)
-    remove_stale_staging()
-    removed = prepare_maps(maps, manifest, units, overwrite)
-    committed = valid_map_commits(maps, manifest["settings_hash"])
-    todo = [u for u in units if u.name not in committed]
-    progress = MapProgress(sum(u.samples for u in todo), quiet)
-    try:
-        if todo and workers == 0:
-            run_in_process(todo, settings, checkpoints, faces, maps, progress, manifest["settings_hash"])
-        elif todo:
-            run_on_ray(todo, settings, checkpoints, faces, maps, progress, workers, address, manifest["settings_hash"])
-    finally:
-        progress.close()
-    committed = finalize_maps(maps, manifest, units)
-    note = "" if source.get("complete", True) else "the face output is incomplete: rerun maps after extract finishes"
-    return MapReport(maps.root, settings.name, settings.method, len(units), len(units) - len(todo),
-                     sum(committed[u.name]["samples"] for u in todo if u.name in committed),
-                     sum(committed[u.name]["samples"] for u in units if u.name in committed),
-                     0.0, removed, note)
-
-
-# ---------------------------------------------------------------- execution: in-process or Ray actors
-
-
-class MapProgress:
-    """A tqdm bar over faces (total and ETA) showing maps/s; a retried unit is counted once."""
-
-    def __init__(self, total: int, quiet: bool):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, unit="map", disable=quiet, dynamic_ncols=True, desc="maps")
-        self.done: dict[str, int] = {}
-        self.started = time.monotonic()
-
-    def __call__(self, unit: str, mapped: int) -> None:
-        """`mapped` faces of `unit` are done (cumulative, so a redone unit never double-counts)."""
-        gained = mapped - self.done.get(unit, 0)
-        if gained > 0:
-            self.done[unit] = mapped
-            self.bar.update(gained)
-            rate = sum(self.done.values()) / max(time.monotonic() - self.started, 1e-6)
-            self.bar.set_postfix(maps_per_s=f"{rate:.1f}", refresh=False)
-
-    def close(self) -> None:
-        """Finish the bar."""
-        self.bar.close()
-
-
-def run_in_process(units: list[MapUnit], settings: MapSettings, checkpoints: list[ZooCheckpoint], faces: Storage,
-                   maps: Storage, progress: ReportFn, settings_hash: str = "") -> None:
-    """--workers 0: every unit in this process, one after another."""
-    mapper = make_mapper(settings, checkpoints)
-    for unit in units:
-        map_unit(unit, faces, maps, mapper, progress, settings_hash)
+# ---------------------------------------------------------------- the worker (run by dfprep.runner.maps)
 
 
 class MapWorker:
@@ -508,58 +449,13 @@ class MapWorker:
     the object store), so Ray can always restart an actor; on a cluster the zoo must sit on a shared path.
     """
 
-    def __init__(self, settings: MapSettings, zoo_sha256: list[str]):
+    def __init__(self, settings: MapSettings, zoo_sha256: list[str], cam: CamBackend | None):
         cv2.setNumThreads(1)
         remove_stale_staging()  # a restarted actor (or a killed run) may have left its staging folder
         checkpoints = [ZooCheckpoint.read(path, digest) for path, digest in zip(settings.zoo, zoo_sha256)]
-        self.mapper = make_mapper(settings, checkpoints)
+        self.mapper = make_mapper(settings, checkpoints, cam)
 
     def run_unit(self, unit: MapUnit, faces: Storage, maps: Storage, settings_hash: str, queue: Any) -> dict[str, Any]:
         """Map and commit one unit, announcing (unit, mapped so far) after each batch."""
         return map_unit(unit, faces, maps, self.mapper, lambda name, done: queue.put_nowait.remote((name, done)),
                         settings_hash)
-
-
-def actor_plan(settings: MapSettings, workers: int, gpus: float) -> tuple[int, dict[str, Any]]:
-    """How many actors and what each asks for: CAM takes one GPU each when the cluster has GPUs."""
-    if settings.method == "cam" and gpus >= 1:
-        return int(gpus), {"num_cpus": 1, "num_gpus": 1}
-    return max(1, workers), {"num_cpus": 1}
-
-
-def run_on_ray(units: list[MapUnit], settings: MapSettings, checkpoints: list[ZooCheckpoint], faces: Storage,
-               maps: Storage, progress: ReportFn, workers: int | None, address: str | None,
-               settings_hash: str = "") -> None:
-    """Units over a pool of map actors: bounded in flight, retried, progress per batch."""
-    import ray
-
-    from dfprep.config import load_config
-    from dfprep.runner.pool import ActorPool, connect
-    from dfprep.runner.run import worker_count
-
-    config = load_config(None, {"ray.workers": workers, "ray.address": address})
-    connect(config, worker_count(config))
-    count, resources = actor_plan(settings, worker_count(config), ray.cluster_resources().get("GPU", 0))
-    digests = [checkpoint.sha256 for checkpoint in checkpoints]
-    with ActorPool(MapWorker, (settings, digests), count, config, resources) as pool:
-        failures = pool.run(units, (faces, maps, settings_hash), lambda message: progress(*message))
-    if failures:
-        first = next(iter(failures.items()))
-        raise DfprepError(f"{len(failures)} map shard(s) failed after retries (first: {first[0]}: {first[1]}); "
-                          f"rerun the same command to complete them")
-
-
-def format_map_summary(report: MapReport) -> str:
-    """The end-of-run lines: shards, maps written, wall time, throughput."""
-    rate = report.maps_written / report.seconds if report.seconds > 0 else 0.0
-    lines = [f"dfprep maps ({report.method}) → {report.output}"]
-    if report.units_skipped == report.units_total:
-        lines.append("  nothing to do: every map shard was already committed")
-    lines.append(f"  shards: {report.units_total} ({report.units_skipped} already committed)")
-    lines.append(f"  maps written: {report.maps_written} (total {report.maps_total})")
-    if report.removed:
-        lines.append(f"  removed {len(report.removed)} stale, uncommitted or overwritten map files")
-    lines.append(f"  wall: {report.seconds:.1f} s   {rate:.1f} maps/s")
-    if report.note:
-        lines.append(f"  note: {report.note}")
-    return "\n".join(lines)

@@ -25,7 +25,8 @@ import numpy as np
 from dfprep.vision.align import AlignedFace, warp
 from dfprep.catalog.base import VideoRecord
 from dfprep.config import OutputConfig, SamplingConfig
-from dfprep.io.shards import encode_image, sample_key
+from dfprep.io.keys import sample_key
+from dfprep.io.shards import encode_image
 from dfprep.vision.video import DecodedFrame, VideoError, VideoInfo, decode_frames, frame_plan, probe
 
 PAIRED = "paired"

@@ -12,10 +12,8 @@ import pyarrow as pa
 from dfprep.catalog.base import VideoRecord
 from dfprep.config import PipelineConfig
 from dfprep.errors import DfprepError
-from dfprep.io.shards import STATS_SUFFIX, Storage
-
-PLAN_TABLE = "plan.parquet"
-PLAN_META = "plan.json"
+from dfprep.io.layout import PLAN_META, PLAN_TABLE, STATS_SUFFIX
+from dfprep.io.storage import Storage
 
 
 @dataclass(frozen=True)

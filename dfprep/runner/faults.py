@@ -2,7 +2,8 @@
 
 $DFPREP_FAULT is "<kind>:<unit>:<position>:<marker file>", e.g. "kill:train-000001:1:/tmp/once", or several
 such points separated by ";". The marker file receives the pid of the process that reached the fault point
-(tests wait for it, or signal that pid).
+(tests wait for it, or signal that pid). The runner calls `reached` once per video, inside its watchdog; the
+pool passes $DFPREP_FAULT on to Ray actors. Without the variable nothing happens.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -17,13 +19,18 @@ ENV = "DFPREP_FAULT"
 PAUSE_S = 60.0  # long enough for a test to signal the paused process, short enough never to hang a suite
 
 
-def fault_hook_from_env() -> Callable[[str, int], None] | None:
-    """The hook named by $DFPREP_FAULT, or None (the normal case: no fault injection)."""
+def reached(unit: str, position: int) -> None:
+    """A worker is about to extract video `position` of `unit`: act if $DFPREP_FAULT names this point."""
     spec = os.environ.get(ENV)
-    if not spec:
-        return None
-    hooks = [_hook(part) for part in spec.split(";") if part]
-    return lambda name, index: [hook(name, index) for hook in hooks] and None
+    if spec:
+        for hook in _hooks(spec):
+            hook(unit, position)
+
+
+@lru_cache(maxsize=4)
+def _hooks(spec: str) -> tuple[Callable[[str, int], None], ...]:
+    """The fault points of a spec, parsed once per process."""
+    return tuple(_hook(part) for part in spec.split(";") if part)
 
 
 def _hook(spec: str) -> Callable[[str, int], None]:

@@ -34,13 +34,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from dfprep.io.shards import Storage
+from dfprep.io.layout import ATTEMPTS_DIR, SHARD_PATTERN
+from dfprep.io.storage import Storage
 
-ATTEMPTS_DIR = "_attempts"
 MAX_ATTEMPTS = 2
 HUNG_EXIT_CODE = 70
 CRASH_LOG_PREFIX = "dfprep-crash-"
-_MARKER = re.compile(r"^(?P<unit>[A-Za-z0-9_]+-\d{6})-(?P<position>\d{5})\.json(?P<temporary>\.tmp)?$")
+_MARKER = re.compile(rf"^(?P<unit>{SHARD_PATTERN})-(?P<position>\d{{5}})\.json(?P<temporary>\.tmp)?$")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Ray actor pool for extraction: each actor loads dlib once and processes whole work units."""
+"""The Ray backend (the only module that imports Ray): connect, a pool of stateful actors fed whole units."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from typing import Any, Callable
 
 from dfprep.config import PipelineConfig
 from dfprep.errors import DfprepError, one_line
-from dfprep.runner.guard import RunContext
-from dfprep.jobs.plan import WorkUnit
-from dfprep.io.shards import Storage, remove_stale_staging
+from dfprep.io.shards import remove_stale_staging
+from dfprep.runner import faults
 
 _SHUTDOWN_WAIT_S = 10.0  # how long an interrupted pool waits for its killed actors before sweeping staging
 
@@ -21,27 +20,23 @@ _SHUTDOWN_WAIT_S = 10.0  # how long an interrupted pool waits for its killed act
 SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-class ExtractWorker:
-    """Ray actor body: holds a VideoExtractor and reports per-video progress to the queue actor."""
+def worker_count(config: PipelineConfig) -> int:
+    """Workers to use: the configured number, else every CPU of this machine."""
+    return config.ray.workers if config.ray.workers is not None else (os.cpu_count() or 1)
 
-    def __init__(self, config: PipelineConfig, models: Any):
-        import cv2
 
-        from dfprep.jobs.extract import VideoExtractor
-        from dfprep.runner.faults import fault_hook_from_env
+def ray_version() -> str:
+    """Ray's version, stamped into dataset.json."""
+    import ray
 
-        cv2.setNumThreads(1)
-        remove_stale_staging()  # a restarted actor (or a killed run) may have left its staging folder
-        self.extractor = VideoExtractor(config, models, decode_threads=config.ray.decode_threads)
-        self.fault = fault_hook_from_env()
+    return ray.__version__
 
-    def run_unit(self, unit: WorkUnit, storage: Storage, context: RunContext, queue: Any) -> dict[str, Any]:
-        """Process and commit one unit; each finished video is announced as (unit, position, row)."""
-        from dfprep.runner.run import process_unit
 
-        positions = iter(range(len(unit.records)))
-        report = lambda row: queue.put_nowait.remote((unit.name, next(positions), row))  # noqa: E731
-        return process_unit(unit, self.extractor, storage, report, self.fault, context)
+def cluster_gpus() -> float:
+    """GPUs of the connected cluster (0 without any)."""
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0)
 
 
 def connect(config: PipelineConfig, workers: int) -> None:
@@ -147,6 +142,4 @@ def unit_failure(error: Exception) -> str:
 
 def _fault_env() -> dict[str, str]:
     """Pass a test's fault-injection spec through to the actors."""
-    from dfprep.runner.faults import ENV
-
-    return {ENV: os.environ[ENV]} if os.environ.get(ENV) else {}
+    return {faults.ENV: os.environ[faults.ENV]} if os.environ.get(faults.ENV) else {}

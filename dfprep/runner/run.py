@@ -2,32 +2,34 @@
 
 from __future__ import annotations
 
-import os
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+import cv2
 import pyarrow as pa
 
 from dfprep import __version__
 from dfprep.catalog.base import VideoRecord
 from dfprep.config import PipelineConfig
-from dfprep.errors import DfprepError
-from dfprep.runner.guard import (ATTEMPTS_DIR, AttemptLog, RunContext, Watchdog, hard_limit, marker_unit,
-                          recording_crashes, settle_interrupted)
+from dfprep.errors import DfprepError, normalised_reason
 from dfprep.io.integrity import damaged_units, uncommit
+from dfprep.io.layout import (ATTEMPTS_DIR, DATASET_JSON, INDEX_FILES, OWNERSHIP_FILE, PLAN_META, PLAN_TABLE,
+                              TEMP_SUFFIX, VIDEOS_TABLE, unit_files)
 from dfprep.io.lock import OutputLock, new_run_id
-from dfprep.io.ownership import OWNERSHIP_FILE, check_claimable, check_separate, claim, open_output, output_errors
-from dfprep.jobs.plan import (PLAN_META, PLAN_TABLE, WorkUnit, catalog_drift, input_roots, load_or_create_plan,
-                         units_from_table)
-from dfprep.io.shards import (TEMP_SUFFIX, ShardWriter, Storage, committed_units, remove_stale_staging,
-                           remove_uncommitted, unit_files)
-
-VIDEOS_TABLE = "videos.parquet"
-DATASET_JSON = "dataset.json"
-INDEX_FILES = (PLAN_META, PLAN_TABLE, VIDEOS_TABLE, DATASET_JSON)  # dfprep's own files besides the shards
+from dfprep.io.ownership import check_claimable, check_separate, claim, open_output, output_errors
+from dfprep.io.shards import ShardWriter, committed_units, remove_stale_staging, remove_uncommitted
+from dfprep.io.storage import Storage
+from dfprep.jobs.extract import ExtractionModels, VideoExtractor, VideoResult, base_row
+from dfprep.jobs.maps import cam_next_steps, inline_settings
+from dfprep.jobs.plan import WorkUnit, catalog_drift, input_roots, load_or_create_plan, units_from_table
+from dfprep.runner import faults
+from dfprep.runner.guard import (AttemptLog, RunContext, Watchdog, hard_limit, marker_unit, recording_crashes,
+                                 settle_interrupted)
+from dfprep.runner.maps import check_inline_maps, maps_run
+from dfprep.runner.pool import ActorPool, ray_version, worker_count
+from dfprep.runner.progress import Progress
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -65,8 +67,8 @@ class Prepared:
     charged: list[str]
 
 
-def process_unit(unit: WorkUnit, extractor: Any, storage: Storage, progress: ProgressFn | None = None,
-                 fault: Callable[[str, int], None] | None = None, context: RunContext | None = None) -> dict[str, Any]:
+def process_unit(unit: WorkUnit, extractor: VideoExtractor, storage: Storage, progress: ProgressFn | None = None,
+                 context: RunContext | None = None) -> dict[str, Any]:
     """Extract every video of a unit into one shard and commit it (stamped with the config hash)."""
     started = time.monotonic()
     context = context or RunContext(new_run_id())
@@ -76,8 +78,7 @@ def process_unit(unit: WorkUnit, extractor: Any, storage: Storage, progress: Pro
         rows: list[dict[str, Any]] = []
         timings: Counter[str] = Counter()
         for position, (record, original) in enumerate(zip(unit.records, unit.original_paths)):
-            result = _guarded_extract(extractor, record, original, writer, attempts, position, context,
-                                      lambda: fault(unit.name, position) if fault is not None else None)
+            result = _guarded_extract(extractor, unit.name, record, original, writer, attempts, position, context)
             result.row["shard"] = unit.name if result.row["faces_written"] else ""
             rows.append(result.row)
             timings.update(result.timings)
@@ -94,21 +95,34 @@ def process_unit(unit: WorkUnit, extractor: Any, storage: Storage, progress: Pro
         raise
 
 
-def _guarded_extract(extractor: Any, record: VideoRecord, original: str | None, writer: ShardWriter,
-                     attempts: AttemptLog, position: int, context: RunContext, fault: Callable[[], None]) -> Any:
+def _guarded_extract(extractor: VideoExtractor, unit: str, record: VideoRecord, original: str | None,
+                     writer: ShardWriter, attempts: AttemptLog, position: int, context: RunContext) -> VideoResult:
     """One video marked in progress, under its watchdog; the mark is released however the video ends."""
-    from dfprep.jobs.extract import VideoResult, base_row
-
     timeout_s = extractor.config.sampling.video_timeout_s
     skip = attempts.begin(position, timeout_s)
     if skip is not None:
         return VideoResult({**base_row(record), "status": skip[0], "error": skip[1]}, {})
     try:
         with Watchdog(attempts, position, hard_limit(timeout_s), record.video_id, context.exit_on_hang):
-            fault()
+            faults.reached(unit, position)  # reliability tests only ($DFPREP_FAULT); nothing otherwise
             return extractor.extract(record, original, writer.add)
     finally:
         attempts.finish(position)
+
+
+class ExtractWorker:
+    """Ray actor body: holds a VideoExtractor and reports per-video progress to the queue actor."""
+
+    def __init__(self, config: PipelineConfig, models: ExtractionModels):
+        cv2.setNumThreads(1)
+        remove_stale_staging()  # a restarted actor (or a killed run) may have left its staging folder
+        self.extractor = VideoExtractor(config, models, decode_threads=config.ray.decode_threads)
+
+    def run_unit(self, unit: WorkUnit, storage: Storage, context: RunContext, queue: Any) -> dict[str, Any]:
+        """Process and commit one unit; each finished video is announced as (unit, position, row)."""
+        positions = iter(range(len(unit.records)))
+        report = lambda row: queue.put_nowait.remote((unit.name, next(positions), row))  # noqa: E731
+        return process_unit(unit, self.extractor, storage, report, context)
 
 
 def clean_output(storage: Storage) -> list[str]:
@@ -199,25 +213,16 @@ def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
 def library_versions() -> dict[str, str]:
     """Versions stamped into dataset.json so a shard set can be traced to its software."""
     import av
-    import cv2
     import dlib
     import numpy
 
     versions = {"dfprep": __version__, "av": av.__version__, "dlib": dlib.__version__, "opencv": cv2.__version__,
                 "numpy": numpy.__version__, "pyarrow": pa.__version__}
     try:
-        import ray
-
-        versions["ray"] = ray.__version__
+        versions["ray"] = ray_version()
     except ImportError:  # pragma: no cover - ray is a hard dependency, but keep the stamp robust
         pass
     return versions
-
-
-def normalised_reason(error: str) -> str:
-    """Group similar errors for the histogram: digits and paths folded."""
-    text = re.sub(r"/[^\s:,)]+", "<path>", error)
-    return re.sub(r"\d+", "N", text)[:120]
 
 
 def report_from(storage: Storage, units: list[WorkUnit], committed: dict[str, dict[str, Any]], note: str,
@@ -239,55 +244,20 @@ def report_from(storage: Storage, units: list[WorkUnit], committed: dict[str, di
     return report
 
 
-def worker_count(config: PipelineConfig) -> int:
-    """Workers to use: the configured number, else every CPU of this machine."""
-    return config.ray.workers if config.ray.workers is not None else (os.cpu_count() or 1)
-
-
-class Progress:
-    """A tqdm bar over videos (total and ETA) showing faces/s; silent with --quiet."""
-
-    def __init__(self, total: int, quiet: bool):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, unit="video", disable=quiet, dynamic_ncols=True, desc="extract")
-        self.faces = 0
-        self.started = time.monotonic()
-
-    def __call__(self, row: dict[str, Any]) -> None:
-        """One video finished."""
-        self.faces += row["faces_written"]
-        rate = self.faces / max(time.monotonic() - self.started, 1e-6)
-        self.bar.set_postfix(faces=self.faces, faces_per_s=f"{rate:.1f}", refresh=False)
-        self.bar.update(1)
-
-    def close(self) -> None:
-        """Finish the bar."""
-        self.bar.close()
-
-
-def run_in_process(units: list[WorkUnit], config: PipelineConfig, models: Any, storage: Storage,
+def run_in_process(units: list[WorkUnit], config: PipelineConfig, models: ExtractionModels, storage: Storage,
                    progress: ProgressFn, run_id: str | None = None) -> None:
     """--workers 0: every unit in this process, one after another (debuggable, no Ray), crashes recorded."""
-    from dfprep.jobs.extract import VideoExtractor
-
-    from dfprep.runner.faults import fault_hook_from_env
-
     extractor = VideoExtractor(config, models)
-    fault = fault_hook_from_env()
     run_id = run_id or new_run_id()
     with recording_crashes(run_id) as crash_log:
         context = RunContext(run_id, exit_on_hang=False, crash_log=crash_log)
         for unit in units:
-            process_unit(unit, extractor, storage, progress, fault, context)
+            process_unit(unit, extractor, storage, progress, context)
 
 
 def extract_run(records: Iterable[VideoRecord], config: PipelineConfig, output: str, *, overwrite: bool = False,
                 extend: bool = False, quiet: bool = False, filesystem: Any = None) -> RunReport:
     """The whole `dfprep extract`: resolve models, claim and lock the output, run what is not committed."""
-    from dfprep.jobs.extract import ExtractionModels
-    from dfprep.jobs.maps import check_inline_maps
-
     started = time.monotonic()
     check_inline_maps(config)  # a bad zoo checkpoint fails now, not after the extraction
     storage = open_output(output, filesystem)
@@ -304,7 +274,7 @@ def extract_run(records: Iterable[VideoRecord], config: PipelineConfig, output: 
     return report
 
 
-def _extract_locked(storage: Storage, records: list[VideoRecord], config: PipelineConfig, models: Any,
+def _extract_locked(storage: Storage, records: list[VideoRecord], config: PipelineConfig, models: ExtractionModels,
                     run_id: str, overwrite: bool, extend: bool, quiet: bool) -> RunReport:
     """The run proper, under the output's lock: prepare, process what is left, finalize, report."""
     remove_stale_staging()
@@ -327,8 +297,6 @@ def _extract_locked(storage: Storage, records: list[VideoRecord], config: Pipeli
 
 def inline_maps(config: PipelineConfig, output: str, filesystem: Any, quiet: bool) -> list[str]:
     """`output.maps`: region maps computed in the same command, as companion shards (resumable like maps)."""
-    from dfprep.jobs.maps import cam_next_steps, inline_settings, maps_run
-
     lines = []
     for method in config.output.maps:
         if method == "cam" and not config.cam.zoo:
@@ -340,11 +308,9 @@ def inline_maps(config: PipelineConfig, output: str, filesystem: Any, quiet: boo
     return lines
 
 
-def run_on_ray(units: list[WorkUnit], config: PipelineConfig, models: Any, storage: Storage,
+def run_on_ray(units: list[WorkUnit], config: PipelineConfig, models: ExtractionModels, storage: Storage,
                progress: ProgressFn, run_id: str | None = None) -> None:
     """Units over a pool of stateful Ray actors: bounded in flight, retried, progress per video."""
-    from dfprep.runner.pool import ActorPool, ExtractWorker
-
     counted: set[tuple[str, int]] = set()
 
     def video_done(message: tuple[str, int, dict[str, Any]]) -> None:

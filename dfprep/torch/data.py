@@ -24,7 +24,7 @@ from webdataset.filters import shuffle as shuffle_stage
 from dfprep.io.payloads import (CRC_FIELD, DEFAULT_LIMITS, PayloadError, ReadLimits, crc_mismatch, decode_image,
                              load_json, load_landmarks)
 from dfprep.io.payloads import load_plain_npy, npy_layout  # noqa: F401 - re-exported for existing callers
-from dfprep.io.shards import resolve_uri
+from dfprep.io.storage import resolve_uri
 from dfprep.torch._require import require_torch
 from dfprep.torch.shardio import RawSample, ShardError, read_shard
 from dfprep.torch.shardlist import (SampleFilter, ShardListError, ShardSource, map_shard, resolve_shards,

@@ -25,7 +25,8 @@ import numpy as np
 
 from dfprep.errors import DfprepError
 from dfprep.io.integrity import require_complete
-from dfprep.io.shards import Storage
+from dfprep.io.layout import VIDEOS_TABLE
+from dfprep.io.storage import Storage
 from dfprep.torch._require import require_torch
 from dfprep.torch.data import FaceShards
 from dfprep.torch.metrics import AGGREGATES, NO_FACE_SCORE, accuracy, auc, average_precision, eer, video_scores
@@ -34,7 +35,6 @@ from dfprep.torch.transforms import Normalize
 
 torch = require_torch()
 
-VIDEOS_TABLE = "videos.parquet"
 DEFAULT_MEAN = DEFAULT_STD = (0.5, 0.5, 0.5)
 TABLE_COLUMNS = ("dataset", "frames", "videos", "frame_auc", "video_auc", "ap", "acc", "eer", "videos_without_faces",
                  "faceless")

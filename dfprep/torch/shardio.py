@@ -15,12 +15,12 @@ from typing import IO, Any, Iterator
 from webdataset.tariterators import base_plus_ext
 
 from dfprep.errors import DfprepError
+from dfprep.io.layout import MAP_MEMBER
 from dfprep.io.payloads import CRC_FIELD, DEFAULT_LIMITS, PayloadError, ReadLimits, crc_mismatch, load_json
 from dfprep.io.shards import BoundedTarInfo
 from dfprep.torch.shardlist import ShardSource, open_binary
 
 SAFE_TYPES = frozenset({"jpg", "jpeg", "png", "webp", "npy", "json"})
-MAP_MEMBER = "prmap.png"
 _BLOCK = tarfile.BLOCKSIZE
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import IO, Any, Iterable, Sequence
@@ -15,9 +14,10 @@ import pyarrow.parquet as pq
 from webdataset.shardlists import expand_urls
 
 from dfprep.errors import DfprepError
-from dfprep.io.shards import STATS_SUFFIX, Storage, committed_units, resolve_uri
+from dfprep.io.layout import STATS_SUFFIX, shard_split
+from dfprep.io.shards import committed_units
+from dfprep.io.storage import Storage, resolve_uri
 
-_UNIT_NAME = re.compile(r"^(train|val|test|unassigned)-\d{6}$")
 FILTER_FIELDS = ("split", "label", "method", "dataset")
 
 
@@ -163,8 +163,8 @@ class SampleFilter:
 
     def rules_out_name(self, shard: ShardSource) -> bool:
         """A split filter can drop `<split>-NNNNNN` units by name alone, without reading anything."""
-        return self.split is not None and bool(_UNIT_NAME.match(shard.name)) \
-            and shard.name.split("-")[0] not in self.split
+        split = shard_split(shard.name)
+        return self.split is not None and split is not None and split not in self.split
 
 
 def index_label_counts(shard: ShardSource, wanted: SampleFilter) -> Counter[int] | None:

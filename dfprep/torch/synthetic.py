@@ -15,7 +15,9 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from dfprep.io.shards import Sample, ShardWriter, Storage, encode_image, encode_npy, sample_key
+from dfprep.io.keys import sample_key
+from dfprep.io.shards import Sample, ShardWriter, encode_image, encode_npy
+from dfprep.io.storage import Storage
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,7 @@ import cv2
 import numpy as np
 
 from dfprep.config import SamplingConfig
-
-VIDEO_STATUSES = ("missing", "unsupported", "decode_error", "timeout")
+from dfprep.io.layout import VIDEO_STATUSES
 
 # Codecs whose non-reference frames no other frame is predicted from, so skipping them is exact.
 NONREF_SKIP_CODECS = frozenset({"h264"})

@@ -10,7 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dfprep.io.shards import Sample, ShardWriter, Storage  # noqa: E402
+from dfprep.io.shards import Sample, ShardWriter
+from dfprep.io.storage import Storage  # noqa: E402
 from dfprep.torch.data import FaceShards, distributed_rank  # noqa: E402
 from dfprep.torch.shardio import MapMismatchError, ShardError, UnsafeMemberError  # noqa: E402
 from dfprep.torch.shardlist import ShardListError  # noqa: E402

@@ -1,0 +1,195 @@
+"""The commands that build outputs: datasets (catalog a root), models, extract, maps, demo."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dfprep.cli.app import _fail_cleanly, cli
+from dfprep.errors import DfprepError
+
+
+def _overrides(pairs: tuple[str, ...], **flags: Any) -> dict[str, Any]:
+    """--set section.key=value pairs plus the dedicated flags that were given."""
+    from dfprep.config import parse_override
+
+    values = dict(parse_override(p) for p in pairs)
+    values.update({k: v for k, v in flags.items() if v is not None})
+    return values
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.argument("root", required=False, type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the records and counts as JSON.")
+@click.option("--pipeline", help="Recipe whose dataset options apply (e.g. deepfakebench-ffpp): shows what it takes.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
+@_fail_cleanly
+def datasets(name: str | None, root: str | None, as_json: bool, pipeline: str | None,
+             settings: tuple[str, ...]) -> None:
+    """List the dataset adapters, or catalog ROOT with adapter NAME (no pixels touched)."""
+    from dfprep.catalog import ADAPTERS, get_adapter, left_out, scan, summarize
+    from dfprep.config import load_config
+
+    if name is None:
+        for adapter_name in ADAPTERS:
+            adapter = get_adapter(adapter_name)
+            click.echo(f"{adapter_name:16s} {adapter.summary}\n{_indent(adapter.layout)}\n  labels: "
+                       f"{adapter.labels}\n")
+        return
+    if root is None:
+        adapter = get_adapter(name)
+        click.echo(f"{name}: {adapter.summary}\n{_indent(adapter.layout)}\n  labels: {adapter.labels}")
+        return
+    config = load_config(pipeline, _overrides(settings))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        records = list(scan(name, root, config.dataset))
+    counts = {**summarize(records), "left_out_by_methods": left_out(name, root, config.dataset)}
+    if as_json:
+        click.echo(json.dumps({"records": [r.to_row() for r in records], "counts": counts,
+                               "warnings": [str(w.message) for w in caught]}, indent=1))
+        return
+    for record in records:
+        note = f"  [{record.status}: {record.error}]" if record.status != "found" else ""
+        click.echo(f"{record.split:10s} {'fake' if record.label else 'real'}  {record.video_id}{note}")
+    click.echo(json.dumps(counts))
+    _echo_methods_table(counts)
+    for warning in caught:
+        click.echo(f"  catalog warning: {warning.message}")
+
+
+def _echo_methods_table(counts: dict[str, Any]) -> None:
+    """Videos per method and split that the recipe takes, then what dataset.methods leaves out."""
+    splits = sorted({split for row in counts["by_method_split"].values() for split in row})
+    if splits:
+        click.echo(f"{'method':20s}" + "".join(f"{split:>12s}" for split in splits))
+    for method, row in counts["by_method_split"].items():
+        click.echo(f"{method:20s}" + "".join(f"{row.get(split, 0):12d}" for split in splits))
+    if counts["left_out_by_methods"]:
+        click.echo("left out by dataset.methods: " + ", ".join(
+            f"{method} {n}" for method, n in counts["left_out_by_methods"].items()))
+
+
+def _indent(text: str) -> str:
+    """Indent a multi-line block by two spaces."""
+    return "\n".join("  " + line for line in text.strip("\n").splitlines())
+
+
+@cli.command()
+@_fail_cleanly
+def models() -> None:
+    """Show the landmark/detector models the registry resolves, with their checksums."""
+    from dfprep.vision.models import manifest, resolve_model
+
+    for entry in manifest():
+        try:
+            model = resolve_model(entry.name)
+            click.echo(f"{entry.name:10s} {entry.points:3d} pts  {model.sha256[:16]}…  {model.path}")
+        except DfprepError as exc:
+            click.echo(f"{entry.name:10s} {entry.points:3d} pts  unavailable: {exc}")
+
+
+@cli.command()
+@click.argument("dataset", required=False)
+@click.argument("root", required=False, type=click.Path())
+@click.option("-o", "--output", required=True, help="Output folder or pyarrow.fs URI (s3://, gs://, file://).")
+@click.option("--pipeline", help="Named recipe from pipelines/ (e.g. caddm-ffpp) or a .yaml path.")
+@click.option("--frames", type=int, help="Frames per video (uniform sampling).")
+@click.option("--workers", type=int, help="Ray workers (0 = in-process; default all CPUs).")
+@click.option("--address", help="Join a Ray cluster (auto = the running one).")
+@click.option("--videos-per-shard", type=int, help="Videos per output shard (work unit).")
+@click.option("--maps", "inline_maps", multiple=True, type=click.Choice(["landmarks"]),
+              help="Also compute these region maps in the same command (companion shards).")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override any config key.")
+@click.option("--overwrite", is_flag=True, help="Delete this folder's previous dfprep output and start over.")
+@click.option("--extend", is_flag=True, help="Add newly found videos as new shards.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_fail_cleanly
+def extract(dataset: str | None, root: str | None, output: str, pipeline: str | None, frames: int | None,
+            workers: int | None, address: str | None, videos_per_shard: int | None, inline_maps: tuple[str, ...],
+            settings: tuple[str, ...], overwrite: bool, extend: bool, quiet: bool) -> None:
+    """Extract aligned faces from DATASET at ROOT into WebDataset shards under OUTPUT."""
+    from dfprep.catalog import scan
+    from dfprep.cli.summary import format_summary
+    from dfprep.config import load_config
+    from dfprep.runner.run import extract_run
+
+    overrides = _overrides(settings, **{"dataset.name": dataset, "dataset.root": root, "sampling.frames": frames,
+                                        "ray.workers": workers, "ray.address": address,
+                                        "output.videos_per_shard": videos_per_shard,
+                                        "output.maps": list(inline_maps) or None})
+    config = load_config(pipeline, overrides)
+    if not config.dataset.name or not config.dataset.root:
+        raise DfprepError("extract needs a DATASET and a ROOT (arguments, or dataset.name/root in the recipe)")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        records = list(scan(config.dataset.name, config.dataset.root, config.dataset))
+    report = extract_run(records, config, output, overwrite=overwrite, extend=extend, quiet=quiet)
+    click.echo(format_summary(report))
+    for warning in caught:
+        click.echo(f"  catalog warning: {warning.message}")
+
+
+@cli.command()
+@click.argument("output")
+@click.argument("more_zoo", nargs=-1, metavar="")
+@click.option("--method", type=click.Choice(["landmarks", "cam"]), default="landmarks", show_default=True,
+              help="landmarks: model-free prior from the stored landmarks; cam: Grad-CAM fusion over --zoo.")
+@click.option("--name", default="", help="Folder under OUT/maps/ (default: the method).")
+@click.option("--zoo", multiple=True, metavar="A.pt [B.pt …]", help="Detector checkpoints for --method cam.")
+@click.option("--fusion", type=click.Choice(["mean", "max"]), default="mean", show_default=True)
+@click.option("--threshold", type=float, help="Zero map values <= this (default 0.3 for cam, 0 for landmarks).")
+@click.option("--layer", "layers", multiple=True,
+              help="Module Grad-CAM reads; repeat for several (default: the architecture's PRLE-style layers).")
+@click.option("--target", type=click.Choice(["predicted", "label", "fake"]), default="predicted", show_default=True,
+              help="Explain each crop's predicted class (PRLE's code), its ground-truth class, or the fake logit.")
+@click.option("--released-halving", is_flag=True,
+              help="Halve each detector's map before fusion, as PRLE's released maps are (0.3 then acts as 0.6).")
+@click.option("--weights", help="Landmark region weights, e.g. eyes=1,mouth=0.9,nose=0.7[,eyebrows=0.5].")
+@click.option("--blur-sigma", type=float, help="Landmark map smoothing in pixels (0 = sharp hulls).")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Crops per batch.")
+@click.option("--device", default="auto", show_default=True, help="CAM device in-process (auto, cpu, cuda).")
+@click.option("--model", "models", multiple=True, metavar="PKG.MOD:FACTORY",
+              help="Trust this model factory for zoo checkpoints that name it (never imported from a file alone).")
+@click.option("--workers", type=int, help="Ray workers (0 = in-process; default all CPUs).")
+@click.option("--address", help="Join a Ray cluster (auto = the running one).")
+@click.option("--overwrite", is_flag=True, help="Delete this map folder's previous maps and start over.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_fail_cleanly
+def maps(output: str, more_zoo: tuple[str, ...], method: str, name: str, zoo: tuple[str, ...], fusion: str,
+         threshold: float | None, layers: tuple[str, ...], target: str, released_halving: bool,
+         weights: str | None, blur_sigma: float | None, batch_size: int, device: str, models: tuple[str, ...],
+         workers: int | None, address: str | None, overwrite: bool, quiet: bool) -> None:
+    """Primary-region maps for every face under OUTPUT, as companion shards in OUTPUT/maps/NAME/."""
+    from dfprep.cli.summary import format_map_summary
+    from dfprep.jobs.maps import MapSettings
+    from dfprep.runner.maps import maps_run
+    from dfprep.vision.regions import parse_weights
+
+    if more_zoo and not zoo:
+        raise DfprepError(f"unexpected extra argument(s) {' '.join(more_zoo)}: checkpoints go after --zoo")
+    landmark_options = {"weights": tuple(parse_weights(weights).items()) if weights is not None else None,
+                        "blur_sigma": blur_sigma}
+    settings = MapSettings(method=method, name=name, zoo=zoo + more_zoo, fusion=fusion, threshold=threshold,
+                           layers=layers, target=target, released_halving=released_halving,
+                           batch_size=batch_size, device=device, models=models,
+                           **{k: v for k, v in landmark_options.items() if v is not None})
+    report = maps_run(output, settings, workers=workers, address=address, overwrite=overwrite, quiet=quiet)
+    click.echo(format_map_summary(report))
+
+
+@cli.command()
+@click.option("-o", "--output", default="demo-out", show_default=True, help="Folder for the demo's artefacts.")
+@click.option("--workers", type=int, default=None, help="Ray workers (0 = in-process; default all CPUs).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_fail_cleanly
+def demo(output: str, workers: int | None, quiet: bool) -> None:
+    """Build a small labelled video set from a bundled real face and run the whole pipeline on it."""
+    from dfprep.cli.demo import run_demo
+
+    run_demo(Path(output).resolve(), workers, quiet, click.echo)
