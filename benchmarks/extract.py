@@ -77,7 +77,7 @@ def peak_rss_mb(video: Path, frames: int) -> float:
 
 def memory_flat(workdir: Path) -> None:
     """Peak memory extracting 32 frames from a 10 s and a 3 min 1080p clip: it must not grow."""
-    from dfprep.synthetic import FacePlacement, linear_motion, write_clip
+    from dfprep.cli.democlips import FacePlacement, linear_motion, write_clip
 
     print("\n== memory vs video length (1080p, 32 frames) ==")
     motion = linear_motion(FacePlacement(200, 150, 2.0), FacePlacement(1300, 500, 2.0))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,10 +21,13 @@ from typing import Any, Callable
 
 import torch
 
-from dfprep.torch.data import FaceShards, decode_landmarks, decode_map, decode_rgb, image_tensor, with_meta
-from dfprep.torch.shardio import read_shard
-from dfprep.torch.synthetic import SyntheticSpec, write_synthetic_out
-from dfprep.torch.transforms import ColorJitter, Compose, Normalize, PrimaryRegionErasing, RandomHorizontalFlip
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.helpers: the synthetic OUT the tests use
+
+from dfprep.torch.data import FaceShards, decode_landmarks, decode_map, decode_rgb, image_tensor, with_meta  # noqa: E402
+from dfprep.torch.shardio import read_shard  # noqa: E402
+from dfprep.torch.transforms import (ColorJitter, Compose, Normalize, PrimaryRegionErasing,  # noqa: E402
+                                     RandomHorizontalFlip)
+from tests.helpers.torch_synthetic import SyntheticSpec, write_synthetic_out  # noqa: E402
 
 TARGET = 800.0  # samples/s at 256 px with 2 workers
 

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/protocols.py [--root ../shared/data/ffpp-mini] [--frames 32] [--skip-decode]
 
 deepfakebench: dfprep's samples (made by the extractor a run uses, PNG) against a re-implementation of
-DeepfakeBench's `extract_aligned_face_dlib` (tests/deepfakebench_reference.py) on the same decoded frames.
+DeepfakeBench's `extract_aligned_face_dlib` (tests/helpers/deepfakebench_reference.py) on the same decoded frames.
 Per video and overall: landmark offset in the 256-px crop (mean over the 68 points, per frame; median and
 p95 over frames), PSNR between the crops (median and min), the offset to the landmarks DeepfakeBench saves
 (re-detected on its crop), frames one side drops, and detection time per frame. Three settings: the
@@ -24,9 +24,9 @@ import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # tests.helpers: the reference re-implementation the tests use
 
-from deepfakebench_reference import (DeepfakeBench, FrameAgreement, agreement, dfprep_samples,  # noqa: E402
+from tests.helpers.deepfakebench_reference import (DeepfakeBench, FrameAgreement, agreement, dfprep_samples,  # noqa: E402
                                      make_extractor, psnr)
 
 from dfprep.catalog import scan  # noqa: E402

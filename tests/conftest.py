@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from dfprep.io.shards import encode_image, encode_npy
-from dfprep.synthetic import FacePlacement, linear_motion, write_clip, write_ffpp_pairs
+from tests.helpers.synthetic import FacePlacement, linear_motion, moving_face, write_clip, write_ffpp_pairs
 
 FFPP_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "ffpp-mini"
 
@@ -24,11 +24,6 @@ def ffpp_mini() -> Path:
     if not (FFPP_MINI / "original_sequences").is_dir():
         pytest.skip(f"real test videos not found at {FFPP_MINI} (they live beside the repo in ../shared)")
     return FFPP_MINI
-
-
-def moving_face(width: int = 480, height: int = 360) -> object:
-    """A face drifting right and down across the frame."""
-    return linear_motion(FacePlacement(20, 20, 0.9), FacePlacement(width - 230, height - 230, 1.0))
 
 
 @pytest.fixture(scope="session")
@@ -149,7 +144,7 @@ def hostile() -> HostileKit:
 
 @pytest.fixture(scope="session")
 def pairs_out(tmp_path_factory) -> tuple[Path, Path]:
-    """A tiny FF++ tree of fake/original pairs (dfprep.synthetic.write_ffpp_pairs), extracted once with the
+    """A tiny FF++ tree of fake/original pairs (tests.helpers.synthetic.write_ffpp_pairs), extracted once with the
     caddm-ffpp recipe as a user runs it (4 frames per video): (dataset root, output folder). Read-only."""
     from dfprep.catalog import scan
     from dfprep.config import load_config

@@ -14,8 +14,8 @@ from dfprep.vision.align import (DEEPFAKEBENCH_POINTS, AlignedFace, align_face, 
                           five_points, similarity_matrix, template_points, transform_points)
 from dfprep.config import AlignmentConfig, DetectionConfig
 from dfprep.vision.faces import Face, FaceAnalyzer
-from dfprep.synthetic import FacePlacement, render_frame
-from deepfakebench_reference import reference_template
+from tests.helpers.synthetic import FacePlacement, render_frame
+from tests.helpers.deepfakebench_reference import reference_template
 
 
 def model_path(file_name: str) -> Path:

@@ -15,10 +15,10 @@ from dfprep.catalog.base import VideoRecord
 from dfprep.config import load_config
 from dfprep.jobs.extract import ExtractionModels, VideoExtractor, neighbour_order, plan_for_family
 from dfprep.io.shards import Sample
-from dfprep.synthetic import FacePlacement, face_box_in_frame, linear_motion, write_clip
+from tests.helpers.synthetic import FacePlacement, face_box_in_frame, linear_motion, write_clip
 from dfprep.vision.video import probe
 
-from conftest import moving_face
+from tests.helpers.synthetic import moving_face
 
 
 def _record(path: Path, label: int = 0, video_id: str = "t/real/raw/clip", family: str | None = None,

@@ -10,7 +10,7 @@ import pytest
 
 from dfprep.config import DetectionConfig
 from dfprep.vision.faces import Face, FaceAnalyzer, box_centre
-from dfprep.synthetic import FacePlacement, background, face_box_in_frame, render_frame
+from tests.helpers.synthetic import FacePlacement, background, face_box_in_frame, render_frame
 
 
 def model_path(file_name: str) -> Path:

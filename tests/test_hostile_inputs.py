@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from dfprep.cli import cli
-from dfprep.synthetic import FacePlacement, linear_motion, render_frame, write_clip
+from tests.helpers.synthetic import FacePlacement, linear_motion, render_frame, write_clip
 
 FACE = linear_motion(FacePlacement(30, 20, 0.9), FacePlacement(60, 40, 0.9))
 

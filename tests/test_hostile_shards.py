@@ -97,7 +97,7 @@ def test_npy_landmarks_declaring_a_huge_shape_are_refused_without_allocating():
 @pytest.fixture()
 def small_out(tmp_path_factory) -> str:
     """A tiny synthetic OUT (written by the real ShardWriter) to plant hostile samples in."""
-    from dfprep.torch.synthetic import SyntheticSpec, write_synthetic_out
+    from tests.helpers.torch_synthetic import SyntheticSpec, write_synthetic_out
 
     folder = tmp_path_factory.mktemp("hostile") / "out"
     write_synthetic_out(str(folder), SyntheticSpec(videos={"train": (1, 1)}, frames=2, size=32, videos_per_shard=2))

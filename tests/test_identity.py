@@ -12,7 +12,7 @@ from dfprep.cli import cli
 from dfprep.config import load_config
 from dfprep.inspect.leakage import IdentityVideo, cluster_identities, find_leaks
 from dfprep.runner.run import extract_run
-from dfprep.synthetic import FacePlacement, linear_motion, lfw_face, render_frame, write_clip
+from tests.helpers.synthetic import FacePlacement, linear_motion, lfw_face, render_frame, write_clip
 
 
 def _clip(path, patch=None, seed=0):

@@ -25,7 +25,7 @@ from dfprep.jobs.extract import ExtractionModels, VideoExtractor
 from dfprep.vision.faces import FaceAnalyzer
 from dfprep.io.shards import ShardWriter
 from dfprep.io.storage import Storage
-from dfprep.synthetic import FacePlacement, linear_motion, write_clip
+from tests.helpers.synthetic import FacePlacement, linear_motion, write_clip
 
 FRAMES = 3
 NAMES = ("first", "bad", "last")

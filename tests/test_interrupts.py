@@ -20,7 +20,7 @@ import pytest
 from dfprep.catalog import scan
 from dfprep.config import load_config
 from dfprep.runner.run import extract_run
-from runhelpers import (EXIT_CODES, FRAMES, INTERRUPTED_LINE, PER_SHARD, REPO, check_output, cli, cli_env,
+from tests.helpers.runhelpers import (EXIT_CODES, FRAMES, INTERRUPTED_LINE, PER_SHARD, REPO, check_output, cli, cli_env,
                         good_videos, interrupt, library_config, staging_left, start, unit_sizes, wait_for, when_reached,
                         write_small_dataset)
 
@@ -249,7 +249,7 @@ def _episode_full_disk(root: Path, out: Path, budget: int) -> None:
     import pyarrow.fs as pafs
 
     from dfprep.errors import DfprepError
-    from faulty_fs import FaultyHandler
+    from tests.helpers.faulty_fs import FaultyHandler
 
     config = library_config(root)
     for _ in range(2):

@@ -27,8 +27,8 @@ from dfprep.runner.maps import maps_run
 from dfprep.io.layout import OWNERSHIP_FILE
 from dfprep.runner.run import extract_run
 from dfprep.io.storage import Storage
-from faulty_fs import FaultyHandler
-from runhelpers import FRAMES, PER_SHARD, REPO, check_output, cli as cli_command, good_videos, write_small_dataset
+from tests.helpers.faulty_fs import FaultyHandler
+from tests.helpers.runhelpers import FRAMES, PER_SHARD, REPO, check_output, cli as cli_command, good_videos, write_small_dataset
 
 INPUTS = 5
 

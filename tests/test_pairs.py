@@ -17,7 +17,7 @@ from dfprep.config import load_config
 from dfprep.jobs.extract import ExtractionModels, VideoExtractor
 from dfprep.jobs.pairs import OriginalFrames
 from dfprep.io.shards import Sample
-from dfprep.synthetic import FacePlacement, linear_motion, write_clip
+from tests.helpers.synthetic import FacePlacement, linear_motion, write_clip
 from dfprep.vision.video import decode_frames, probe
 
 FRAMES = 4  # the `pairs_out` fixture (tests/conftest.py) samples 4 frames per video

@@ -1,4 +1,4 @@
-"""The deepfakebench recipe against DeepfakeBench's own formulas (tests/deepfakebench_reference.py).
+"""The deepfakebench recipe against DeepfakeBench's own formulas (tests/helpers/deepfakebench_reference.py).
 
 A rendered frame checks the recipe's detector, landmarks and crop in seconds; the ffpp-mini test runs the
 extractor a real run uses on the first frame of every video (three resolutions) and holds it to the agreement
@@ -12,7 +12,7 @@ import dlib
 import numpy as np
 import pytest
 
-from deepfakebench_reference import (DeepfakeBench, agreement, dfprep_samples, make_extractor, mean_offset, psnr,
+from tests.helpers.deepfakebench_reference import (DeepfakeBench, agreement, dfprep_samples, make_extractor, mean_offset, psnr,
                                      reference_crop)
 from dfprep.vision.align import align_face
 from dfprep.catalog import scan
@@ -21,7 +21,7 @@ from dfprep.errors import ConfigError
 from dfprep.jobs.extract import ExtractionModels
 from dfprep.vision.faces import FaceAnalyzer
 from dfprep.vision.models import resolve_model
-from dfprep.synthetic import FacePlacement, render_frame
+from tests.helpers.synthetic import FacePlacement, render_frame
 
 FAST_DETECTOR = {"detection.working_size": 640, "detection.tracking": True, "detection.upsample_ladder": True}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dfprep.jobs.plan import WorkUnit
 from dfprep.runner.pool import ActorPool
-from dfprep.synthetic import FacePlacement, linear_motion, write_clip
+from tests.helpers.synthetic import FacePlacement, linear_motion, write_clip
 
 PEAK_RSS = """
 from dfprep.catalog.base import VideoRecord

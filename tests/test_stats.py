@@ -20,7 +20,7 @@ from dfprep.config import load_config
 from dfprep.errors import DfprepError
 from dfprep.inspect.stats import compute_stats, format_stats
 from dfprep.runner.run import extract_run
-from dfprep.synthetic import FacePlacement, linear_motion, write_clip
+from tests.helpers.synthetic import FacePlacement, linear_motion, write_clip
 
 
 def _face(index: int):

@@ -13,7 +13,7 @@ from dfprep.catalog import scan
 from dfprep.config import load_config
 from dfprep.errors import DfprepError
 from dfprep.runner.run import extract_run
-from faulty_fs import FaultyHandler
+from tests.helpers.faulty_fs import FaultyHandler
 
 
 def _config():

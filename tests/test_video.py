@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dfprep.config import SamplingConfig
-from dfprep.synthetic import background, write_clip
+from tests.helpers.synthetic import background, write_clip
 from dfprep.vision.video import (VideoError, VideoInfo, decode_frames, decode_runs, frame_plan, keyframe_gap, probe,
                           scan_packets)
 

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 from click.testing import CliRunner
 
 from dfprep.cli import cli
-from dfprep.synthetic import FacePlacement, linear_motion, write_clip
+from tests.helpers.synthetic import FacePlacement, linear_motion, write_clip
 
 
 def test_extract_takes_ts_mpg_h264_and_counts_skipped_files_in_its_summary(tmp_path):

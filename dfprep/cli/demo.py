@@ -9,7 +9,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from dfprep.synthetic import FacePlacement, head_patch, linear_motion, render_frame, write_clip
+from dfprep.cli.democlips import FacePlacement, head_patch, linear_motion, render_frame, write_clip
 
 SPLITS = {"train": 4, "val": 2, "test": 2}  # videos per class and split
 

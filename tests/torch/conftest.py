@@ -8,7 +8,7 @@ import pytest
 
 from dfprep.io.shards import Sample, ShardWriter, encode_image, encode_npy
 from dfprep.io.storage import Storage
-from dfprep.torch.synthetic import SyntheticSpec, synthetic_face, write_synthetic_out  # needs no torch
+from tests.helpers.torch_synthetic import SyntheticSpec, synthetic_face, write_synthetic_out  # needs no torch
 
 SMALL = SyntheticSpec(videos={"train": (4, 4), "val": (2, 2), "test": (2, 2)}, frames=4, size=32,
                       videos_per_shard=2, maps="landmarks", videos_without_faces=2)

@@ -219,7 +219,7 @@ def test_the_random_crop_moves_image_landmarks_and_box_together():
 
 def _face_landmarks(size: int) -> np.ndarray:
     """A frontal 68-point layout filling the middle of a size×size image."""
-    from dfprep.torch.synthetic import template_landmarks_68
+    from tests.helpers.torch_synthetic import template_landmarks_68
 
     return np.round(template_landmarks_68(size // 2) + size // 4).astype(np.float32)  # whole pixels, as dlib's
 

@@ -15,7 +15,7 @@ from dfprep.io.storage import Storage  # noqa: E402
 from dfprep.torch.data import FaceShards, distributed_rank  # noqa: E402
 from dfprep.torch.shardio import MapMismatchError, ShardError, UnsafeMemberError  # noqa: E402
 from dfprep.torch.shardlist import ShardListError  # noqa: E402
-from dfprep.torch.synthetic import SyntheticSpec, synthetic_map, write_synthetic_out  # noqa: E402
+from tests.helpers.torch_synthetic import SyntheticSpec, synthetic_map, write_synthetic_out  # noqa: E402
 
 
 def keys_of(dataset) -> list[str]:

@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dfprep.torch.synthetic import template_landmarks_68  # noqa: E402
+from tests.helpers.torch_synthetic import template_landmarks_68  # noqa: E402
 from dfprep.torch.transforms import (ColorJitter, Compose, GaussianBlur, JpegRecompression,  # noqa: E402
                                      LandmarkRegionErasing, Normalize, PrimaryRegionErasing, RandomHorizontalFlip,
                                      hull_mask, mirror_order_68)
@@ -236,7 +236,7 @@ def test_flip_matches_landmarks_found_on_the_mirrored_face():
     from dfprep.config import DetectionConfig
     from dfprep.vision.faces import FaceAnalyzer
     from dfprep.vision.models import resolve_model
-    from dfprep.synthetic import FacePlacement, render_frame
+    from tests.helpers.synthetic import FacePlacement, render_frame
 
     frame = render_frame(480, 360, [FacePlacement(120, 60, 1.0)])
     mirrored = np.ascontiguousarray(frame[:, ::-1])

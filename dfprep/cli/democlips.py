@@ -1,8 +1,9 @@
-"""Synthetic face clips from scikit-image's bundled `astronaut` photo, for tests and `dfprep demo`."""
+"""The demo's clip generator: the astronaut's head (scikit-image's bundled photo) moving over a textured
+background, encoded as h264. `dfprep demo` builds its videos with it; the tests' fixtures reuse it.
+"""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -12,10 +13,8 @@ import av
 import cv2
 import numpy as np
 
-# The astronaut's head inside skimage.data.astronaut() (512x512), and dlib's face box inside it.
 STORED_TURNS_PER_ROTATION = -1  # np.rot90 k per 90° of display rotation (checked by tests)
-HEAD_BOX = (115, 20, 325, 235)  # x0, y0, x1, y1 in the photo
-FACE_BOX_IN_PHOTO = (181, 76, 270, 166)  # measured on a pasted patch
+HEAD_BOX = (115, 20, 325, 235)  # x0, y0, x1, y1 of the astronaut's head inside skimage.data.astronaut() (512x512)
 
 
 @dataclass(frozen=True)
@@ -30,18 +29,10 @@ class FacePlacement:
 @lru_cache(maxsize=1)
 def head_patch() -> np.ndarray:
     """RGB head patch of the astronaut (the one real face in the photo)."""
-    from skimage import data  # imported lazily: only tests and the demo need scikit-image
+    from skimage import data  # imported lazily: only the demo and the tests need scikit-image
 
     x0, y0, x1, y1 = HEAD_BOX
     return np.ascontiguousarray(data.astronaut()[y0:y1, x0:x1])
-
-
-def face_box_in_frame(place: FacePlacement) -> tuple[float, float, float, float]:
-    """Where dlib's face box lands in a frame for a given placement (the test oracle)."""
-    fx0, fy0, fx1, fy1 = FACE_BOX_IN_PHOTO
-    hx, hy = HEAD_BOX[0], HEAD_BOX[1]
-    s = place.scale
-    return (place.x + (fx0 - hx) * s, place.y + (fy0 - hy) * s, place.x + (fx1 - hx) * s, place.y + (fy1 - hy) * s)
 
 
 def background(width: int, height: int, seed: int = 0) -> np.ndarray:
@@ -109,37 +100,3 @@ def write_clip(path: Path, width: int, height: int, frames: int,
         for packet in stream.encode():
             container.mux(packet)
     return path
-
-
-def lfw_face(index: int, size: int = 170) -> np.ndarray:
-    """Another person's face: a Labeled Faces in the Wild image bundled with scikit-image (0–99 are faces)."""
-    from skimage import data
-
-    gray = cv2.resize(data.lfw_subset()[index], (size, size), interpolation=cv2.INTER_CUBIC)
-    return cv2.cvtColor(np.clip(gray * 255, 0, 255).astype(np.uint8), cv2.COLOR_GRAY2RGB)
-
-
-def write_ffpp_pairs(root: Path, frames: int = 16, width: int = 400, height: int = 300) -> Path:
-    """A tiny FF++ tree of fake/original pairs: one footage, the face swapped in the fakes (tests, benchmarks).
-
-    `000` is an original; `Deepfakes/000_001` is the same footage with a swapped face (same frame count);
-    `FaceSwap/000_002` the same but 4 frames shorter; `Face2Face/003_004` a fake whose original is absent.
-    """
-    from dfprep.cli.demo import swapped_patch  # the demo's crude face swap: a recoloured, shifted inner face
-
-    places = linear_motion(FacePlacement(30, 20, 0.9), FacePlacement(150, 60, 0.95))
-    videos = root / "original_sequences" / "youtube" / "c23" / "videos"
-    write_clip(videos / "000.mp4", width, height, frames, places, gop=8, seed=5)
-    fakes = {("Deepfakes", "000_001"): (frames, 1), ("FaceSwap", "000_002"): (frames - 4, 2),
-             ("Face2Face", "003_004"): (frames, 3)}
-    for (method, name), (count, patch_seed) in fakes.items():
-        patch = swapped_patch(patch_seed)
-        swap = (lambda p: lambda index, frame: render_frame(width, height, places(index, frames), 5, p))(patch)
-        write_clip(root / "manipulated_sequences" / method / "c23" / "videos" / f"{name}.mp4", width, height,
-                   count, places, gop=8, seed=5, frame_filter=swap)
-    (root / "splits").mkdir(parents=True, exist_ok=True)
-    pairs = [["000", "001"], ["000", "002"], ["003", "004"]]
-    (root / "splits" / "train.json").write_text(json.dumps(pairs))
-    for split in ("val", "test"):
-        (root / "splits" / f"{split}.json").write_text("[]")
-    return root

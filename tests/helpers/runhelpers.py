@@ -20,7 +20,7 @@ from typing import Callable
 
 import pyarrow.parquet as pq
 
-from dfprep.synthetic import FacePlacement, linear_motion, write_clip
+from tests.helpers.synthetic import FacePlacement, linear_motion, write_clip
 
 REPO = Path(__file__).resolve().parents[1]
 FRAMES = 2  # faces per good video (one face per planned frame)

@@ -1,0 +1,1 @@
+"""Shared test helpers: synthetic clips and OUT folders, run helpers, a faulty filesystem, reference code."""

@@ -1,0 +1,1 @@
+"""Tests of the torch side (skipped without torch)."""
