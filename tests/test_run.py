@@ -167,7 +167,12 @@ def test_a_hung_decoder_is_recorded_as_timeout_and_the_run_completes(folder_data
     assert not list((tmp_path / "out").glob("_attempts/*"))
 
 
-@pytest.mark.parametrize("seed", range(4))
+# tests/test_interrupts.py interrupts runs 3 times × 3 seeds in-process and on Ray; one seed of this older
+# double-kill keeps its cheap whole-process SIGKILL path in the suite. More: DFPREP_KILL_SEEDS="0,1,2,3".
+KILL_SEEDS = [int(seed) for seed in os.environ.get("DFPREP_KILL_SEEDS", "0").split(",")]
+
+
+@pytest.mark.parametrize("seed", KILL_SEEDS)
 def test_kill_at_random_moments_never_loses_or_duplicates(folder_dataset, tmp_path, seed):
     import random
 
