@@ -239,3 +239,23 @@ def test_statuses_compare_and_serialise_as_their_plain_values():
     assert json.dumps({"status": VideoStatus.NO_FACE}) == '{"status": "no_face"}'
     assert [str(s) for s in STATUSES] == ["ok", "partial", "no_face", "missing", "unsupported", "decode_error",
                                           "timeout", "internal_error"]
+
+
+def test_progress_counts_a_unit_that_ray_redoes_once():
+    from dfprep.runner.progress import Progress
+
+    progress = Progress(5, quiet=True, bar=Bar("extract", "video", "faces_per_s", faces=True))
+    for unit, done, faces in [("a", 1, 2), ("a", 2, 3), ("a", 1, 2), ("a", 2, 3), ("a", 3, 4), ("b", 2, 1)]:
+        progress(unit, done, faces)  # unit a's actor died after two videos; the retry starts over
+    assert progress.done == {"a": 3, "b": 2} and progress.faces == {"a": 4, "b": 1}
+    progress.close()
+
+
+def test_only_the_checked_reader_opens_tars():
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "dfprep"
+    users = sorted(str(path.relative_to(package)) for path in package.rglob("*.py")
+                   if any(isinstance(node, ast.Import) and any(a.name == "tarfile" for a in node.names)
+                          for node in ast.walk(ast.parse(path.read_text()))))
+    assert users == ["io/shards.py"]

@@ -34,6 +34,7 @@ MANIFEST = "manifest.json"  # how a map set was made
 # ---------------------------------------------------------------- members of a sample (<key>.<type>)
 
 IMAGE_TYPES = ("jpg", "png", "webp")  # face crops as extract writes them (output.image_format)
+READ_IMAGE_TYPES = ("jpg", "jpeg", "png", "webp")  # what every reader accepts (.jpeg: other tools' name for jpg)
 LANDMARKS_MEMBER = "ldm.npy"
 MAP_MEMBER = "prmap.png"  # a primary-region map in a companion shard
 

@@ -23,8 +23,9 @@ from dfprep import __version__
 from dfprep.config.schema import FUSIONS, MAP_METHODS, TARGETS, CamRecipe, RayConfig
 from dfprep.errors import DfprepError
 from dfprep.io.integrity import damaged_units
-from dfprep.io.layout import (DATASET_JSON, IMAGE_TYPES, LANDMARKS_MEMBER, MANIFEST, MAP_INDEX_SCHEMA, MAP_MEMBER,
-                              MAP_SET_NAME, MAPS_FOLDER, PLAN_META, STATS_SUFFIX, TEMP_SUFFIX, unit_files)
+from dfprep.io.layout import (DATASET_JSON, LANDMARKS_MEMBER, MANIFEST, MAP_INDEX_SCHEMA, MAP_MEMBER,
+                              MAP_SET_NAME, MAPS_FOLDER, PLAN_META, READ_IMAGE_TYPES, STATS_SUFFIX, TEMP_SUFFIX,
+                              unit_files)
 from dfprep.io.ownership import check_claimable
 from dfprep.io.payloads import PayloadError, decode_image, load_json, load_landmarks
 from dfprep.io.regionmaps import ZooCheckpoint, apply_threshold, encode_map_png
@@ -168,9 +169,9 @@ class FaceSample:
 
     def image(self) -> np.ndarray:
         """The aligned crop as RGB uint8 (its size checked from the header before decoding)."""
-        payload = next((self.members[t] for t in IMAGE_TYPES if t in self.members), None)
+        payload = next((self.members[t] for t in READ_IMAGE_TYPES if t in self.members), None)
         if payload is None:
-            raise DfprepError(f"{self.shard}: sample {self.key}: no face image ({'/'.join(IMAGE_TYPES)})")
+            raise DfprepError(f"{self.shard}: sample {self.key}: no face image ({'/'.join(READ_IMAGE_TYPES)})")
         try:
             image = decode_image(payload, cv2.IMREAD_COLOR)
         except PayloadError as exc:
@@ -197,7 +198,7 @@ class FaceSample:
 
 def read_face_samples(faces: Storage, unit: str) -> Iterator[FaceSample]:
     """A face shard's samples in tar order, streamed (members of one key are contiguous), crc32s checked."""
-    wanted = frozenset(IMAGE_TYPES) | {LANDMARKS_MEMBER, "json"}
+    wanted = frozenset(READ_IMAGE_TYPES) | {LANDMARKS_MEMBER, "json"}
     for key, members in read_samples(faces, f"{unit}.tar", wanted):
         yield FaceSample(key, members, f"{unit}.tar")
 
