@@ -26,8 +26,9 @@ from decode_floor import DEFAULT_ROOT  # noqa: E402
 
 from dfprep.catalog import scan  # noqa: E402
 from dfprep.config import load_config  # noqa: E402
-from dfprep.jobs.maps import MapSettings
-from dfprep.runner.maps import maps_run  # noqa: E402
+from dfprep.config.schema import RayConfig
+from dfprep.jobs.maps import MapRun, MapSettings
+from dfprep.runner.run import maps_run  # noqa: E402
 from dfprep.io.regionmaps import encode_map_png
 from dfprep.vision.regions import landmark_prior_map  # noqa: E402
 from dfprep.runner.run import extract_run  # noqa: E402
@@ -79,7 +80,7 @@ def write_zoo(names: list[str], folder: Path) -> list[str]:
 def timed_maps(out: Path, settings: MapSettings) -> tuple[float, int]:
     """Wall seconds and maps written for one in-process `dfprep maps` run."""
     started = time.perf_counter()
-    report = maps_run(str(out), settings, workers=0, quiet=True)
+    report = maps_run(str(out), MapRun(settings, RayConfig(workers=0), quiet=True))
     return time.perf_counter() - started, report.maps_written
 
 

@@ -219,10 +219,11 @@ def test_verify_refuses_a_folder_that_is_not_an_output(tmp_path):
 
 
 def test_map_shards_are_verified_against_their_face_shards_and_redone_when_damaged(copy):
-    from dfprep.jobs.maps import MapSettings
-    from dfprep.runner.maps import maps_run
+    from dfprep.config.schema import RayConfig
+    from dfprep.jobs.maps import MapRun, MapSettings
+    from dfprep.runner.run import maps_run
 
-    maps_run(str(copy), MapSettings(), workers=0, quiet=True)
+    maps_run(str(copy), MapRun(MapSettings(), RayConfig(workers=0), quiet=True))
     map_tar = copy / "maps" / "landmarks" / f"{SHARD}.tar"
     original = map_tar.read_bytes()
     member = _member(map_tar, ".prmap.png")
@@ -233,7 +234,7 @@ def test_map_shards_are_verified_against_their_face_shards_and_redone_when_damag
     assert [(d.shard, d.reason.split(": ", 1)[1]) for d in problems] == [
         (f"maps/landmarks/{SHARD}", "member .prmap.png does not match its recorded crc32 (damaged bytes)")]
     map_tar.write_bytes(original[: len(original) // 2])
-    report = maps_run(str(copy), MapSettings(), workers=0, quiet=True)
+    report = maps_run(str(copy), MapRun(MapSettings(), RayConfig(workers=0), quiet=True))
     assert report.maps_written > 0 and map_tar.read_bytes() == original
     assert verify_output(str(copy), deep=True).clean
 

@@ -21,8 +21,9 @@ from dfprep.catalog import scan
 from dfprep.cli import cli
 from dfprep.config import load_config
 from dfprep.errors import DfprepError
-from dfprep.jobs.maps import LandmarkMapper, MapSettings
-from dfprep.runner.maps import maps_run
+from dfprep.config.schema import RayConfig
+from dfprep.jobs.maps import LandmarkMapper, MapRun, MapSettings
+from dfprep.runner.run import maps_run
 from dfprep.vision.regions import REGION_PARTS_68
 
 
@@ -112,7 +113,7 @@ def _reach_of_parts(landmarks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def test_landmark_maps_mirror_the_face_shards_and_lie_over_the_landmarks(out):
-    report = maps_run(str(out), MapSettings(), workers=0, quiet=True)
+    report = maps_run(str(out), MapRun(MapSettings(), RayConfig(workers=0), quiet=True))
     folder = out / "maps" / "landmarks"
     assert report.maps_written == report.maps_total == 24 and report.units_skipped == 0
     for shard in _face_shards(out):
@@ -137,7 +138,8 @@ def test_landmark_maps_mirror_the_face_shards_and_lie_over_the_landmarks(out):
 
 
 def test_manifest_records_how_the_maps_were_made(out):
-    maps_run(str(out), MapSettings(weights=(("eyes", 1.0), ("eyebrows", 0.4))), workers=0, quiet=True)
+    weights = MapSettings(weights=(("eyes", 1.0), ("eyebrows", 0.4)))
+    maps_run(str(out), MapRun(weights, RayConfig(workers=0), quiet=True))
     manifest = json.loads((out / "maps" / "landmarks" / "manifest.json").read_text())
     assert manifest["method"] == "landmarks" and manifest["weights"] == {"eyes": 1.0, "eyebrows": 0.4}
     assert manifest["size"] == [256, 256] and manifest["threshold"] == 0.0 and manifest["zoo"] == []
@@ -148,24 +150,25 @@ def test_manifest_records_how_the_maps_were_made(out):
 
 
 def test_rerun_skips_committed_shards_and_other_settings_are_refused(out):
-    maps_run(str(out), MapSettings(), workers=0, quiet=True)
+    maps_run(str(out), MapRun(MapSettings(), RayConfig(workers=0), quiet=True))
     folder = out / "maps" / "landmarks"
     before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.name != "manifest.json"}
-    report = maps_run(str(out), MapSettings(), workers=0, quiet=True)
+    report = maps_run(str(out), MapRun(MapSettings(), RayConfig(workers=0), quiet=True))
     assert report.units_skipped == report.units_total and report.maps_written == 0
     assert before == {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.name != "manifest.json"}
     sharper = MapSettings(blur_sigma=0.0)
     with pytest.raises(DfprepError, match=r"different settings \(blur_sigma changed\).*--overwrite.*--name"):
-        maps_run(str(out), sharper, workers=0, quiet=True)
-    maps_run(str(out), MapSettings(blur_sigma=0.0, name="sharp"), workers=0, quiet=True)  # side by side
+        maps_run(str(out), MapRun(sharper, RayConfig(workers=0), quiet=True))
+    side_by_side = MapSettings(blur_sigma=0.0, name="sharp")
+    maps_run(str(out), MapRun(side_by_side, RayConfig(workers=0), quiet=True))
     assert _maps(out / "maps" / "sharp").keys() == _maps(folder).keys()
-    report = maps_run(str(out), sharper, workers=0, quiet=True, overwrite=True)
+    report = maps_run(str(out), MapRun(sharper, RayConfig(workers=0), quiet=True, overwrite=True))
     assert report.maps_written == 24
     assert json.loads((folder / "manifest.json").read_text())["blur_sigma"] == 0.0
 
 
 def test_resume_after_a_kill_completes_with_identical_shards(out, monkeypatch):
-    maps_run(str(out), MapSettings(), workers=0, quiet=True)
+    maps_run(str(out), MapRun(MapSettings(), RayConfig(workers=0), quiet=True))
     folder = out / "maps" / "landmarks"
     reference = {p.name: p.read_bytes() for p in folder.glob("*.tar")}
     first, second, third = sorted(reference)[:3]
@@ -175,7 +178,7 @@ def test_resume_after_a_kill_completes_with_identical_shards(out, monkeypatch):
     (folder / second.replace(".tar", ".parquet")).unlink()
     for suffix in (".tar", ".parquet", "_stats.json"):  # never started
         (folder / third.replace(".tar", suffix)).unlink()
-    report = maps_run(str(out), MapSettings(), workers=0, quiet=True)
+    report = maps_run(str(out), MapRun(MapSettings(), RayConfig(workers=0), quiet=True))
     assert report.units_skipped == report.units_total - 3 and {first, f"{second}.tmp"} <= set(report.removed)
     assert {p.name: p.read_bytes() for p in folder.glob("*.tar")} == reference
     assert not list(folder.glob("*.tmp"))
@@ -193,12 +196,12 @@ def test_a_crash_mid_run_keeps_committed_shards_and_the_rerun_finishes(out, monk
 
     monkeypatch.setattr(LandmarkMapper, "maps", crash_on_third_batch)
     with pytest.raises(KeyboardInterrupt):
-        maps_run(str(out), MapSettings(batch_size=4), workers=0, quiet=True)
+        maps_run(str(out), MapRun(MapSettings(batch_size=4), RayConfig(workers=0), quiet=True))
     folder = out / "maps" / "landmarks"
     assert len(list(folder.glob("*_stats.json"))) < len(_face_shards(out))
     assert not json.loads((folder / "manifest.json").read_text())["complete"]
     monkeypatch.setattr(LandmarkMapper, "maps", original)
-    report = maps_run(str(out), MapSettings(batch_size=4), workers=0, quiet=True)
+    report = maps_run(str(out), MapRun(MapSettings(batch_size=4), RayConfig(workers=0), quiet=True))
     assert report.maps_total == 24 and report.units_skipped >= 1
     assert all(_keys(folder / f"{s}.tar") == _keys(out / f"{s}.tar") for s in _face_shards(out)
                if (out / f"{s}.tar").exists())
@@ -206,7 +209,7 @@ def test_a_crash_mid_run_keeps_committed_shards_and_the_rerun_finishes(out, monk
 
 def test_cam_maps_fuse_the_zoo_and_zero_values_at_or_below_the_threshold(out, zoo):
     settings = MapSettings(method="cam", zoo=tuple(map(str, zoo)), fusion="max", batch_size=5, target="fake")
-    report = maps_run(str(out), settings, workers=0, quiet=True)
+    report = maps_run(str(out), MapRun(settings, RayConfig(workers=0), quiet=True))
     folder = out / "maps" / "cam"
     assert report.maps_written == 24
     for shard in _face_shards(out):
@@ -226,8 +229,8 @@ def test_cam_maps_fuse_the_zoo_and_zero_values_at_or_below_the_threshold(out, zo
 
 def test_cam_label_target_explains_each_crops_own_class(out, zoo):
     common = {"method": "cam", "zoo": tuple(map(str, zoo)), "threshold": 0.0, "batch_size": 8}
-    maps_run(str(out), MapSettings(**common, target="fake"), workers=0, quiet=True)
-    maps_run(str(out), MapSettings(**common, target="label", name="by-label"), workers=0, quiet=True)
+    maps_run(str(out), MapRun(MapSettings(**common, target="fake"), RayConfig(workers=0), quiet=True))
+    maps_run(str(out), MapRun(MapSettings(**common, target="label", name="by-label"), RayConfig(workers=0), quiet=True))
     fake_target, by_label = _maps(out / "maps" / "cam", np.uint16), _maps(out / "maps" / "by-label", np.uint16)
     labels = {key: json.loads(members["json"])["label"] for key, members in _faces(out).items()}
     for key, label in labels.items():
@@ -243,7 +246,7 @@ def test_a_checkpoint_that_does_not_fit_its_architecture_fails_before_any_map(ou
     torch.save({"model_name": "efficientnet_small", "state_dict": build_model("tiny_cnn").state_dict(),
                 "config": {}}, wrong)
     with pytest.raises(DfprepError, match="wrong.pt: state_dict does not match its declared architecture"):
-        maps_run(str(out), MapSettings(method="cam", zoo=(str(wrong),)), workers=0, quiet=True)
+        maps_run(str(out), MapRun(MapSettings(method="cam", zoo=(str(wrong),)), RayConfig(workers=0), quiet=True))
     assert not (out / "maps").exists()
 
 
@@ -275,16 +278,16 @@ def test_cli_maps_cam_landmarks_and_one_line_errors(out, zoo):
 
 def test_maps_on_a_pyarrow_filesystem(out):
     subtree = pafs.SubTreeFileSystem(str(out.parent), pafs.LocalFileSystem())
-    report = maps_run(out.name, MapSettings(), workers=0, quiet=True, filesystem=subtree)
+    report = maps_run(out.name, MapRun(MapSettings(), RayConfig(workers=0), quiet=True), filesystem=subtree)
     assert report.maps_written == 24 and (out / "maps/landmarks/manifest.json").exists()
-    maps_run(f"file://{out}", MapSettings(), workers=0, quiet=True)  # a URI resumes the same folder
+    maps_run(f"file://{out}", MapRun(MapSettings(), RayConfig(workers=0), quiet=True))  # a URI resumes the same folder
 
 
 def test_face_shards_stream_the_maps_joined_by_key(out):
     pytest.importorskip("torch")
     from dfprep.torch import FaceShards
 
-    maps_run(str(out), MapSettings(), workers=0, quiet=True)
+    maps_run(str(out), MapRun(MapSettings(), RayConfig(workers=0), quiet=True))
     samples = list(FaceShards(str(out), maps="landmarks"))
     assert len(samples) == 24
     assert all(s["map"].shape == (256, 256) and 0 <= float(s["map"].min()) and float(s["map"].max()) <= 1
@@ -292,14 +295,14 @@ def test_face_shards_stream_the_maps_joined_by_key(out):
 
 
 def test_ray_actors_write_what_in_process_writes(out, zoo, ray_session):
-    maps_run(str(out), MapSettings(name="local"), workers=0, quiet=True)
-    report = maps_run(str(out), MapSettings(name="ray"), workers=2, quiet=True)
+    maps_run(str(out), MapRun(MapSettings(name="local"), RayConfig(workers=0), quiet=True))
+    report = maps_run(str(out), MapRun(MapSettings(name="ray"), RayConfig(workers=2), quiet=True))
     assert report.maps_written == 24
     local = {p.name: p.read_bytes() for p in (out / "maps/local").glob("*.tar")}
     assert local == {p.name: p.read_bytes() for p in (out / "maps/ray").glob("*.tar")}
     cam = {"method": "cam", "zoo": (str(zoo[0]),), "batch_size": 6}
-    maps_run(str(out), MapSettings(**cam, name="cam-local"), workers=0, quiet=True)
-    maps_run(str(out), MapSettings(**cam, name="cam-ray"), workers=2, quiet=True)
+    maps_run(str(out), MapRun(MapSettings(**cam, name="cam-local"), RayConfig(workers=0), quiet=True))
+    maps_run(str(out), MapRun(MapSettings(**cam, name="cam-ray"), RayConfig(workers=2), quiet=True))
     in_process, distributed = _maps(out / "maps/cam-local", np.uint16), _maps(out / "maps/cam-ray", np.uint16)
     assert in_process.keys() == distributed.keys()
     assert all(np.abs(in_process[k].astype(int) - distributed[k].astype(int)).max() <= 1 for k in in_process)

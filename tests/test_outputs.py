@@ -22,8 +22,9 @@ from dfprep.config import load_config
 from dfprep.errors import DfprepError
 from dfprep.io.layout import LOCK_FILE
 from dfprep.io.lock import OutputLock, process_start
-from dfprep.jobs.maps import MapSettings
-from dfprep.runner.maps import maps_run
+from dfprep.config.schema import RayConfig
+from dfprep.jobs.maps import MapRun, MapSettings
+from dfprep.runner.run import maps_run
 from dfprep.io.layout import OWNERSHIP_FILE
 from dfprep.runner.run import extract_run
 from dfprep.io.storage import Storage
@@ -138,12 +139,13 @@ def test_maps_refuse_a_folder_of_someone_else_s_files_and_overwrite_only_their_o
     foreign.mkdir(parents=True)
     (foreign / "train-000000.tar").write_bytes(b"someone else's")
     with pytest.raises(DfprepError, match="not written by dfprep"):
-        maps_run(str(out), MapSettings(), workers=0, quiet=True, overwrite=True)
+        maps_run(str(out), MapRun(MapSettings(), RayConfig(workers=0), quiet=True, overwrite=True))
     assert (foreign / "train-000000.tar").read_bytes() == b"someone else's"
-    maps_run(str(out), MapSettings(name="mine"), workers=0, quiet=True)
+    maps_run(str(out), MapRun(MapSettings(name="mine"), RayConfig(workers=0), quiet=True))
     (out / "maps" / "mine" / "notes.txt").write_text("keep me")
     (out / "maps" / "mine" / "train-000077.tar").write_bytes(b"not a face shard's name")
-    report = maps_run(str(out), MapSettings(name="mine", blur_sigma=0.0), workers=0, quiet=True, overwrite=True)
+    sharper = MapSettings(name="mine", blur_sigma=0.0)
+    report = maps_run(str(out), MapRun(sharper, RayConfig(workers=0), quiet=True, overwrite=True))
     assert report.maps_written == report.maps_total == 8  # four face clips, two faces each
     assert (out / "maps" / "mine" / "notes.txt").read_text() == "keep me"
     assert (out / "maps" / "mine" / "train-000077.tar").read_bytes() == b"not a face shard's name"
@@ -190,7 +192,7 @@ def test_a_live_lock_is_refused_a_stale_one_taken_over(small, out):
         with pytest.raises(DfprepError, match=rf"in use by another dfprep run \(extract, pid {holder.pid}"):
             _extract(small, out)
         with pytest.raises(DfprepError, match="in use by another dfprep run"):
-            maps_run(str(out), MapSettings(), workers=0, quiet=True)
+            maps_run(str(out), MapRun(MapSettings(), RayConfig(workers=0), quiet=True))
         (out / LOCK_FILE).write_text(json.dumps(_lock_record(holder.pid, host="elsewhere")))
         with pytest.raises(DfprepError, match=rf"on elsewhere.*delete .*{LOCK_FILE}"):
             _extract(small, out)
@@ -251,10 +253,10 @@ def test_a_commit_marker_of_another_config_is_not_a_commit(small, out):
 
 
 def test_a_map_marker_of_other_settings_is_redone(out):
-    maps_run(str(out), MapSettings(), workers=0, quiet=True)
+    maps_run(str(out), MapRun(MapSettings(), RayConfig(workers=0), quiet=True))
     marker = sorted((out / "maps" / "landmarks").glob("*_stats.json"))[0]
     marker.write_text(json.dumps({**json.loads(marker.read_text()), "settings_hash": "other"}))
-    report = maps_run(str(out), MapSettings(), workers=0, quiet=True)
+    report = maps_run(str(out), MapRun(MapSettings(), RayConfig(workers=0), quiet=True))
     assert report.units_skipped == report.units_total - 1 and json.loads(marker.read_text())["settings_hash"] != "other"
 
 
@@ -264,7 +266,7 @@ def test_a_map_marker_of_other_settings_is_redone(out):
 @pytest.mark.parametrize("name", ["train-000000_stats.json", "dataset.json", "_attempts/train-000001-00000.json",
                                   "maps/landmarks/manifest.json", "maps/landmarks/train-000000_stats.json"])
 def test_an_empty_marker_is_treated_as_absent_everywhere(small, out, name):
-    maps_run(str(out), MapSettings(), workers=0, quiet=True)
+    maps_run(str(out), MapRun(MapSettings(), RayConfig(workers=0), quiet=True))
     (out / name).parent.mkdir(parents=True, exist_ok=True)
     (out / name).write_bytes(b"")
     for command in (["stats", str(out)], ["maps", str(out), "--workers", "0", "--quiet"],

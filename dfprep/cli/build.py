@@ -167,8 +167,9 @@ def maps(output: str, more_zoo: tuple[str, ...], method: str, name: str, zoo: tu
          workers: int | None, address: str | None, overwrite: bool, quiet: bool) -> None:
     """Primary-region maps for every face under OUTPUT, as companion shards in OUTPUT/maps/NAME/."""
     from dfprep.cli.summary import format_map_summary
-    from dfprep.jobs.maps import MapSettings
-    from dfprep.runner.maps import maps_run
+    from dfprep.config import load_config
+    from dfprep.jobs.maps import MapRun, MapSettings
+    from dfprep.runner.run import maps_run
     from dfprep.vision.regions import parse_weights
 
     if more_zoo and not zoo:
@@ -179,7 +180,8 @@ def maps(output: str, more_zoo: tuple[str, ...], method: str, name: str, zoo: tu
                            layers=layers, target=target, released_halving=released_halving,
                            batch_size=batch_size, device=device, models=models,
                            **{k: v for k, v in landmark_options.items() if v is not None})
-    report = maps_run(output, settings, workers=workers, address=address, overwrite=overwrite, quiet=quiet)
+    ray = load_config(None, {"ray.workers": workers, "ray.address": address}).ray
+    report = maps_run(output, MapRun(settings, ray, overwrite=overwrite, quiet=quiet))
     click.echo(format_map_summary(report))
 
 

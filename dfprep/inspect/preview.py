@@ -21,13 +21,14 @@ from dfprep.errors import DfprepError
 from dfprep.io.payloads import PayloadError
 from dfprep.io.payloads import decode_image as bounded_decode
 from dfprep.io.payloads import load_landmarks
-from dfprep.inspect.stats import as_storage, file_sizes, load_video_rows
+from dfprep.inspect.stats import as_storage, load_video_rows
+from dfprep.io.integrity import file_sizes
 from dfprep.io.keys import video_slug
-from dfprep.io.layout import IMAGE_TYPES, LANDMARKS_MEMBER, MAP_MEMBER, MAP_SET_NAME, MAPS_FOLDER, VIDEOS_TABLE
+from dfprep.io.layout import READ_IMAGE_TYPES, LANDMARKS_MEMBER, MAP_MEMBER, MAP_SET_NAME, MAPS_FOLDER, VIDEOS_TABLE
 from dfprep.io.shards import read_samples
 from dfprep.io.storage import Storage
 
-IMAGE_EXTENSIONS = frozenset({*IMAGE_TYPES, "jpeg"})  # also what other tools name .jpeg
+IMAGE_EXTENSIONS = frozenset(READ_IMAGE_TYPES)
 
 TITLE_HEIGHT = 44
 BACKGROUND = (32, 32, 32)

@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from dfprep.errors import DfprepError, normalised_reason, one_line
-from dfprep.io.integrity import output_problems
+from dfprep.io.integrity import file_sizes, output_problems
 from dfprep.io.layout import DATASET_JSON, MAPS_FOLDER, PLAN_META, STATS_SUFFIX, TEMP_SUFFIX, VIDEOS_TABLE, shard_split
 from dfprep.io.shards import committed_units
 from dfprep.io.storage import Storage
@@ -48,14 +48,6 @@ def load_video_rows(storage: Storage) -> list[dict[str, Any]]:
 def _read_json_or_empty(storage: Storage, name: str) -> dict[str, Any]:
     """A small JSON file of the output, or {} when it is absent or unreadable (an interrupted first run)."""
     return storage.read_marker(name) or {}  # absent or unreadable: as if not written yet
-
-
-def file_sizes(storage: Storage, folder: str = "", recursive: bool = False) -> dict[str, int]:
-    """Relative file name → size from one listing call (cheap on object stores)."""
-    base = storage.path(folder) if folder else storage.root
-    selector = pafs.FileSelector(base, allow_not_found=True, recursive=recursive)
-    infos = storage.fs.get_file_info(selector)
-    return {info.path[len(base) + 1:]: info.size or 0 for info in infos if info.type == pafs.FileType.File}
 
 
 def _yield(planned: int, written: int) -> float | None:

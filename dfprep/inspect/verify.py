@@ -11,9 +11,8 @@ Damage is found at three costs:
 from __future__ import annotations
 
 import hashlib
-import tarfile
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -21,8 +20,8 @@ import pyarrow.fs as pafs
 from dfprep.errors import DfprepError, one_line
 from dfprep.io.integrity import Damage, damaged_units, file_sizes, output_problems, parquet_table, read_markers
 from dfprep.io.layout import DATASET_JSON, MAPS_FOLDER, STATS_SUFFIX
-from dfprep.io.payloads import CRC_FIELD, DEFAULT_LIMITS, PayloadError, crc_mismatch, load_json
-from dfprep.io.shards import BoundedTarInfo, ShardReadError
+from dfprep.io.shards import ShardReadError, sample_problem
+from dfprep.io.shards import read_tar as read_shard_tar
 from dfprep.io.storage import Storage
 
 _CHUNK = 1 << 20
@@ -57,6 +56,10 @@ class HashingReader:
         self.stream = stream
         self.digest = hashlib.sha256() if hashing else None
 
+    def seekable(self) -> bool:
+        """A stream: the checked reader checks it member by member as it goes."""
+        return False
+
     def read(self, size: int = -1) -> bytes:
         """Read and hash."""
         data = self.stream.read(size)
@@ -70,45 +73,6 @@ class HashingReader:
             pass
 
 
-def _samples(tar_name: str, tar: tarfile.TarFile) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, every member's payload) in tar order, each member bounded by the default size limit."""
-    key_now: str | None = None
-    payloads: dict[str, bytes] = {}
-    for member in tar:
-        key, _, extension = member.name.partition(".")
-        if not key or "/" in key or not extension or not member.isfile():
-            raise ShardReadError(f"unexpected member {member.name!r}")
-        if member.size > DEFAULT_LIMITS.max_member_bytes:
-            raise ShardReadError(f"member {member.name!r} declares {member.size} bytes (over the limit)")
-        if key != key_now:
-            if key_now is not None:
-                yield key_now, payloads
-            key_now, payloads = key, {}
-        if extension in payloads:
-            raise ShardReadError(f"key {key!r} has two .{extension} members")
-        payloads[extension] = tar.extractfile(member).read()  # type: ignore[union-attr]
-    if key_now is not None:
-        yield key_now, payloads
-
-
-def _sample_problem(key: str, payloads: dict[str, bytes], format_version: int) -> tuple[str | None, Any]:
-    """Why one sample fails its crc32s (format 2 markers promise them), or None; and its parsed json."""
-    if "json" not in payloads:
-        return (f"sample {key!r} has no json member" if format_version >= 2 else None), None
-    try:
-        meta = load_json(payloads["json"])
-    except PayloadError as exc:
-        return f"sample {key!r}: {exc}", None
-    recorded = meta.get(CRC_FIELD) if isinstance(meta, dict) else None
-    if recorded is None:
-        return (f"sample {key!r} records no crc32s" if format_version >= 2 else None), meta
-    problem = crc_mismatch({e: p for e, p in payloads.items() if e != "json"}, recorded)
-    missing = sorted(set(recorded) - set(payloads)) if isinstance(recorded, dict) else []
-    if problem is None and missing:
-        problem = f"member .{missing[0]} is missing"
-    return (f"sample {key!r}: {problem}" if problem else None), meta
-
-
 def _indexed_fields(meta: Any) -> tuple[Any, Any]:
     """(label, frame) a sample's json says: the json is not covered by the crc32s, the index cross-checks it."""
     return (meta.get("label"), meta.get("frame")) if isinstance(meta, dict) else (None, None)
@@ -116,20 +80,20 @@ def _indexed_fields(meta: Any) -> tuple[Any, Any]:
 
 def read_tar(storage: Storage, name: str, deep: bool,
              format_version: int) -> tuple[list[str], list[tuple[Any, Any]], str | None, str | None]:
-    """Stream one tar: (keys in order, (label, frame) per sample, first sample problem or None, sha256 when deep)."""
+    """Stream one tar once through the checked reader: (keys in order, (label, frame) per sample, first sample
+    problem or None, sha256 when deep)."""
     keys: list[str] = []
     fields: list[tuple[Any, Any]] = []
     with storage.fs.open_input_stream(storage.path(name)) as stream:
         reader = HashingReader(stream, deep)
         try:
-            with tarfile.open(fileobj=reader, mode="r|", tarinfo=BoundedTarInfo) as tar:  # type: ignore[call-overload]
-                for key, payloads in _samples(name, tar):
-                    problem, meta = _sample_problem(key, payloads, format_version)
-                    keys.append(key)
-                    fields.append(_indexed_fields(meta))
-                    if problem is not None:
-                        return keys, fields, problem, None
-        except (tarfile.TarError, EOFError, ShardReadError) as exc:
+            for key, payloads in read_shard_tar(reader, name, check_crcs=False):  # type: ignore[arg-type]
+                problem, meta = sample_problem(payloads, required=format_version >= 2, whole=True)
+                keys.append(key)
+                fields.append(_indexed_fields(meta))
+                if problem is not None:
+                    return keys, fields, f"sample {key!r}: {problem}", None
+        except ShardReadError as exc:
             return keys, fields, f"not a readable tar after {len(keys)} samples ({one_line(exc, fallback='damaged')})", None
         reader.drain()
     return keys, fields, None, reader.digest.hexdigest() if reader.digest else None

@@ -39,11 +39,13 @@ class Damage:
 # ---------------------------------------------------------------- cheap checks (no tar is opened)
 
 
-def file_sizes(storage: Storage, folder: str = "") -> dict[str, int]:
-    """File name → size for the files directly in the output folder (or a sub-folder), from one listing."""
+def file_sizes(storage: Storage, folder: str = "", recursive: bool = False) -> dict[str, int]:
+    """Relative file name → size for the files in the output folder (or a sub-folder), from one listing call
+    (cheap on object stores); `recursive` adds the files of every folder below it."""
     base = storage.path(folder) if folder else storage.root
-    infos = storage.fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
-    return {info.base_name: info.size or 0 for info in infos if info.type == pafs.FileType.File}
+    selector = pafs.FileSelector(base, allow_not_found=True, recursive=recursive)
+    infos = storage.fs.get_file_info(selector)
+    return {info.path[len(base) + 1:]: info.size or 0 for info in infos if info.type == pafs.FileType.File}
 
 
 def read_markers(storage: Storage, sizes: dict[str, int], folder: str = "") -> tuple[dict[str, dict], dict[str, str]]:

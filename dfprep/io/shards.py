@@ -1,4 +1,4 @@
-"""Sample encoding, the shard commit protocol (tar → parquet → stats) and the one checked tar reader."""
+"""Sample encoding, the shard commit protocol (tar → parquet → stats) and the one checked tar reader (`read_tar`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import IO, Any, Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dfprep.errors import DfprepError, one_line
-from dfprep.io.layout import STATS_SUFFIX, TEMP_SUFFIX, unit_files
+from dfprep.io.layout import STATS_SUFFIX, TEMP_SUFFIX, check_columns, unit_files
 from dfprep.io.payloads import CRC_FIELD, DEFAULT_LIMITS, PayloadError, ReadLimits, crc_mismatch, load_json, with_crcs
 from dfprep.io.storage import Storage
 
@@ -146,6 +146,8 @@ class ShardWriter:
         try:
             checksums = {"tar_bytes": 0, "tar_sha256": None, "parquet_bytes": 0, "parquet_sha256": None}
             if self.rows:
+                if row_schema is not None:  # a column the schema lacks would be dropped silently
+                    check_columns({c for row in self.rows for c in row}, row_schema, f"{self.name}.parquet")
                 self.storage.upload(self._tar_path, f"{self.name}.tar.tmp")
                 self.storage.rename(f"{self.name}.tar.tmp", f"{self.name}.tar")
                 index = table_bytes(pa.Table.from_pylist(self.rows, schema=row_schema))
@@ -191,60 +193,184 @@ class BoundedTarInfo(tarfile.TarInfo):
         return super()._proc_member(tarfile_)  # type: ignore[misc]
 
 
-def read_samples(storage: Storage, tar_name: str, extensions: frozenset[str],
-                 limits: ReadLimits = DEFAULT_LIMITS) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """A shard's samples in tar order, streamed: (key, payloads of the wanted member types, undecoded).
+class UnsafeMemberError(ShardReadError):
+    """A shard holds a member that is never read: a type outside the reader's safe types, a link or a device."""
 
-    Bounded and checked: a member over the size limit is refused before it is read, and each sample's
-    payloads must match the crc32s its json recorded. Any damage is a ShardReadError naming shard and key.
+
+class SampleIntegrityError(ShardReadError):
+    """One sample's members disagree with the crc32s its json recorded (or its json is unusable)."""
+
+    def __init__(self, tar_name: str, key: str, problem: str):
+        super().__init__(f"{tar_name}: sample {key!r}: {problem}")
+        self.key, self.problem = key, problem
+
+
+_BLOCK = tarfile.BLOCKSIZE
+
+
+def read_samples(storage: Storage, tar_name: str, extensions: frozenset[str] | None,
+                 limits: ReadLimits = DEFAULT_LIMITS) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """A shard of an output folder, read with `read_tar` (the whole archive checked first, crc32s checked)."""
+    with storage.fs.open_input_file(storage.path(tar_name)) as handle:
+        yield from read_tar(handle, tar_name, extensions, limits)
+
+
+def read_tar(handle: IO[bytes], tar_name: str, extensions: frozenset[str] | None = None,
+             limits: ReadLimits = DEFAULT_LIMITS, *, safe_types: frozenset[str] | None = None,
+             check_crcs: bool = True) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """The one checked tar reader: a shard's samples in tar order as (key, payloads of the wanted member types).
+
+    Bounded and checked, whoever reads (maps, preview, verify, the torch consumer): a seekable archive is walked
+    header by header first (member count, names, types, sizes, the end-of-archive block right after the last
+    member), so a truncated or corrupt shard fails before it delivers a single sample; a stream is checked
+    member by member as it goes. Members of one key must be contiguous and unique; each sample's payloads must
+    match the crc32s its json recorded (`check_crcs=False` leaves that to a caller that skips single samples).
+    `extensions=None` keeps every member. Any damage is a ShardReadError naming the shard (and key).
     """
+    if handle.seekable():
+        check_archive(handle, tar_name, limits, safe_types)
+        handle.seek(0)
     try:
-        with storage.fs.open_input_stream(storage.path(tar_name)) as stream, \
-                tarfile.open(fileobj=stream, mode="r|", tarinfo=BoundedTarInfo) as tar:
-            samples = _grouped_members(tar_name, tar, extensions, limits)
-            yield from _checked_samples(tar_name, samples, "json" in extensions, limits)
+        with tarfile.open(fileobj=handle, mode="r|", tarinfo=BoundedTarInfo) as tar:
+            members = _members(tar_name, tar, extensions, limits, safe_types)
+            for key, payloads in group_members(tar_name, members):
+                if check_crcs:
+                    problem = sample_problem(payloads, required=False, whole=extensions is None)[0]
+                    if problem is not None:
+                        raise SampleIntegrityError(tar_name, key, problem)
+                wanted = extensions is None or "json" in extensions
+                yield key, payloads if wanted else {e: p for e, p in payloads.items() if e != "json"}
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise ShardReadError(f"{tar_name}: damaged or unreadable shard ({one_line(exc, fallback=type(exc).__name__)});"
                              " `dfprep verify` lists the damage, rerunning the command that wrote it redoes it") from None
 
 
-def _grouped_members(tar_name: str, tar: tarfile.TarFile, extensions: frozenset[str],
-                     limits: ReadLimits) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, payloads) per sample, keeping the wanted member types plus the json that records their crc32s."""
+def member_name(tar_name: str, info: tarfile.TarInfo, limits: ReadLimits,
+                safe_types: frozenset[str] | None) -> tuple[str, str] | None:
+    """(key, extension) of a member after checking name, kind, type and size; None for a folder entry."""
+    if info.isdir():
+        return None
+    key, _, extension = info.name.partition(".")
+    if not key or "/" in key or not extension:
+        raise ShardReadError(f"{tar_name}: unexpected member name {info.name!r}")
+    if not info.isreg():
+        raise UnsafeMemberError(f"{tar_name}: refusing member {info.name!r} (links and devices are not read)")
+    extension = extension.lower()
+    if safe_types is not None and extension.rsplit(".", 1)[-1] not in safe_types:
+        raise UnsafeMemberError(f"{tar_name}: refusing member {info.name!r} (type .{extension}); only "
+                                f"{'/'.join(sorted(safe_types))} members are read, never pickles or code")
+    if info.size > limits.max_member_bytes:
+        raise ShardReadError(f"{tar_name}: member {info.name!r} declares {info.size} bytes, over the "
+                             f"{limits.max_member_bytes}-byte limit (ReadLimits.max_member_bytes)")
+    return key, extension
+
+
+def _members(tar_name: str, tar: tarfile.TarFile, extensions: frozenset[str] | None, limits: ReadLimits,
+             safe_types: frozenset[str] | None) -> Iterator[tuple[str, str, bytes | None]]:
+    """(key, extension, payload) per member; the payload is read only for wanted types and the json."""
+    count = 0
+    for info in tar:
+        count += 1
+        if count > limits.max_members:
+            raise ShardReadError(f"{tar_name}: more than {limits.max_members} members (ReadLimits.max_members)")
+        named = member_name(tar_name, info, limits, safe_types)
+        if named is None:
+            continue
+        key, extension = named
+        wanted = extensions is None or extension in extensions or extension == "json"
+        yield key, extension, tar.extractfile(info).read() if wanted else None  # type: ignore[union-attr]
+
+
+def group_members(tar_name: str, members: Iterable[tuple[str, str, bytes | None]]
+                  ) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Consecutive members of one key form a sample; a key seen twice or a type twice in a key is an error."""
     key_now: str | None = None
     payloads: dict[str, bytes] = {}
-    for member in tar:
-        key, _, extension = member.name.partition(".")
-        if not key or "/" in key or not extension:
-            raise ShardReadError(f"{tar_name}: unexpected member name {member.name!r}")
-        if member.size > limits.max_member_bytes:
-            raise ShardReadError(f"{tar_name}: member {member.name!r} declares {member.size} bytes, over the "
-                                 f"{limits.max_member_bytes}-byte limit")
+    types: set[str] = set()
+    seen: set[str] = set()
+    for key, extension, payload in members:
         if key != key_now:
             if key_now is not None:
                 yield key_now, payloads
-            key_now, payloads = key, {}
-        if (extension.lower() in extensions or extension == "json") and member.isfile():
-            payloads[extension.lower()] = tar.extractfile(member).read()  # type: ignore[union-attr]
+            if key in seen:
+                raise ShardReadError(f"{tar_name}: key {key!r} appears twice (members not contiguous)")
+            seen.add(key)
+            key_now, payloads, types = key, {}, set()
+        if extension in types:
+            raise ShardReadError(f"{tar_name}: key {key!r} has two .{extension} members")
+        types.add(extension)
+        if payload is not None:
+            payloads[extension] = payload
     if key_now is not None:
         yield key_now, payloads
 
 
-def _checked_samples(tar_name: str, samples: Iterator[tuple[str, dict[str, bytes]]], keep_json: bool,
-                     limits: ReadLimits) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Check each sample against the crc32s in its json, then drop the json unless it was asked for."""
-    for key, payloads in samples:
-        if "json" in payloads:
-            try:
-                meta = load_json(payloads["json"], limits)
-            except PayloadError as exc:
-                raise ShardReadError(f"{tar_name}: sample {key!r}: {exc}") from None
-            if not isinstance(meta, dict):
-                raise ShardReadError(f"{tar_name}: sample {key!r}: json is a {type(meta).__name__}, expected an object")
-            problem = crc_mismatch({e: p for e, p in payloads.items() if e != "json"}, meta.get(CRC_FIELD))
-            if problem is not None:
-                raise ShardReadError(f"{tar_name}: sample {key!r}: {problem}")
-        yield key, payloads if keep_json else {e: p for e, p in payloads.items() if e != "json"}
+def sample_problem(payloads: dict[str, bytes], required: bool, whole: bool,
+                   limits: ReadLimits = DEFAULT_LIMITS) -> tuple[str | None, Any]:
+    """Why a sample fails its crc32s, or None; and its parsed json (None without one).
+
+    `required`: the commit promised crc32s (marker format 2), so a missing json or record is a problem too;
+    `whole`: every member was read, so a recorded member that is absent is one as well.
+    """
+    if "json" not in payloads:
+        return ("no json member (its commit promises crc32s)" if required else None), None
+    try:
+        meta = load_json(payloads["json"], limits)
+    except PayloadError as exc:
+        return str(exc), None
+    if not isinstance(meta, dict):
+        return f"json is a {type(meta).__name__}, expected an object", meta
+    recorded = meta.get(CRC_FIELD)
+    if recorded is None:
+        return ("its json records no crc32s" if required else None), meta
+    problem = crc_mismatch({e: p for e, p in payloads.items() if e not in ("json", "map")}, recorded)
+    missing = sorted(set(recorded) - set(payloads)) if whole and isinstance(recorded, dict) else []
+    return problem or (f"member .{missing[0]} is missing" if missing else None), meta
+
+
+def check_archive(handle: IO[bytes], tar_name: str, limits: ReadLimits = DEFAULT_LIMITS,
+                  safe_types: frozenset[str] | None = None) -> None:
+    """Walk every header of a seekable tar (no payload read) and check the end-of-archive block follows the last."""
+    archive = None
+    members: list[tarfile.TarInfo] = []
+    try:
+        archive = tarfile.open(fileobj=handle, mode="r:", tarinfo=BoundedTarInfo)
+        for info in archive:
+            members.append(info)
+            if len(members) > limits.max_members:
+                raise ShardReadError(f"{tar_name}: more than {limits.max_members} members (ReadLimits.max_members)")
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise _unreadable(tar_name, handle, archive, exc) from exc
+    for info in members:
+        member_name(tar_name, info, limits, safe_types)
+    _check_end(tar_name, handle, archive.offset, members)
+
+
+def _unreadable(tar_name: str, handle: IO[bytes], archive: tarfile.TarFile | None,
+                exc: BaseException) -> ShardReadError:
+    """The error for a tar that tarfile itself gave up on: a member's data cut short, or an unreadable start."""
+    if archive is not None and archive.members and "unexpected end of data" in str(exc):
+        size = handle.seek(0, 2)
+        return ShardReadError(f"{tar_name}: truncated at byte offset {size}, inside member "
+                              f"{archive.members[-1].name!r} (its data should run to byte offset {archive.offset}); "
+                              "re-run the command that wrote it")
+    offset = archive.offset if archive else 0
+    return ShardReadError(f"{tar_name}: not a readable tar at byte offset {offset} ({exc})")
+
+
+def _check_end(tar_name: str, handle: IO[bytes], end: int, members: list[tarfile.TarInfo]) -> None:
+    """The archive must end with a zero block right after its last member, else it was cut or damaged."""
+    handle.seek(end)
+    block = handle.read(_BLOCK)
+    if len(block) == _BLOCK and not block.strip(b"\0"):
+        return
+    last = f"last intact header: {members[-1].name!r}" if members else "no intact member"
+    if len(block) == _BLOCK:
+        raise ShardReadError(f"{tar_name}: corrupt header at byte offset {end} ({last}); "
+                             "re-run the command that wrote it")
+    size = handle.seek(0, 2)
+    raise ShardReadError(f"{tar_name}: truncated at byte offset {size}, expected data up to {end + _BLOCK} ({last}); "
+                         "re-run the command that wrote it")
 
 
 def committed_units(storage: Storage, prefix: str = "") -> dict[str, dict[str, Any]]:

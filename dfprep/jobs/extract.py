@@ -14,7 +14,7 @@ from dfprep.catalog.base import VideoRecord
 from dfprep.config import PipelineConfig
 from dfprep.errors import ConfigError, one_line
 from dfprep.io.keys import sample_key
-from dfprep.io.layout import INTERNAL_ERROR, MISSING, NO_FACE, OK
+from dfprep.io.layout import INTERNAL_ERROR, MISSING, NO_FACE, OK, PARTIAL
 from dfprep.io.shards import Sample, encode_image, encode_npy
 from dfprep.jobs.pairs import Pairing, family_plan, start_pairing
 from dfprep.vision.align import AlignedFace, align_face
@@ -313,7 +313,7 @@ def outcome(written: dict[int, int], plan: list[int]) -> tuple[str, str]:
         return OK, ""
     if with_face == 0:
         return NO_FACE, f"no face found in any of {len(plan)} planned frames (or their neighbours)"
-    return "partial", f"no face in {len(plan) - with_face} of {len(plan)} planned frames (or their neighbours)"
+    return PARTIAL, f"no face in {len(plan) - with_face} of {len(plan)} planned frames (or their neighbours)"
 
 
 def base_row(record: VideoRecord) -> dict[str, Any]:

@@ -11,29 +11,30 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 import cv2
 import numpy as np
 
 from dfprep import __version__
-from dfprep.config.schema import FUSIONS, MAP_METHODS, TARGETS, CamRecipe
+from dfprep.config.schema import FUSIONS, MAP_METHODS, TARGETS, CamRecipe, RayConfig
 from dfprep.errors import DfprepError
-from dfprep.io.integrity import damaged_units, uncommit
-from dfprep.io.layout import (DATASET_JSON, IMAGE_TYPES, LANDMARKS_MEMBER, MANIFEST, MAP_MEMBER, MAP_SET_NAME,
-                              PLAN_META, STATS_SUFFIX, TEMP_SUFFIX, unit_files)
+from dfprep.io.integrity import damaged_units
+from dfprep.io.layout import (DATASET_JSON, LANDMARKS_MEMBER, MANIFEST, MAP_INDEX_SCHEMA, MAP_MEMBER,
+                              MAP_SET_NAME, MAPS_FOLDER, PLAN_META, READ_IMAGE_TYPES, STATS_SUFFIX, TEMP_SUFFIX,
+                              unit_files)
 from dfprep.io.ownership import check_claimable
 from dfprep.io.payloads import PayloadError, decode_image, load_json, load_landmarks
 from dfprep.io.regionmaps import ZooCheckpoint, apply_threshold, encode_map_png
-from dfprep.io.shards import Sample, ShardWriter, committed_units, read_samples, remove_stale_staging, remove_uncommitted
+from dfprep.io.shards import Sample, ShardWriter, committed_units, read_samples
 from dfprep.io.storage import Storage
+from dfprep.jobs.contract import Announce, Bar, ItemGuard, Outcome, Plan, Stats, WorkerFactory
 from dfprep.vision.regions import DEFAULT_BLUR_SIGMA, DEFAULT_WEIGHTS, check_weights, landmark_prior_map
 
 DEFAULT_THRESHOLDS = {"landmarks": 0.0, "cam": 0.3}
-
-ReportFn = Callable[[str, int], None]  # (unit name, samples mapped so far in that unit)
 
 
 @dataclass(frozen=True)
@@ -168,9 +169,9 @@ class FaceSample:
 
     def image(self) -> np.ndarray:
         """The aligned crop as RGB uint8 (its size checked from the header before decoding)."""
-        payload = next((self.members[t] for t in IMAGE_TYPES if t in self.members), None)
+        payload = next((self.members[t] for t in READ_IMAGE_TYPES if t in self.members), None)
         if payload is None:
-            raise DfprepError(f"{self.shard}: sample {self.key}: no face image ({'/'.join(IMAGE_TYPES)})")
+            raise DfprepError(f"{self.shard}: sample {self.key}: no face image ({'/'.join(READ_IMAGE_TYPES)})")
         try:
             image = decode_image(payload, cv2.IMREAD_COLOR)
         except PayloadError as exc:
@@ -197,7 +198,7 @@ class FaceSample:
 
 def read_face_samples(faces: Storage, unit: str) -> Iterator[FaceSample]:
     """A face shard's samples in tar order, streamed (members of one key are contiguous), crc32s checked."""
-    wanted = frozenset(IMAGE_TYPES) | {LANDMARKS_MEMBER, "json"}
+    wanted = frozenset(READ_IMAGE_TYPES) | {LANDMARKS_MEMBER, "json"}
     for key, members in read_samples(faces, f"{unit}.tar", wanted):
         yield FaceSample(key, members, f"{unit}.tar")
 
@@ -298,33 +299,60 @@ def zoo_layers(settings: MapSettings, checkpoints: list[ZooCheckpoint], cam: Cam
 # ---------------------------------------------------------------- one unit: read, map, commit
 
 
-def map_unit(unit: MapUnit, faces: Storage, maps: Storage, mapper: Mapper,
-             report: ReportFn | None = None, settings_hash: str = "") -> dict[str, Any]:
-    """Map every face of one shard into its companion shard and commit it, stamped with the settings hash."""
-    if unit.samples and not faces.exists(f"{unit.name}.tar"):
-        raise DfprepError(f"{unit.name}.tar is missing although its face shard is committed: delete "
-                          f"{unit.name}{STATS_SUFFIX} and re-run extract")
-    started = time.monotonic()
-    writer = ShardWriter(maps, unit.name)
-    size: list[int] | None = None
-    try:
-        samples = read_face_samples(faces, unit.name) if unit.samples else iter(())
-        for batch in batched(samples, mapper.batch_size):
-            for sample, region_map in zip(batch, mapper.maps(batch)):
-                members = {MAP_MEMBER: encode_map_png(region_map, mapper.bits),
+class MapUnitWorker:
+    """Maps every face of a shard into its companion shard and commits it, stamped with the settings hash.
+
+    Inside a Ray actor it is built from plain values (`from_digests`: checkpoint paths and their sha256, never
+    the weights through the object store), so Ray can always restart the actor; on a cluster the zoo must sit
+    on a shared path.
+    """
+
+    def __init__(self, mapper: Mapper, faces: Storage, maps: Storage, settings_hash: str):
+        self.mapper, self.faces, self.maps, self.settings_hash = mapper, faces, maps, settings_hash
+
+    @classmethod
+    def from_checkpoints(cls, settings: MapSettings, checkpoints: list[ZooCheckpoint], cam: CamBackend | None,
+                         faces: Storage, maps: Storage, settings_hash: str) -> "MapUnitWorker":
+        """A worker over checkpoints already read (in-process)."""
+        return cls(make_mapper(settings, checkpoints, cam), faces, maps, settings_hash)
+
+    @classmethod
+    def from_digests(cls, settings: MapSettings, zoo_sha256: list[str], cam: CamBackend | None, faces: Storage,
+                     maps: Storage, settings_hash: str) -> "MapUnitWorker":
+        """A worker that reads the zoo itself and checks each checkpoint against the driver's sha256 (Ray)."""
+        checkpoints = [ZooCheckpoint.read(path, digest) for path, digest in zip(settings.zoo, zoo_sha256)]
+        return cls.from_checkpoints(settings, checkpoints, cam, faces, maps, settings_hash)
+
+    def run_unit(self, unit: MapUnit, guard: ItemGuard, announce: Announce) -> Stats:
+        """Read, map and write the unit's faces in batches, then commit (the staging is discarded on any error)."""
+        if unit.samples and not self.faces.exists(f"{unit.name}.tar"):
+            raise DfprepError(f"{unit.name}.tar is missing although its face shard is committed: delete "
+                              f"{unit.name}{STATS_SUFFIX} and re-run extract")
+        started = time.monotonic()
+        writer = ShardWriter(self.maps, unit.name)
+        try:
+            size = self._write_maps(unit, writer, announce)
+            if len(writer.rows) != unit.samples:
+                raise DfprepError(f"{unit.name}.tar holds {len(writer.rows)} faces but its commit marker says "
+                                  f"{unit.samples}: the face shard changed or is damaged")
+            return writer.commit({"unit": unit.name, "size": size, "seconds": round(time.monotonic() - started, 3),
+                                  "settings_hash": self.settings_hash}, MAP_INDEX_SCHEMA)
+        except BaseException:
+            writer.discard()
+            raise
+
+    def _write_maps(self, unit: MapUnit, writer: ShardWriter, announce: Announce) -> list[int] | None:
+        """One map per face, in the face shard's order; returns the maps' size."""
+        size: list[int] | None = None
+        samples = read_face_samples(self.faces, unit.name) if unit.samples else iter(())
+        for batch in batched(samples, self.mapper.batch_size):
+            for sample, region_map in zip(batch, self.mapper.maps(batch)):
+                members = {MAP_MEMBER: encode_map_png(region_map, self.mapper.bits),
                            "json": json.dumps({"key": sample.key}).encode()}
                 writer.add(Sample(sample.key, members, map_row(region_map)))  # the json records the map's crc32
                 size = size or list(region_map.shape)
-            if report is not None:
-                report(unit.name, len(writer.rows))
-        if len(writer.rows) != unit.samples:
-            raise DfprepError(f"{unit.name}.tar holds {len(writer.rows)} faces but its commit marker says "
-                              f"{unit.samples}: the face shard changed or is damaged")
-        return writer.commit({"unit": unit.name, "size": size, "seconds": round(time.monotonic() - started, 3),
-                              "settings_hash": settings_hash})
-    except BaseException:
-        writer.discard()
-        raise
+            announce(unit.name, len(writer.rows), len(writer.rows))
+        return size
 
 
 def map_row(region_map: np.ndarray) -> dict[str, float]:
@@ -333,7 +361,7 @@ def map_row(region_map: np.ndarray) -> dict[str, float]:
             "peak": round(float(region_map.max()), 5)}
 
 
-# ---------------------------------------------------------------- the run: plan, refuse, resume, finalize
+# ---------------------------------------------------------------- the job: plan, refuse, resume, finalize
 
 
 def face_units(faces: Storage) -> list[MapUnit]:
@@ -387,37 +415,6 @@ def clean_maps(maps: Storage, units: list[MapUnit]) -> list[str]:
     return removed
 
 
-def valid_map_commits(maps: Storage, settings_hash: str) -> dict[str, dict[str, Any]]:
-    """Map commit markers stamped with these settings: other settings' are not commits here (an unstamped marker
-    predates stamps; the manifest check already refused other settings for it)."""
-    return {unit: stats for unit, stats in committed_units(maps).items()
-            if stats.get("settings_hash", settings_hash) == settings_hash}
-
-
-def remove_stale(maps: Storage, units: list[MapUnit], committed: dict[str, dict[str, Any]]) -> list[str]:
-    """Committed map shards whose face shard is gone or holds another number of faces, or that are damaged, are redone."""
-    expected = {u.name: u.samples for u in units}
-    removed = []
-    damaged = damaged_units(maps, committed)
-    for name, stats in committed.items():
-        if expected.get(name) != stats.get("samples") or name in damaged:
-            removed += uncommit(maps, name)
-    return removed
-
-
-def prepare_maps(maps: Storage, manifest: dict[str, Any], units: list[MapUnit], overwrite: bool) -> list[str]:
-    """Refuse or clean, persist the manifest before any shard, then drop stale shards and leftovers."""
-    check_claimable(maps, MANIFEST, what="maps")
-    removed = clean_maps(maps, units) if overwrite else []
-    maps.makedirs()
-    check_manifest(maps, manifest["identity"], manifest["name"])
-    maps.write_json(MANIFEST, {**manifest, "complete": False})
-    committed = valid_map_commits(maps, manifest["settings_hash"])
-    removed += remove_stale(maps, units, committed)
-    committed = valid_map_commits(maps, manifest["settings_hash"])
-    return removed + remove_uncommitted(maps, [u.name for u in units], set(committed))
-
-
 def manifest_base(settings: MapSettings, checkpoints: list[ZooCheckpoint], layers: list[tuple[str, ...]],
                   source: dict[str, Any]) -> dict[str, Any]:
     """The manifest's fixed part: identity (compared on reruns) plus the fields a reader looks for."""
@@ -428,34 +425,96 @@ def manifest_base(settings: MapSettings, checkpoints: list[ZooCheckpoint], layer
                                         "released_halving", "bits")}}
 
 
-def finalize_maps(maps: Storage, manifest: dict[str, Any], units: list[MapUnit]) -> dict[str, dict[str, Any]]:
-    """Rewrite the manifest from the committed shards (the single source of truth)."""
-    committed = valid_map_commits(maps, manifest["settings_hash"])
-    sizes = [committed[u.name]["size"] for u in units if committed.get(u.name, {}).get("size")]
-    maps.write_json(MANIFEST, {**manifest, "size": manifest["size"] or (sizes[0] if sizes else None),
-                               "shards": [u.name for u in units if u.name in committed],
-                               "maps": sum(committed[u.name]["samples"] for u in units if u.name in committed),
-                               "complete": all(u.name in committed for u in units)})
-    return committed
+@dataclass(frozen=True)
+class MapRun:
+    """One `dfprep maps` run, the API of `maps_run`: which maps, the Ray settings it runs under, and how it treats
+    the maps already there (extract's inline maps pass the pipeline's own `ray` section)."""
+
+    settings: MapSettings = field(default_factory=MapSettings)
+    ray: RayConfig = field(default_factory=RayConfig)
+    overwrite: bool = False  # delete this map set's earlier maps and start over
+    quiet: bool = False  # no progress bar
 
 
-# ---------------------------------------------------------------- the worker (run by dfprep.runner.maps)
+class MapJob:
+    """`dfprep maps` as a sharded job: committed face shards → companion map shards, then the manifest."""
 
+    kind = "maps"
+    bar = Bar("maps", "map", "maps_per_s", faces=False)
+    guarded = False
+    temporaries = (MANIFEST,)
 
-class MapWorker:
-    """Ray actor body: builds its mapper (models loaded once) and maps whole units.
+    def __init__(self, faces: Storage, run: MapRun, cam: CamBackend | None):
+        self.settings, self.ray, self.overwrite, self.cam = run.settings.resolved(), run.ray, run.overwrite, cam
+        self.output = faces
+        self.shards = Storage(faces.path(f"{MAPS_FOLDER}/{self.settings.name}"), faces.fs)
+        self.units: list[MapUnit] = []
+        self.checkpoints: list[ZooCheckpoint] = []
+        self.manifest: dict[str, Any] = {}
+        self.source: dict[str, Any] = {}
 
-    Constructor arguments are plain values (checkpoint paths and their sha256, never the weights through
-    the object store), so Ray can always restart an actor; on a cluster the zoo must sit on a shared path.
-    """
+    def check(self) -> None:
+        """Nothing to refuse before the lock: the face shards are read under it."""
 
-    def __init__(self, settings: MapSettings, zoo_sha256: list[str], cam: CamBackend | None):
-        cv2.setNumThreads(1)
-        remove_stale_staging()  # a restarted actor (or a killed run) may have left its staging folder
-        checkpoints = [ZooCheckpoint.read(path, digest) for path, digest in zip(settings.zoo, zoo_sha256)]
-        self.mapper = make_mapper(settings, checkpoints, cam)
+    def claim(self) -> list[str]:
+        """Read the face shards and the zoo, refuse other settings' maps, persist the manifest before any shard."""
+        self.units = face_units(self.output)
+        self.checkpoints = [ZooCheckpoint.read(path) for path in self.settings.zoo]
+        layers = zoo_layers(self.settings, self.checkpoints, self.cam) if self.cam and self.checkpoints else []
+        self.source = source_summary(self.output)
+        self.manifest = manifest_base(self.settings, self.checkpoints, layers, self.source)
+        check_claimable(self.shards, MANIFEST, what="maps")
+        removed = clean_maps(self.shards, self.units) if self.overwrite else []
+        self.shards.makedirs()
+        check_manifest(self.shards, self.manifest["identity"], self.manifest["name"])
+        self.shards.write_json(MANIFEST, {**self.manifest, "complete": False})
+        return removed
 
-    def run_unit(self, unit: MapUnit, faces: Storage, maps: Storage, settings_hash: str, queue: Any) -> dict[str, Any]:
-        """Map and commit one unit, announcing (unit, mapped so far) after each batch."""
-        return map_unit(unit, faces, maps, self.mapper, lambda name, done: queue.put_nowait.remote((name, done)),
-                        settings_hash)
+    def plan(self) -> Plan[MapUnit]:
+        """One unit per committed face shard; a note when the face output is not finished."""
+        complete = self.source.get("complete", True)
+        return Plan(self.units, "" if complete else "the face output is incomplete: rerun maps after extract finishes")
+
+    def is_committed(self, stats: Stats) -> bool:
+        """A marker stamped with these settings (an unstamped one predates stamps; the manifest check guards it)."""
+        return stats.get("settings_hash", self.manifest["settings_hash"]) == self.manifest["settings_hash"]
+
+    def stale(self, unit: str, stats: Stats, units: dict[str, MapUnit]) -> str | None:
+        """A map shard whose face shard is gone or now holds another number of faces is redone."""
+        face = units.get(unit)
+        if face is None or face.samples != stats.get("samples"):
+            return "its face shard changed"
+        return None
+
+    def size(self, unit: MapUnit) -> int:
+        """Faces in the unit."""
+        return unit.samples
+
+    def worker(self, in_process: bool) -> WorkerFactory:
+        """In-process over the checkpoints read here; a Ray actor re-reads them and checks their sha256."""
+        common = (self.cam, self.output, self.shards, self.manifest["settings_hash"])
+        if in_process:
+            return partial(MapUnitWorker.from_checkpoints, self.settings, self.checkpoints, *common)
+        return partial(MapUnitWorker.from_digests, self.settings, [c.sha256 for c in self.checkpoints], *common)
+
+    def actors(self, workers: int, gpus: float) -> tuple[int, dict[str, Any] | None]:
+        """CAM takes one GPU per actor when the cluster has GPUs; otherwise one CPU per worker."""
+        if self.settings.method == "cam" and gpus >= 1:
+            return int(gpus), {"num_cpus": 1, "num_gpus": 1}
+        return max(1, workers), None
+
+    def finalize(self, units: list[MapUnit], committed: dict[str, Stats]) -> None:
+        """Rewrite the manifest from the committed shards."""
+        sizes = [committed[u.name]["size"] for u in units if committed.get(u.name, {}).get("size")]
+        done = [u.name for u in units if u.name in committed]
+        self.shards.write_json(MANIFEST, {**self.manifest, "size": self.manifest["size"] or (sizes[0] if sizes else None),
+                                          "shards": done, "maps": sum(committed[name]["samples"] for name in done),
+                                          "complete": len(done) == len(units)})
+
+    def report(self, outcome: Outcome[MapUnit]) -> MapReport:
+        """Maps written by this run and in total."""
+        units, committed = outcome.plan.units, outcome.committed
+        written = sum(committed[name]["samples"] for name in outcome.done if name in committed)
+        total = sum(committed[u.name]["samples"] for u in units if u.name in committed)
+        return MapReport(self.shards.root, self.settings.name, self.settings.method, len(units), outcome.skipped,
+                         written, total, 0.0, outcome.removed, outcome.plan.note)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import faulthandler
 import os
-import re
 import socket
 import sys
 import tempfile
@@ -34,13 +33,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from dfprep.io.layout import ATTEMPTS_DIR, SHARD_PATTERN
+from dfprep.io.layout import ATTEMPT_MARKER, ATTEMPTS_DIR, DECODE_ERROR, TIMEOUT, marker_name, marker_unit
 from dfprep.io.storage import Storage
 
 MAX_ATTEMPTS = 2
 HUNG_EXIT_CODE = 70
 CRASH_LOG_PREFIX = "dfprep-crash-"
-_MARKER = re.compile(rf"^(?P<unit>{SHARD_PATTERN})-(?P<position>\d{{5}})\.json(?P<temporary>\.tmp)?$")
 
 
 @dataclass(frozen=True)
@@ -50,11 +48,6 @@ class RunContext:
     run_id: str
     exit_on_hang: bool = False  # only a Ray actor may end itself; the caller's process never
     crash_log: str | None = None  # in-process: the file faulthandler writes a fatal signal into
-
-
-def marker_name(unit: str, position: int) -> str:
-    """Attempt marker of one video of a unit."""
-    return f"{ATTEMPTS_DIR}/{unit}-{position:05d}.json"
 
 
 class AttemptLog:
@@ -78,11 +71,11 @@ class AttemptLog:
         """Mark the video in progress; returns (status, reason) when it must be skipped instead."""
         marker = charge_if_died(self.markers.get(position, {}), self.context.run_id)
         if marker.get("hung"):
-            return "timeout", f"video hung the decoder for more than {marker.get('seconds', timeout_s):g}s " \
+            return TIMEOUT, f"video hung the decoder for more than {marker.get('seconds', timeout_s):g}s " \
                               "(recorded by the watchdog)"
         deaths = int(marker.get("deaths", 0))
         if deaths >= MAX_ATTEMPTS:
-            return "decode_error", f"the worker died {deaths} times while processing this video " \
+            return DECODE_ERROR, f"the worker died {deaths} times while processing this video " \
                                    f"({marker.get('last_death', 'crash in a decoder?')})"
         self._write(position, {**marker, "in_progress": in_progress_record(self.context)})
         return None
@@ -113,16 +106,10 @@ class AttemptLog:
 
 def _position(name: str, unit: str) -> int | None:
     """The video position a marker file belongs to, or None for another unit's (or anybody else's) file."""
-    match = _MARKER.match(name)
+    match = ATTEMPT_MARKER.match(name)
     if match is None or match["unit"] != unit or match["temporary"]:
         return None
     return int(match["position"])
-
-
-def marker_unit(name: str) -> str | None:
-    """The unit an attempt marker (or its temporary) belongs to; None for a file dfprep did not name."""
-    match = _MARKER.match(name)
-    return match["unit"] if match else None
 
 
 def in_progress_record(context: RunContext) -> dict[str, Any]:

@@ -1,51 +1,35 @@
-"""Progress bars of a run: videos (extract) and faces (maps), silent with --quiet; a redone unit counts once."""
+"""The progress bar of a run (videos for extract, maps for maps), silent with --quiet; a redone unit counts once."""
 
 from __future__ import annotations
 
 import time
-from typing import Any
+
+from dfprep.jobs.contract import Bar
 
 
 class Progress:
-    """A tqdm bar over videos (total and ETA) showing faces/s; silent with --quiet."""
+    """A tqdm bar over a job's items (total and ETA) with a rate; workers announce cumulative counts per unit."""
 
-    def __init__(self, total: int, quiet: bool):
+    def __init__(self, total: int, quiet: bool, bar: Bar):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, unit="video", disable=quiet, dynamic_ncols=True, desc="extract")
-        self.faces = 0
-        self.started = time.monotonic()
-
-    def __call__(self, row: dict[str, Any]) -> None:
-        """One video finished."""
-        self.faces += row["faces_written"]
-        rate = self.faces / max(time.monotonic() - self.started, 1e-6)
-        self.bar.set_postfix(faces=self.faces, faces_per_s=f"{rate:.1f}", refresh=False)
-        self.bar.update(1)
-
-    def close(self) -> None:
-        """Finish the bar."""
-        self.bar.close()
-
-
-class MapProgress:
-    """A tqdm bar over faces (total and ETA) showing maps/s; a retried unit is counted once."""
-
-    def __init__(self, total: int, quiet: bool):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, unit="map", disable=quiet, dynamic_ncols=True, desc="maps")
+        self.spec = bar
+        self.bar = tqdm(total=total, unit=bar.item, disable=quiet, dynamic_ncols=True, desc=bar.desc)
         self.done: dict[str, int] = {}
+        self.faces: dict[str, int] = {}
         self.started = time.monotonic()
 
-    def __call__(self, unit: str, mapped: int) -> None:
-        """`mapped` faces of `unit` are done (cumulative, so a redone unit never double-counts)."""
-        gained = mapped - self.done.get(unit, 0)
-        if gained > 0:
-            self.done[unit] = mapped
-            self.bar.update(gained)
-            rate = sum(self.done.values()) / max(time.monotonic() - self.started, 1e-6)
-            self.bar.set_postfix(maps_per_s=f"{rate:.1f}", refresh=False)
+    def __call__(self, unit: str, done: int, faces: int) -> None:
+        """`done` items of `unit` are finished, `faces` written (cumulative: a unit Ray redoes never double-counts)."""
+        gained = done - self.done.get(unit, 0)
+        if gained <= 0:
+            return
+        self.done[unit], self.faces[unit] = done, faces
+        counted = sum(self.faces.values()) if self.spec.faces else sum(self.done.values())
+        postfix = {"faces": sum(self.faces.values())} if self.spec.faces else {}
+        rate = counted / max(time.monotonic() - self.started, 1e-6)
+        self.bar.set_postfix(**postfix, **{self.spec.rate: f"{rate:.1f}"}, refresh=False)
+        self.bar.update(gained)
 
     def close(self) -> None:
         """Finish the bar."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 from collections import Counter
@@ -76,27 +75,15 @@ def out_folder_shards(folder: str) -> list[ShardSource]:
 
 
 def tar_shard(uri: str) -> ShardSource:
-    """A shard named by path: its sibling parquet and stats are used when present."""
+    """A shard named by path: its sibling parquet and commit marker are used when present."""
     if _kind(uri) != pafs.FileType.File:
         raise ShardListError(f"shard not found: {uri}")
     name = _base(uri)[: -len(".tar")] if uri.endswith(".tar") else _base(uri)
     index = join(_parent(uri), f"{name}.parquet")
-    stats = join(_parent(uri), f"{name}{STATS_SUFFIX}")
-    samples = None
-    if _kind(stats) == pafs.FileType.File:
-        with open_binary(stats) as handle:
-            samples = _samples_in_marker(handle.read())
+    stats = Storage(_parent(uri)).read_marker(f"{name}{STATS_SUFFIX}")  # absent or unreadable: None
+    samples = stats.get("samples") if stats is not None else None
     return ShardSource(tar=uri, name=name, index=index if _kind(index) == pafs.FileType.File else None,
                        samples=samples)
-
-
-def _samples_in_marker(payload: bytes) -> int | None:
-    """The sample count a commit marker records; None when the marker is unreadable (treated as absent)."""
-    try:
-        stats = json.loads(payload)
-    except ValueError:
-        return None
-    return stats.get("samples") if isinstance(stats, dict) else None
 
 
 def _resolve_one(item: str) -> list[ShardSource]:
