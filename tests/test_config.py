@@ -4,12 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from dfprep.config import PipelineConfig, available_recipes, load_config, parse_override
+from dfprep.config import PipelineConfig, available_recipes, load_config, parse_override, paths, read_yaml
 from dfprep.errors import ConfigError
 
 
-def test_defaults_file_matches_dataclass_defaults():
+def test_defaults_come_from_the_dataclasses_and_pipelines_yaml_documents_every_one_exactly():
     assert load_config() == PipelineConfig()
+    documented = read_yaml(paths.defaults_file())
+    assert documented == PipelineConfig().to_dict()  # every section, every key, the same value: no drift
 
 
 @pytest.mark.parametrize("recipe", ["ffpp", "celebdf", "dfdc", "dfdcp", "deeperforensics", "folder",

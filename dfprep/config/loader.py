@@ -1,4 +1,4 @@
-"""Load the pipeline configuration: pipelines.yaml defaults ← recipe files ← CLI flags, bounded, merged, validated."""
+"""Load the pipeline configuration: dataclass defaults ← recipe files ← CLI flags, bounded, merged, validated."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import yaml
 
@@ -16,6 +16,9 @@ from dfprep.config import paths
 from dfprep.config.schema import (FUSIONS, MAP_METHODS, TARGETS, AlignmentConfig, CamConfig, DatasetConfig,
                                   DetectionConfig, OutputConfig, PipelineConfig, RayConfig, SamplingConfig)
 from dfprep.errors import ConfigError, one_line
+
+if TYPE_CHECKING:  # importlib.resources.abc is 3.11+; only the annotations need it
+    from importlib.resources.abc import Traversable
 
 
 # Keys a recipe may use besides the stage sections.
@@ -147,10 +150,10 @@ def safe_yaml(text: str, where: str) -> Any:
         loader.dispose()
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path | Traversable) -> dict[str, Any]:
     """Load a pipeline YAML file safely (no python tags, bounded size and expansion); an empty file is {}."""
     try:
-        with open(path, "rb") as handle:
+        with path.open("rb") as handle:
             raw = handle.read(MAX_RECIPE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
@@ -192,20 +195,27 @@ def _check_layer(data: Mapping[str, Any], source: str) -> None:
             raise ConfigError(f"{source}: section '{key}' must be a mapping, got {type(value).__name__}")
 
 
-def recipe_path(name: str) -> Path:
-    """Resolve a recipe name (pipelines/NAME.yaml) or an explicit .yaml path."""
+def recipe_path(name: str) -> Path | Traversable:
+    """Resolve an explicit .yaml path, else a recipe name: the first NAME.yaml along the recipe search path."""
     candidate = Path(name)
     if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
         return candidate
-    path = paths.recipes_dir() / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"unknown pipeline '{name}' (available: {', '.join(available_recipes())})")
-    return path
+    if "/" not in name and "\\" not in name and name not in ("", ".", ".."):
+        for folder in paths.recipe_dirs():
+            path = folder / f"{name}.yaml"
+            if path.is_file():
+                return path
+    raise ConfigError(f"unknown pipeline '{name}' (available: {', '.join(available_recipes())}; "
+                      f"looked in {paths.shown_dirs(paths.recipe_dirs())})")
 
 
 def available_recipes() -> list[str]:
-    """Names of the recipes in pipelines/."""
-    return sorted(p.stem for p in paths.recipes_dir().glob("*.yaml"))
+    """Names of the recipes along the search path (user folders and the package)."""
+    names = set()
+    for folder in paths.recipe_dirs():
+        if folder.is_dir():
+            names.update(p.name[:-len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml") and p.is_file())
+    return sorted(names)
 
 
 def _recipe_layers(name: str, seen: tuple[str, ...] = ()) -> list[tuple[dict[str, Any], str]]:
@@ -234,17 +244,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), safe_yaml(raw, f"--set {key.strip()}") if raw.strip() else None
 
 
-def load_config(
-    recipe: str | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    defaults: Path | None = None,
-) -> PipelineConfig:
-    """Resolve defaults ← recipe chain ← overrides (dotted keys, e.g. sampling.frames) into a config."""
-    defaults = defaults or paths.defaults_file()
-    base = read_yaml(defaults) if defaults.is_file() else {}
-    _check_layer(base, str(defaults))
-    merged: dict[str, Any] = {k: v for k, v in base.items() if k not in _META_KEYS}
-    origin = {f"{s}.{k}": str(defaults) for s, v in merged.items() for k in v}
+def load_config(recipe: str | None = None, overrides: Mapping[str, Any] | None = None) -> PipelineConfig:
+    """Resolve the dataclass defaults ← recipe chain ← overrides (dotted keys, e.g. sampling.frames) into a config."""
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
     for data, source in _recipe_layers(recipe) if recipe else []:
         _check_layer(data, source)
         layer = {k: v for k, v in data.items() if k not in _META_KEYS}
