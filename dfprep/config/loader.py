@@ -8,13 +8,14 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import yaml
 
 from dfprep.config import paths
-from dfprep.config.schema import (FUSIONS, MAP_METHODS, TARGETS, AlignmentConfig, CamConfig, DatasetConfig,
-                                  DetectionConfig, OutputConfig, PipelineConfig, RayConfig, SamplingConfig)
+from dfprep.config.schema import (ADAPTER_OPTIONS, COMMON_DATASET_KEYS, MAP_METHODS, AlignmentConfig, CamConfig,
+                                  DatasetConfig, DetectionConfig, OutputConfig, PipelineConfig, RayConfig,
+                                  SamplingConfig)
 from dfprep.errors import ConfigError, one_line
 
 if TYPE_CHECKING:  # importlib.resources.abc is 3.11+; only the annotations need it
@@ -31,6 +32,8 @@ def _expected_name(tp: Any) -> str:
         return " or ".join(_expected_name(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) is tuple:
         return f"list of {_expected_name(typing.get_args(tp)[0])}"
+    if typing.get_origin(tp) is typing.Literal:
+        return f"one of {', '.join(map(str, typing.get_args(tp)))}"
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
@@ -56,6 +59,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is type(None):
         if value is None:
             return None
+    elif origin is typing.Literal:
+        if any(type(value) is type(choice) and value == choice for choice in typing.get_args(tp)):
+            return value
+        raise ConfigError(f"{where}: expected {_expected_name(tp)}, got {shown(value)}")
     elif origin is tuple:
         if isinstance(value, (list, tuple)):
             item = typing.get_args(tp)[0]
@@ -277,19 +284,6 @@ def _build(merged: Mapping[str, Any], origin: Mapping[str, str]) -> PipelineConf
     return config
 
 
-_CHOICES = {
-    ("sampling", "mode"): ("uniform", "stride", "fps", "all", "keyframes"),
-    ("detection", "detector"): ("hog", "cnn"),
-    ("detection", "select"): ("largest", "all", "centre"),
-    ("alignment", "preset"): ("deepfakebench", "arcface5", "caddm", "box"),
-    ("output", "image_format"): ("jpg", "png", "webp"),
-    ("dataset", "dfd_split"): ("train", "val", "test"),
-    ("dataset", "default_split"): ("train", "val", "test", "unassigned"),
-    ("cam", "target"): TARGETS,
-    ("cam", "fusion"): FUSIONS,
-}
-
-
 @dataclass(frozen=True)
 class Range:
     """The values a numeric key accepts: [low, high] (`low` excluded when open), plus 0 when `off` names it."""
@@ -356,13 +350,31 @@ def check_ranges(config: PipelineConfig, origin: Mapping[str, str] | None = None
                 raise ConfigError(f"{where}{section}.{key}: must be {allowed.describe()}, got {item!r}")
 
 
+def dataset_options(dataset: DatasetConfig, given: Iterable[str] | None = None,
+                    origin: Mapping[str, str] | None = None) -> Any:
+    """The adapter's own options dataclass; a key of another adapter is a one-line error naming where it came from.
+
+    `given`: the dataset keys a recipe or flag set (the loader knows them); without it, keys off their default.
+    """
+    options_type = ADAPTER_OPTIONS.get(dataset.name or "")
+    if options_type is None:
+        raise ConfigError(f"dataset.name: unknown dataset {shown(dataset.name)} (known: {', '.join(ADAPTER_OPTIONS)})")
+    own = [f.name for f in dataclasses.fields(options_type)]
+    if given is None:
+        given = [f.name for f in dataclasses.fields(dataset) if getattr(dataset, f.name) != f.default]
+    for key in sorted(set(given) - set(own) - set(COMMON_DATASET_KEYS)):
+        where = f"{(origin or {}).get(f'dataset.{key}')}: " if (origin or {}).get(f"dataset.{key}") else ""
+        raise ConfigError(f"{where}dataset.{key} is not an option of the {dataset.name} adapter "
+                          f"(its options: {', '.join(own) or 'none'}; every adapter: {', '.join(COMMON_DATASET_KEYS)})")
+    return options_type(**{key: getattr(dataset, key) for key in own})
+
+
 def validate(config: PipelineConfig, origin: Mapping[str, str] | None = None) -> None:
-    """Value checks a type cannot express (choices, ranges); `origin` names the file (or flag) of each key."""
-    for (section, key), choices in _CHOICES.items():
-        value = getattr(getattr(config, section), key)
-        if value not in choices:
-            raise ConfigError(f"{section}.{key}: expected one of {', '.join(choices)}, got {shown(value)}")
+    """Value checks a type cannot express (ranges, adapter options); `origin` names the file (or flag) of each key."""
     check_ranges(config, origin)
+    given = [key.partition(".")[2] for key in origin if key.startswith("dataset.")] if origin is not None else None
+    if config.dataset.name in ADAPTER_OPTIONS:
+        dataset_options(config.dataset, given, origin)
     for name in config.output.maps:
         if name not in MAP_METHODS:
             raise ConfigError(f"output.maps: unknown inline map method {name!r} (expected landmarks or cam)")
