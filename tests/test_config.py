@@ -326,3 +326,11 @@ def test_the_cli_refuses_a_key_of_another_adapter_in_one_line(tmp_path):
     assert result.exit_code == 2
     assert "dataset.val_fraction is not an option of the folder adapter" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_pipelines_yaml_states_every_key_s_range_as_the_loader_enforces_it():
+    from dfprep.config import RANGES
+
+    comments = _documented_comments()
+    for (section, key), allowed in RANGES.items():
+        assert allowed.describe() in comments[f"{section}.{key}"], (section, key, allowed.describe())

@@ -304,7 +304,8 @@ class Range:
 
     def describe(self) -> str:
         """`(0, 1000]`, `[16, 2048]`, `0 (full size) or [64, 16384]`."""
-        text = f"{'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
+        low, high = (f"{int(v)}" if float(v).is_integer() else f"{v:g}" for v in (self.low, self.high))
+        text = f"{'(' if self.open_low else '['}{low}, {high}{')' if self.open_high else ']'}"
         return f"0 ({self.off}) or {text}" if self.off else text
 
 
