@@ -32,8 +32,9 @@ def user_homes() -> list[Path]:
     homes = []
     if os.environ.get("DFPREP_HOME"):
         homes.append(Path(os.environ["DFPREP_HOME"]).expanduser().resolve())
-    config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    homes.append(Path(config_home).expanduser().resolve() / "dfprep")
+    config_home = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    if not config_home.startswith("~"):  # no home folder (a bare container user): no user folder either
+        homes.append(Path(config_home).resolve() / "dfprep")
     return homes
 
 
