@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test install install-test bench clean
+.PHONY: demo test install install-test bench clean wheel-smoke
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: install
 
 test: install-test
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Build the wheel, install it (not editable) in a fresh venv, run `dfprep models` + a caddm-ffpp extract elsewhere.
+wheel-smoke: install-test
+	PYTHON=$(PYTHON) DEV_PYTHON=$(abspath $(BIN))/python .ci/wheel_smoke.sh
 
 bench: install-test
 	$(BIN)/python benchmarks/extract.py

@@ -18,6 +18,16 @@ from tests.helpers.synthetic import FacePlacement, linear_motion, moving_face, w
 FFPP_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "ffpp-mini"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_user_config(tmp_path_factory):
+    """The suite never reads the developer's ~/.config/dfprep, $DFPREP_HOME or $DFPREP_LANDMARKS."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg_config")))
+        patch.delenv("DFPREP_HOME", raising=False)
+        patch.delenv("DFPREP_LANDMARKS", raising=False)
+        yield
+
+
 @pytest.fixture(scope="session")
 def ffpp_mini() -> Path:
     """The seven real FF++ c23 videos; skipped (with the reason) on machines without them."""

@@ -4,12 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from dfprep.config import PipelineConfig, available_recipes, load_config, parse_override
+from dfprep.config import PipelineConfig, available_recipes, load_config, parse_override, paths, read_yaml
 from dfprep.errors import ConfigError
 
 
-def test_defaults_file_matches_dataclass_defaults():
+def test_defaults_come_from_the_dataclasses_and_pipelines_yaml_documents_every_one_exactly():
     assert load_config() == PipelineConfig()
+    documented = read_yaml(paths.defaults_file())
+    assert documented == PipelineConfig().to_dict()  # every section, every key, the same value: no drift
 
 
 @pytest.mark.parametrize("recipe", ["ffpp", "celebdf", "dfdc", "dfdcp", "deeperforensics", "folder",
@@ -231,3 +233,104 @@ def test_error_messages_show_a_bounded_repr_of_a_huge_value(tmp_path):
     with pytest.raises(ConfigError) as raised:
         load_config(None, {"sampling.frames": list(range(100_000))})
     assert len(str(raised.value)) < 200
+
+
+def _documented_comments() -> dict[str, str]:
+    """pipelines.yaml's comment on each section.key line."""
+    comments, section = {}, ""
+    for line in paths.defaults_file().read_text().splitlines():
+        if line and not line.startswith((" ", "#")):
+            section = line.split(":", 1)[0]
+        elif line.startswith("  ") and not line.lstrip().startswith("#") and ":" in line:
+            key = line.split(":", 1)[0].strip()
+            comments[f"{section}.{key}"] = line.partition("#")[2]
+    return comments
+
+
+def test_enumerated_keys_are_literals_documented_and_checked_naming_the_file(tmp_path):
+    import typing
+
+    comments = _documented_comments()
+    literal_keys = []
+    for section, section_type in typing.get_type_hints(PipelineConfig).items():
+        for key, annotation in typing.get_type_hints(section_type).items():
+            if typing.get_origin(annotation) is typing.Literal:
+                literal_keys.append(f"{section}.{key}")
+                assert all(choice in comments[f"{section}.{key}"] for choice in typing.get_args(annotation)), key
+    assert {"sampling.mode", "detection.detector", "detection.select", "alignment.preset", "output.image_format",
+            "dataset.dfd_split", "dataset.default_split", "cam.target", "cam.fusion"} <= set(literal_keys)
+    with pytest.raises(ConfigError, match=r"mine\.yaml: sampling\.mode: expected one of uniform, stride, fps, all, "
+                                          r"keyframes, got 'sometimes'"):
+        load_config(_recipe(tmp_path, "sampling: {mode: sometimes}\n"))
+    with pytest.raises(ConfigError, match="command line: output.image_format: expected one of jpg, png, webp"):
+        load_config(None, {"output.image_format": 1})
+
+
+def test_datasetconfig_is_the_union_of_the_adapters_options_with_their_defaults():
+    import dataclasses
+
+    from dfprep.catalog import ADAPTERS
+    from dfprep.config import ADAPTER_OPTIONS, COMMON_DATASET_KEYS, DatasetConfig
+
+    assert set(ADAPTER_OPTIONS) == set(ADAPTERS)
+    owned = [f for options in ADAPTER_OPTIONS.values() for f in dataclasses.fields(options)]
+    assert len({f.name for f in owned}) == len(owned)  # each adapter key belongs to exactly one adapter
+    flat = {f.name: f for f in dataclasses.fields(DatasetConfig)}
+    assert set(flat) == set(COMMON_DATASET_KEYS) | {f.name for f in owned}
+    for own in owned:
+        assert flat[own.name].type == own.type
+        assert DatasetConfig().__getattribute__(own.name) == (
+            own.default if own.default is not dataclasses.MISSING else own.default_factory())
+
+
+@pytest.mark.parametrize("recipe, key, value, adapter", [
+    ("folder", "dataset.val_fraction", 0.2, "folder"),  # documented for folder once, never read: refused
+    ("ffpp", "dataset.ffpp_root", "/data/ffpp", "ffpp"),
+    ("celebdf", "dataset.default_split", "test", "celebdf"),
+    ("dfdcp", "dataset.seed", 3, "dfdcp"),
+])
+def test_a_key_of_another_adapter_is_a_one_line_error(recipe, key, value, adapter):
+    with pytest.raises(ConfigError) as error:
+        load_config(recipe, {key: value})
+    message = str(error.value)
+    assert message.startswith(f"command line: {key} is not an option of the {adapter} adapter (its options: ")
+    assert "\n" not in message and "every adapter: name, root, compressions, methods" in message
+
+
+def test_an_adapter_key_in_a_recipe_is_refused_naming_the_recipe(tmp_path):
+    with pytest.raises(ConfigError, match=r"mine\.yaml: dataset\.val_fraction is not an option of the folder adapter "
+                                          r"\(its options: default_split;"):
+        load_config(_recipe(tmp_path, "extends: folder\ndataset: {val_fraction: 0.3}\n"))
+    assert load_config("celebdf", {"dataset.val_fraction": 0.3, "dataset.seed": 4}).dataset.val_fraction == 0.3
+    assert load_config("ffpp", {"dataset.compressions": ["c40"]}).dataset.compressions == ("c40",)  # common key
+
+
+def test_the_catalog_hands_each_adapter_only_its_options_and_refuses_foreign_ones(tmp_path):
+    from dfprep.catalog import scan
+    from dfprep.config import DatasetConfig, FolderOptions, dataset_options
+
+    assert dataset_options(DatasetConfig(name="folder", default_split="val")) == FolderOptions(default_split="val")
+    (tmp_path / "real").mkdir()
+    with pytest.raises(ConfigError, match="dataset.val_fraction is not an option of the folder adapter"):
+        list(scan("folder", tmp_path, DatasetConfig(val_fraction=0.5)))
+
+
+def test_the_cli_refuses_a_key_of_another_adapter_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from dfprep.cli import cli
+
+    (tmp_path / "real").mkdir()
+    result = CliRunner().invoke(cli, ["extract", "folder", str(tmp_path), "-o", str(tmp_path / "out"),
+                                      "--set", "dataset.val_fraction=0.2"])
+    assert result.exit_code == 2
+    assert "dataset.val_fraction is not an option of the folder adapter" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_pipelines_yaml_states_every_key_s_range_as_the_loader_enforces_it():
+    from dfprep.config import RANGES
+
+    comments = _documented_comments()
+    for (section, key), allowed in RANGES.items():
+        assert allowed.describe() in comments[f"{section}.{key}"], (section, key, allowed.describe())

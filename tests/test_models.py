@@ -12,7 +12,7 @@ def _registry_copy(tmp_path):
     """A private landmarks/ folder holding only the manifest."""
     from dfprep.config import paths
 
-    shutil.copy(paths.landmarks_dir() / "models.yaml", tmp_path / "models.yaml")
+    shutil.copy(paths.landmark_dirs()[-1] / "models.yaml", tmp_path / "models.yaml")
     return tmp_path
 
 
@@ -35,7 +35,7 @@ def test_drop_in_under_any_name_is_recognised_by_checksum(tmp_path):
 
 
 def test_81_point_model_missing_is_a_clear_error(tmp_path):
-    with pytest.raises(ModelError, match="'dlib81' not found .* drop it into landmarks"):
+    with pytest.raises(ModelError, match="'dlib81' not found in .* drop it into a landmarks/ folder"):
         resolve_model("dlib81", _registry_copy(tmp_path))
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from dfprep.catalog.base import DatasetAdapter, VideoRecord
-from dfprep.config import DatasetConfig
+from dfprep.config import DatasetConfig, dataset_options
 from dfprep.errors import LayoutError
 
 # name → "module:class"; imported on first use so one broken adapter never breaks the others.
@@ -39,9 +39,10 @@ def scan(name: str, root: str | Path, options: DatasetConfig | None = None) -> I
     if not root_path.exists():
         raise LayoutError(f"{root}: no such file or directory")
     adapter = get_adapter(name)
-    adapter.check_layout(root_path, options)
+    own = dataset_options(dataclasses.replace(options, name=name))  # refuses another adapter's keys
+    adapter.check_layout(root_path, own)
     seen: set[str] = set()
-    for record in adapter.records(root_path, options):
+    for record in adapter.records(root_path, own):
         if options.compressions and record.compression not in options.compressions:
             continue
         seen.add(record.method)

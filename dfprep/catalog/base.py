@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
-from dfprep.config import DatasetConfig
 from dfprep.errors import LayoutError
 
 REAL, FAKE = 0, 1
@@ -84,12 +83,14 @@ class DatasetAdapter(ABC):
     layout: ClassVar[str]  # the expected tree, shown by `dfprep datasets`
     labels: ClassVar[str]  # label/split convention, shown by `dfprep datasets`
 
+    # `options` is the adapter's own dataclass from dfprep.config (ADAPTER_OPTIONS[name], e.g. FolderOptions),
+    # built and checked by dfprep.config.dataset_options: an adapter never sees another adapter's keys.
     @abstractmethod
-    def check_layout(self, root: Path, options: DatasetConfig) -> None:
+    def check_layout(self, root: Path, options: Any) -> None:
         """Raise LayoutError naming the expected and the found folders when root does not match."""
 
     @abstractmethod
-    def records(self, root: Path, options: DatasetConfig) -> Iterator[VideoRecord]:
+    def records(self, root: Path, options: Any) -> Iterator[VideoRecord]:
         """Yield every video of the dataset, deterministically ordered."""
 
     def layout_error(self, root: Path, expected: str) -> LayoutError:

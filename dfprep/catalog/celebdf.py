@@ -8,7 +8,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from dfprep.catalog.base import FAKE, REAL, DatasetAdapter, VideoRecord, absolute, list_videos, make_video_id
-from dfprep.config import DatasetConfig
+from dfprep.config import CelebDFOptions
 from dfprep.errors import LayoutError
 
 DATASET = "celebdf"
@@ -91,20 +91,20 @@ class CelebDFAdapter(DatasetAdapter):
         "by target identity (dataset.val_fraction, dataset.seed)."
     )
 
-    def check_layout(self, root: Path, options: DatasetConfig) -> None:
+    def check_layout(self, root: Path, options: CelebDFOptions) -> None:
         """Require the test list and at least one of the three video folders."""
         expected = f"{', '.join(f + '/' for f in FOLDERS)} and {TEST_LIST}"
         if not (root / TEST_LIST).is_file() or not any((root / f).is_dir() for f in FOLDERS):
             raise self.layout_error(root, expected)
 
-    def records(self, root: Path, options: DatasetConfig) -> Iterator[VideoRecord]:
+    def records(self, root: Path, options: CelebDFOptions) -> Iterator[VideoRecord]:
         """Every video on disk plus every test-list entry, sorted by video id."""
         listed = read_test_list(root / TEST_LIST)
         on_disk = {f"{folder}/{p.name}" for folder in FOLDERS for p in list_videos(root / folder)}
         rows = [self._record(root, relative, listed, options) for relative in on_disk | set(listed)]
         yield from sorted(rows, key=lambda row: row.video_id)
 
-    def _record(self, root: Path, relative: str, listed: dict[str, int], options: DatasetConfig) -> VideoRecord:
+    def _record(self, root: Path, relative: str, listed: dict[str, int], options: CelebDFOptions) -> VideoRecord:
         """One video's row: test if listed, otherwise train/val by its target identity."""
         folder = relative.split("/", 1)[0]
         stem = PurePosixPath(relative).stem

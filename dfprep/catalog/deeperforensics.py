@@ -16,7 +16,7 @@ from dfprep.catalog.base import (
     make_video_id,
     video_on_disk,
 )
-from dfprep.config import DatasetConfig
+from dfprep.config import DeeperForensicsOptions
 from dfprep.errors import LayoutError
 
 FAKE_METHOD = "DF-VAE"
@@ -52,7 +52,7 @@ def load_split_lists(folder: Path) -> dict[str, str]:
     return splits
 
 
-def real_compression(options: DatasetConfig) -> str:
+def real_compression(options: DeeperForensicsOptions) -> str:
     """The FF++ compression the reals are taken from: c23, else raw, else c40 (c23 without ffpp_root)."""
     if options.ffpp_root:
         youtube = Path(options.ffpp_root) / "original_sequences" / REAL_METHOD
@@ -85,7 +85,7 @@ class DeeperForensicsAdapter(DatasetAdapter):
         "per FF++ id any fake targets (first of c23/raw/c40), in the strictest split of its fakes (test > val > train)"
     )
 
-    def check_layout(self, root: Path, options: DatasetConfig) -> None:
+    def check_layout(self, root: Path, options: DeeperForensicsOptions) -> None:
         """Need manipulated_videos/; a configured ffpp_root must hold FF++ youtube originals."""
         if not (root / "manipulated_videos").is_dir():
             raise self.layout_error(root, "manipulated_videos/<perturbation>/ and lists/splits/")
@@ -97,7 +97,7 @@ class DeeperForensicsAdapter(DatasetAdapter):
                     f"{{c23,raw,c40}}/videos (DeeperForensics takes its reals from there)"
                 )
 
-    def records(self, root: Path, options: DatasetConfig) -> Iterator[VideoRecord]:
+    def records(self, root: Path, options: DeeperForensicsOptions) -> Iterator[VideoRecord]:
         """Reals first (sorted by FF++ id, when ffpp_root is set), then fakes by perturbation and name."""
         splits = load_split_lists(root / "lists" / "splits")
         compression = real_compression(options)

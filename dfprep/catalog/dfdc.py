@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 from dfprep.catalog.base import FAKE, REAL, DatasetAdapter, VideoRecord, absolute, make_video_id
-from dfprep.config import DatasetConfig
+from dfprep.config import DFDCOptions
 from dfprep.errors import LayoutError, one_line
 
 DATASET = "dfdc"
@@ -150,20 +150,20 @@ class DFDCAdapter(DatasetAdapter):
         "test/validation fakes have no known original, so each is its own family."
     )
 
-    def check_layout(self, root: Path, options: DatasetConfig) -> None:
+    def check_layout(self, root: Path, options: DFDCOptions) -> None:
         """Require at least one train part with metadata.json or one labelled held-out set."""
         if not root.is_dir() or not (find_parts(root) or held_out_sets(root)):
             expected = "dfdc_train_part_<N>/metadata.json (possibly one level deeper) or test/labels.csv"
             raise self.layout_error(root, expected)
 
-    def records(self, root: Path, options: DatasetConfig) -> Iterator[VideoRecord]:
+    def records(self, root: Path, options: DFDCOptions) -> Iterator[VideoRecord]:
         """Train parts and held-out sets, sorted by video id."""
         rows = list(self._train_records(root, options))
         for split, folder in held_out_sets(root):
             rows.extend(self._held_out_records(split, folder))
         yield from sorted(rows, key=lambda row: row.video_id)
 
-    def _train_records(self, root: Path, options: DatasetConfig) -> Iterator[VideoRecord]:
+    def _train_records(self, root: Path, options: DFDCOptions) -> Iterator[VideoRecord]:
         """Train-part rows, each fake moved to its original's fold when metadata split the family."""
         entries = [entry for part in find_parts(root) for entry in part_entries(part)]
         home = fold_of_family(entries)

@@ -7,7 +7,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 from dfprep.catalog.base import FAKE, REAL, DatasetAdapter, VideoRecord, absolute, make_video_id
-from dfprep.config import DatasetConfig
+from dfprep.config import DFDCPOptions
 from dfprep.errors import LayoutError, one_line
 
 DATASET = "dfdcp"
@@ -67,12 +67,12 @@ class DFDCPreviewAdapter(DatasetAdapter):
         "indexed but absent files are 'missing' records."
     )
 
-    def check_layout(self, root: Path, options: DatasetConfig) -> None:
+    def check_layout(self, root: Path, options: DFDCPOptions) -> None:
         """Require the dataset.json index at the root."""
         if not (root / INDEX).is_file():
             raise self.layout_error(root, f"{INDEX} beside {ORIGINALS_FOLDER}/, method_A/, method_B/")
 
-    def records(self, root: Path, options: DatasetConfig) -> Iterator[VideoRecord]:
+    def records(self, root: Path, options: DFDCPOptions) -> Iterator[VideoRecord]:
         """One row per indexed video, sorted by video id."""
         index = root / INDEX
         rows = [self._record(root, relative, info) for relative, info in read_index(index).items()]

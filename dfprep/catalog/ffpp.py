@@ -18,7 +18,7 @@ from dfprep.catalog.base import (
     make_video_id,
     video_on_disk,
 )
-from dfprep.config import DatasetConfig
+from dfprep.config import FFPPOptions
 from dfprep.errors import LayoutError
 
 COMPRESSIONS = ("raw", "c23", "c40")
@@ -54,7 +54,7 @@ class Lineage:
     original_stem: str
 
 
-def split_folder(root: Path, options: DatasetConfig) -> Path:
+def split_folder(root: Path, options: FFPPOptions) -> Path:
     """options.splits when given, else the splits/ folder next to the sequences."""
     return Path(options.splits) if options.splits else root / "splits"
 
@@ -131,14 +131,14 @@ class FaceForensicsAdapter(DatasetAdapter):
         "follow their pair), DeepFakeDetection and actors use dataset.dfd_split, unlisted ids are 'unassigned'"
     )
 
-    def check_layout(self, root: Path, options: DatasetConfig) -> None:
+    def check_layout(self, root: Path, options: FFPPOptions) -> None:
         """Need at least one of the two sequence folders; an explicit splits folder must exist."""
         if not any((root / part).is_dir() for part in ("original_sequences", "manipulated_sequences")):
             raise self.layout_error(root, "original_sequences/ and/or manipulated_sequences/")
         if options.splits and not Path(options.splits).is_dir():
             raise LayoutError(f"dataset.splits: {options.splits} is not a folder of train/val/test.json")
 
-    def records(self, root: Path, options: DatasetConfig) -> Iterator[VideoRecord]:
+    def records(self, root: Path, options: FFPPOptions) -> Iterator[VideoRecord]:
         """Originals first, then fakes, each by method, compression and file name."""
         splits = load_pair_splits(split_folder(root, options))
         for method, compression, folder in video_folders(root / "original_sequences"):
@@ -150,7 +150,7 @@ class FaceForensicsAdapter(DatasetAdapter):
                 yield self.fake_record(path, method, compression, splits, options, masks.get(path.stem))
 
     def original_record(
-        self, path: Path, method: str, compression: str, splits: PairSplits, options: DatasetConfig
+        self, path: Path, method: str, compression: str, splits: PairSplits, options: FFPPOptions
     ) -> VideoRecord:
         """An original is its own family; its split comes from its pair (DFD actors: dfd_split)."""
         split = options.dfd_split if method == DFD_ORIGINALS else splits.of_original(path.stem)
@@ -163,7 +163,7 @@ class FaceForensicsAdapter(DatasetAdapter):
         method: str,
         compression: str,
         splits: PairSplits,
-        options: DatasetConfig,
+        options: FFPPOptions,
         mask: Path | None,
     ) -> VideoRecord:
         """A fake points at its original's id (same compression) even when that file is absent."""

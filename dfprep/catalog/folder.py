@@ -19,7 +19,7 @@ from dfprep.catalog.base import (
     VideoRecord,
     video_on_disk,
 )
-from dfprep.config import DatasetConfig
+from dfprep.config import FolderOptions
 from dfprep.errors import LayoutError
 
 CSV_NAME = "labels.csv"
@@ -154,7 +154,7 @@ videos: files with a video extension (other files are skipped and counted in a c
         "else dataset.default_split; every video is its own family (no pairing); a CSV, when present, wins"
     )
 
-    def check_layout(self, root: Path, options: DatasetConfig) -> None:
+    def check_layout(self, root: Path, options: FolderOptions) -> None:
         """Need a readable label CSV or at least one real/ or fake/ folder."""
         table = label_csv(root)
         if table is not None:
@@ -162,13 +162,13 @@ videos: files with a video extension (other files are skipped and counted in a c
         elif not label_folders(root):
             raise self.layout_error(root, EXPECTED)
 
-    def records(self, root: Path, options: DatasetConfig) -> Iterator[VideoRecord]:
+    def records(self, root: Path, options: FolderOptions) -> Iterator[VideoRecord]:
         """Rows of the label CSV in file order, else the label folders' videos in sorted order."""
         table = label_csv(root)
         rows = self.table_records(table, options) if table else self.folder_records(root, options)
         yield from unique(rows)
 
-    def folder_records(self, root: Path, options: DatasetConfig) -> Iterator[VideoRecord]:
+    def folder_records(self, root: Path, options: FolderOptions) -> Iterator[VideoRecord]:
         """Label from the real/fake folder, split from its parent split folder."""
         skipped: Counter[str] = Counter()
         for split, label_folder in label_folders(root):
@@ -181,7 +181,7 @@ videos: files with a video extension (other files are skipped and counted in a c
         if skipped:
             warnings.warn(skipped_warning(skipped), stacklevel=2)
 
-    def table_records(self, table: Path, options: DatasetConfig) -> Iterator[VideoRecord]:
+    def table_records(self, table: Path, options: FolderOptions) -> Iterator[VideoRecord]:
         """One record per CSV row; a row naming an absent file is a 'missing' record."""
         rows = read_table(table)
         columns = table_columns(table, rows)

@@ -84,6 +84,7 @@ def _indent(text: str) -> str:
 @_fail_cleanly
 def models() -> None:
     """Show the landmark/detector models the registry resolves, with their checksums."""
+    from dfprep.config.paths import landmark_dirs
     from dfprep.vision.models import manifest, resolve_model
 
     for entry in manifest():
@@ -92,6 +93,7 @@ def models() -> None:
             click.echo(f"{entry.name:10s} {entry.points:3d} pts  {model.sha256[:16]}…  {model.path}")
         except DfprepError as exc:
             click.echo(f"{entry.name:10s} {entry.points:3d} pts  unavailable: {exc}")
+    click.echo("landmark folders, first wins: " + ", ".join(str(folder) for folder in landmark_dirs()))
 
 
 @cli.command()

@@ -114,11 +114,11 @@ def run_demo(root: Path, workers: int | None, quiet: bool, echo: Callable[[str],
 def _train_and_evaluate(shards: Path, run: Path, echo: Callable[[str], None], quiet: bool) -> None:
     """A tiny detector for a few epochs on CPU, then the evaluation table."""
     from dfprep.torch.evaluate import evaluate, format_table
-    from dfprep.torch.train import train
+    from dfprep.torch.train import TrainConfig, train
 
     echo("5/6 dfprep train shards/ -o runs/tiny --model tiny_cnn --epochs 8 --region-erasing --maps landmarks")
-    rows = train([str(shards)], str(run), model="tiny_cnn", epochs=8, batch_size=16, lr=3e-3, workers=0,
-                 region_erasing=True, maps="landmarks", device="cpu", progress=not quiet)
+    rows = train(TrainConfig((str(shards),), model="tiny_cnn", epochs=8, batch_size=16, lr=3e-3, workers=0,
+                             region_erasing=True, maps="landmarks", device="cpu"), str(run), progress=not quiet)
     for row in rows:
         echo(f"    epoch {row.get('epoch')}: train loss {row.get('train_loss', float('nan')):.3f}")
     echo("6/6 dfprep evaluate runs/tiny/model.pt shards/")

@@ -1,4 +1,4 @@
-"""Load the pipeline configuration: pipelines.yaml defaults ← recipe files ← CLI flags, bounded, merged, validated."""
+"""Load the pipeline configuration: dataclass defaults ← recipe files ← CLI flags, bounded, merged, validated."""
 
 from __future__ import annotations
 
@@ -8,14 +8,18 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import yaml
 
 from dfprep.config import paths
-from dfprep.config.schema import (FUSIONS, MAP_METHODS, TARGETS, AlignmentConfig, CamConfig, DatasetConfig,
-                                  DetectionConfig, OutputConfig, PipelineConfig, RayConfig, SamplingConfig)
+from dfprep.config.schema import (ADAPTER_OPTIONS, COMMON_DATASET_KEYS, MAP_METHODS, AlignmentConfig, CamConfig,
+                                  DatasetConfig, DetectionConfig, OutputConfig, PipelineConfig, RayConfig,
+                                  SamplingConfig)
 from dfprep.errors import ConfigError, one_line
+
+if TYPE_CHECKING:  # importlib.resources.abc is 3.11+; only the annotations need it
+    from importlib.resources.abc import Traversable
 
 
 # Keys a recipe may use besides the stage sections.
@@ -28,6 +32,8 @@ def _expected_name(tp: Any) -> str:
         return " or ".join(_expected_name(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) is tuple:
         return f"list of {_expected_name(typing.get_args(tp)[0])}"
+    if typing.get_origin(tp) is typing.Literal:
+        return f"one of {', '.join(map(str, typing.get_args(tp)))}"
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
@@ -53,6 +59,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is type(None):
         if value is None:
             return None
+    elif origin is typing.Literal:
+        if any(type(value) is type(choice) and value == choice for choice in typing.get_args(tp)):
+            return value
+        raise ConfigError(f"{where}: expected {_expected_name(tp)}, got {shown(value)}")
     elif origin is tuple:
         if isinstance(value, (list, tuple)):
             item = typing.get_args(tp)[0]
@@ -147,10 +157,10 @@ def safe_yaml(text: str, where: str) -> Any:
         loader.dispose()
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path | Traversable) -> dict[str, Any]:
     """Load a pipeline YAML file safely (no python tags, bounded size and expansion); an empty file is {}."""
     try:
-        with open(path, "rb") as handle:
+        with path.open("rb") as handle:
             raw = handle.read(MAX_RECIPE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
@@ -192,20 +202,27 @@ def _check_layer(data: Mapping[str, Any], source: str) -> None:
             raise ConfigError(f"{source}: section '{key}' must be a mapping, got {type(value).__name__}")
 
 
-def recipe_path(name: str) -> Path:
-    """Resolve a recipe name (pipelines/NAME.yaml) or an explicit .yaml path."""
+def recipe_path(name: str) -> Path | Traversable:
+    """Resolve an explicit .yaml path, else a recipe name: the first NAME.yaml along the recipe search path."""
     candidate = Path(name)
     if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
         return candidate
-    path = paths.recipes_dir() / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"unknown pipeline '{name}' (available: {', '.join(available_recipes())})")
-    return path
+    if "/" not in name and "\\" not in name and name not in ("", ".", ".."):
+        for folder in paths.recipe_dirs():
+            path = folder / f"{name}.yaml"
+            if path.is_file():
+                return path
+    raise ConfigError(f"unknown pipeline '{name}' (available: {', '.join(available_recipes())}; "
+                      f"looked in {paths.shown_dirs(paths.recipe_dirs())})")
 
 
 def available_recipes() -> list[str]:
-    """Names of the recipes in pipelines/."""
-    return sorted(p.stem for p in paths.recipes_dir().glob("*.yaml"))
+    """Names of the recipes along the search path (user folders and the package)."""
+    names = set()
+    for folder in paths.recipe_dirs():
+        if folder.is_dir():
+            names.update(p.name[:-len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml") and p.is_file())
+    return sorted(names)
 
 
 def _recipe_layers(name: str, seen: tuple[str, ...] = ()) -> list[tuple[dict[str, Any], str]]:
@@ -234,17 +251,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), safe_yaml(raw, f"--set {key.strip()}") if raw.strip() else None
 
 
-def load_config(
-    recipe: str | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    defaults: Path | None = None,
-) -> PipelineConfig:
-    """Resolve defaults ← recipe chain ← overrides (dotted keys, e.g. sampling.frames) into a config."""
-    defaults = defaults or paths.defaults_file()
-    base = read_yaml(defaults) if defaults.is_file() else {}
-    _check_layer(base, str(defaults))
-    merged: dict[str, Any] = {k: v for k, v in base.items() if k not in _META_KEYS}
-    origin = {f"{s}.{k}": str(defaults) for s, v in merged.items() for k in v}
+def load_config(recipe: str | None = None, overrides: Mapping[str, Any] | None = None) -> PipelineConfig:
+    """Resolve the dataclass defaults ← recipe chain ← overrides (dotted keys, e.g. sampling.frames) into a config."""
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
     for data, source in _recipe_layers(recipe) if recipe else []:
         _check_layer(data, source)
         layer = {k: v for k, v in data.items() if k not in _META_KEYS}
@@ -274,19 +284,6 @@ def _build(merged: Mapping[str, Any], origin: Mapping[str, str]) -> PipelineConf
     return config
 
 
-_CHOICES = {
-    ("sampling", "mode"): ("uniform", "stride", "fps", "all", "keyframes"),
-    ("detection", "detector"): ("hog", "cnn"),
-    ("detection", "select"): ("largest", "all", "centre"),
-    ("alignment", "preset"): ("deepfakebench", "arcface5", "caddm", "box"),
-    ("output", "image_format"): ("jpg", "png", "webp"),
-    ("dataset", "dfd_split"): ("train", "val", "test"),
-    ("dataset", "default_split"): ("train", "val", "test", "unassigned"),
-    ("cam", "target"): TARGETS,
-    ("cam", "fusion"): FUSIONS,
-}
-
-
 @dataclass(frozen=True)
 class Range:
     """The values a numeric key accepts: [low, high] (`low` excluded when open), plus 0 when `off` names it."""
@@ -307,7 +304,8 @@ class Range:
 
     def describe(self) -> str:
         """`(0, 1000]`, `[16, 2048]`, `0 (full size) or [64, 16384]`."""
-        text = f"{'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
+        low, high = (f"{int(v)}" if float(v).is_integer() else f"{v:g}" for v in (self.low, self.high))
+        text = f"{'(' if self.open_low else '['}{low}, {high}{')' if self.open_high else ']'}"
         return f"0 ({self.off}) or {text}" if self.off else text
 
 
@@ -353,13 +351,31 @@ def check_ranges(config: PipelineConfig, origin: Mapping[str, str] | None = None
                 raise ConfigError(f"{where}{section}.{key}: must be {allowed.describe()}, got {item!r}")
 
 
+def dataset_options(dataset: DatasetConfig, given: Iterable[str] | None = None,
+                    origin: Mapping[str, str] | None = None) -> Any:
+    """The adapter's own options dataclass; a key of another adapter is a one-line error naming where it came from.
+
+    `given`: the dataset keys a recipe or flag set (the loader knows them); without it, keys off their default.
+    """
+    options_type = ADAPTER_OPTIONS.get(dataset.name or "")
+    if options_type is None:
+        raise ConfigError(f"dataset.name: unknown dataset {shown(dataset.name)} (known: {', '.join(ADAPTER_OPTIONS)})")
+    own = [f.name for f in dataclasses.fields(options_type)]
+    if given is None:
+        given = [f.name for f in dataclasses.fields(dataset) if getattr(dataset, f.name) != f.default]
+    for key in sorted(set(given) - set(own) - set(COMMON_DATASET_KEYS)):
+        where = f"{(origin or {}).get(f'dataset.{key}')}: " if (origin or {}).get(f"dataset.{key}") else ""
+        raise ConfigError(f"{where}dataset.{key} is not an option of the {dataset.name} adapter "
+                          f"(its options: {', '.join(own) or 'none'}; every adapter: {', '.join(COMMON_DATASET_KEYS)})")
+    return options_type(**{key: getattr(dataset, key) for key in own})
+
+
 def validate(config: PipelineConfig, origin: Mapping[str, str] | None = None) -> None:
-    """Value checks a type cannot express (choices, ranges); `origin` names the file (or flag) of each key."""
-    for (section, key), choices in _CHOICES.items():
-        value = getattr(getattr(config, section), key)
-        if value not in choices:
-            raise ConfigError(f"{section}.{key}: expected one of {', '.join(choices)}, got {shown(value)}")
+    """Value checks a type cannot express (ranges, adapter options); `origin` names the file (or flag) of each key."""
     check_ranges(config, origin)
+    given = [key.partition(".")[2] for key in origin if key.startswith("dataset.")] if origin is not None else None
+    if config.dataset.name in ADAPTER_OPTIONS:
+        dataset_options(config.dataset, given, origin)
     for name in config.output.maps:
         if name not in MAP_METHODS:
             raise ConfigError(f"output.maps: unknown inline map method {name!r} (expected landmarks or cam)")

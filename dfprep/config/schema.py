@@ -6,35 +6,98 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
-MAP_METHODS = ("landmarks", "cam")  # primary-region map methods (dfprep maps --method, output.maps)
-FUSIONS = ("mean", "max")  # how a CAM zoo's per-detector maps are fused
-TARGETS = ("predicted", "label", "fake")  # whose score Grad-CAM explains (PRLE: the predicted class)
+# The enumerated options: each Literal is the one list of what a key accepts (the loader checks against it).
+MapMethod = Literal["landmarks", "cam"]  # primary-region map methods (dfprep maps --method, output.maps)
+Fusion = Literal["mean", "max"]  # how a CAM zoo's per-detector maps are fused
+Target = Literal["predicted", "label", "fake"]  # whose score Grad-CAM explains (PRLE: the predicted class)
+Split = Literal["train", "val", "test"]
+FolderSplit = Literal["train", "val", "test", "unassigned"]
+SamplingMode = Literal["uniform", "stride", "fps", "all", "keyframes"]
+Detector = Literal["hog", "cnn"]
+FaceSelection = Literal["largest", "all", "centre"]
+AlignmentPreset = Literal["deepfakebench", "arcface5", "caddm", "box"]
+ImageFormat = Literal["jpg", "png", "webp"]
+
+MAP_METHODS: tuple[str, ...] = get_args(MapMethod)
+FUSIONS: tuple[str, ...] = get_args(Fusion)
+TARGETS: tuple[str, ...] = get_args(Target)
+
+
+# Each dataset adapter's own options. A recipe writes them flat under `dataset:` (the keys and the output hash
+# are unchanged); the loader and the catalog hand an adapter only its own dataclass and refuse a key that
+# belongs to another adapter. Their defaults are the ones DatasetConfig uses (one source).
+@dataclass(frozen=True)
+class FFPPOptions:
+    """FaceForensics++ (and DeepFakeDetection, shipped inside it)."""
+
+    splits: str | None = None  # FF++ split folder (train/val/test.json); default <root>/splits
+    dfd_split: Split = "test"  # FF++ DeepFakeDetection has no official split
+
+
+@dataclass(frozen=True)
+class CelebDFOptions:
+    """Celeb-DF: the official test list; train/val split by target identity."""
+
+    val_fraction: float = 0.1  # share of identities held out for val
+    seed: int = 0  # deterministic identity → split assignment
+
+
+@dataclass(frozen=True)
+class DFDCOptions:
+    """DFDC full release."""
+
+    dfdc_val_parts: tuple[int, ...] = ()  # DFDC train parts used as val
+
+
+@dataclass(frozen=True)
+class DFDCPOptions:
+    """DFDC preview: everything comes from its dataset.json."""
+
+
+@dataclass(frozen=True)
+class DeeperForensicsOptions:
+    """DeeperForensics-1.0: its reals live in an FF++ tree."""
+
+    ffpp_root: str | None = None
+
+
+@dataclass(frozen=True)
+class FolderOptions:
+    """Any folder of real/ and fake/ videos, or a CSV."""
+
+    default_split: FolderSplit = "train"  # when neither folders nor CSV give one
+
+
+ADAPTER_OPTIONS: dict[str, type] = {"ffpp": FFPPOptions, "celebdf": CelebDFOptions, "dfdc": DFDCOptions,
+                                    "dfdcp": DFDCPOptions, "deeperforensics": DeeperForensicsOptions,
+                                    "folder": FolderOptions}
+COMMON_DATASET_KEYS = ("name", "root", "compressions", "methods")  # every adapter: which root, which videos
 
 
 @dataclass(frozen=True)
 class DatasetConfig:
-    """Which dataset to catalog and how to resolve its labels and splits."""
+    """Which dataset to catalog: the common keys plus every adapter's own (each adapter reads only its own)."""
 
     name: str | None = None
     root: str | None = None
-    splits: str | None = None  # FF++ split folder (train/val/test.json); default <root>/splits
+    splits: str | None = FFPPOptions.splits
     compressions: tuple[str, ...] = ()  # keep only these (e.g. c23); empty keeps all
     methods: tuple[str, ...] = ()  # keep only these methods; empty keeps all
-    dfd_split: str = "test"  # FF++ DeepFakeDetection has no official split
-    val_fraction: float = 0.1  # Celeb-DF/folder: share of identities held out for val
-    dfdc_val_parts: tuple[int, ...] = ()  # DFDC train parts used as val
-    ffpp_root: str | None = None  # DeeperForensics reals live in FF++
-    default_split: str = "train"  # folder adapter, when neither folders nor CSV give one
-    seed: int = 0  # deterministic identity → split assignment
+    dfd_split: Split = FFPPOptions.dfd_split
+    val_fraction: float = CelebDFOptions.val_fraction
+    dfdc_val_parts: tuple[int, ...] = DFDCOptions.dfdc_val_parts
+    ffpp_root: str | None = DeeperForensicsOptions.ffpp_root
+    default_split: FolderSplit = FolderOptions.default_split
+    seed: int = CelebDFOptions.seed
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
     """Which frames of each video become samples."""
 
-    mode: str = "uniform"  # uniform | stride | fps | all | keyframes
+    mode: SamplingMode = "uniform"  # uniform | stride | fps | all | keyframes
     frames: int = 32  # uniform: N frames, linspace over the video
     stride: int = 10  # stride: every k-th frame
     fps: float = 1.0  # fps: r frames per second
@@ -48,14 +111,14 @@ class SamplingConfig:
 class DetectionConfig:
     """Face detection, tracking, selection and landmarks."""
 
-    detector: str = "hog"  # hog | cnn
+    detector: Detector = "hog"  # hog | cnn
     working_size: int = 640  # longer side of the frame the detector sees (0 = full size)
     upsample: int = 1
     upsample_ladder: bool = True  # largest: try upsample 0..upsample, stop at the first that finds a face
     min_score: float = 0.0  # detector score below which a detection is dropped (dlib's own threshold)
     tracking: bool = True  # search near the previous box before a full-frame detection
     track_window: float = 2.0  # search window side = previous box side × this
-    select: str = "largest"  # largest | all | centre
+    select: FaceSelection = "largest"  # largest | all | centre
     landmarks: str = "dlib68"  # registry name or path of the shape predictor
     identity: bool = False  # 128-D dlib face descriptor per track, median per video (for `dfprep leakage`)
     identity_frames: int = 8  # descriptors computed per track (spread over the video)
@@ -65,7 +128,7 @@ class DetectionConfig:
 class AlignmentConfig:
     """How a face becomes a crop."""
 
-    preset: str = "deepfakebench"  # deepfakebench | arcface5 | caddm | box
+    preset: AlignmentPreset = "deepfakebench"  # deepfakebench | arcface5 | caddm | box
     size: int = 256
     scale: float = 1.3  # face-to-crop zoom (deepfakebench 1.3, caddm 0.9); box: margin factor
     context_scale: float = 0.0  # > 0 adds a wider context crop (this × the face crop's extent)
@@ -75,7 +138,7 @@ class AlignmentConfig:
 class OutputConfig:
     """Sample encoding and shard sizing."""
 
-    image_format: str = "jpg"  # jpg | png | webp
+    image_format: ImageFormat = "jpg"  # jpg | png | webp
     quality: int = 95
     videos_per_shard: int = 48  # ~1.5k samples at 32 frames
     maps: tuple[str, ...] = ()  # region maps computed inline during extract (e.g. landmarks)
@@ -90,8 +153,8 @@ class CamConfig:
 
     zoo: tuple[str, ...] = ()  # checkpoints from `dfprep train`, one per zoo member
     layers: tuple[str, ...] = ()  # Grad-CAM modules; empty: each architecture's PRLE-style layers
-    target: str = "predicted"  # predicted (PRLE's released code) | label | fake
-    fusion: str = "mean"  # mean (PRLE) | max
+    target: Target = "predicted"  # predicted (PRLE's released code) | label | fake
+    fusion: Fusion = "mean"  # mean (PRLE) | max
     threshold: float = 0.3  # PRLE: values <= 0.3 of the min-max normalised fused map are zeroed
     released_halving: bool = False  # halve each detector's map first, as PRLE's saved maps are (0.3 acts as 0.6)
     name: str = "cam"  # folder under OUT/maps/
@@ -140,7 +203,7 @@ class CamRecipe:
     """How a zoo's CAMs become one map: PRLE's choices by default (see docs/protocols.md, ## prle)."""
 
     layers: tuple[str, ...] = ()  # default: each architecture's PRLE-style layers (dfprep.torch.cam)
-    target: str = "predicted"
-    fusion: str = "mean"
+    target: Target = "predicted"
+    fusion: Fusion = "mean"
     threshold: float = 0.3
     released_halving: bool = False  # halve each detector's map before fusion, as PRLE's saved .npy maps are

@@ -6,14 +6,17 @@ installed prints the install hint and exits with status 2.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
+import typing
 from typing import Any, Callable
 
 import click
 
 from dfprep.errors import DfprepError
 from dfprep.torch._require import INSTALL_HINT
+from dfprep.torch.trainconfig import TrainConfig
 
 
 _WORKER_WRAPPER = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.")
@@ -50,42 +53,56 @@ def _one_line_errors(function: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _click_type(annotation: Any, low: int | None) -> Any:
+    """The click type of a field: a Literal is a choice, an int with a floor a range, `X | None` is X."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Literal:
+        return click.Choice(list(typing.get_args(annotation)))
+    if args and len(args) == 1:
+        return _click_type(args[0], low)
+    if annotation is int:
+        return click.IntRange(min=low) if low is not None else int
+    return annotation
+
+
+def _option(spec: dataclasses.Field, annotation: Any) -> Callable[[Any], Any]:
+    """The click.option of one TrainConfig field: its --flag, help and default."""
+    flag = "--" + spec.name.replace("_", "-")
+    cli_default = spec.metadata["cli_default"]
+    default = cli_default if cli_default is not dataclasses.MISSING else spec.default
+    if annotation is bool:
+        return click.option(flag, spec.name, is_flag=True, default=default, help=spec.metadata["help"])
+    return click.option(flag, spec.name, type=_click_type(annotation, spec.metadata["low"]), default=default,
+                        show_default=default is not None, help=spec.metadata["help"])
+
+
+def train_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """A --flag for every TrainConfig field a command line can give (the others are Python API only)."""
+    hints = typing.get_type_hints(TrainConfig)
+    for spec in reversed(dataclasses.fields(TrainConfig)):
+        if spec.metadata.get("cli", True):
+            command = _option(spec, hints[spec.name])(command)
+    return command
+
+
 @click.command("train")
 @click.argument("outs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--output", "run_dir", required=True, type=click.Path(file_okay=False),
               help="Run folder: checkpoints, model.pt, metrics.jsonl/csv.")
-@click.option("--model", default="tiny_cnn", show_default=True,
-              help="tiny_cnn, resnet18, resnet34, efficientnet_small, or package.module:factory.")
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Constant learning rate.")
-@click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default="adam", show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="DataLoader workers.")
-@click.option("--region-erasing", is_flag=True, help="PRLE primary-region erasing (needs --maps).")
-@click.option("--maps", help="Companion map shards to stream (OUT/maps/NAME), e.g. landmarks.")
+@train_options
 @click.option("--balance", type=click.Choice(["none", "over", "under"]), default="none", show_default=True,
               help="Resample so real:fake ≈ 1:1.")
-@click.option("--max-steps-per-epoch", type=click.IntRange(min=1), help="Cap optimizer steps per epoch.")
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA with AMP when available), cpu, cuda:N.")
-@click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue from the run folder's last checkpoint, or start over.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--skip-bad-shards", is_flag=True, help="Skip truncated/corrupt shards with a warning instead of stopping.")
-@click.option("--allow-incomplete", is_flag=True, help="Read an OUT that is incomplete or damaged instead of refusing.")
 @_one_line_errors
-def train_command(outs: tuple[str, ...], run_dir: str, model: str, epochs: int, batch_size: int, lr: float,
-                  optimizer: str, workers: int, region_erasing: bool, maps: str | None, balance: str,
-                  max_steps_per_epoch: int | None, device: str, seed: int, resume: bool, quiet: bool,
-                  skip_bad_shards: bool, allow_incomplete: bool) -> None:
+def train_command(outs: tuple[str, ...], run_dir: str, balance: str, resume: bool, quiet: bool,
+                  **options: Any) -> None:
     """Train a real/fake detector on the train split of one or more OUT folders."""
     from dfprep.torch.train import train
 
-    rows = train(list(outs), run_dir, resume=resume, progress=not quiet, model=model, epochs=epochs,
-                 batch_size=batch_size, lr=lr, optimizer=optimizer, workers=workers, region_erasing=region_erasing,
-                 maps=maps, seed=seed, device=device, max_steps_per_epoch=max_steps_per_epoch,
-                 balance=False if balance == "none" else balance, skip_bad_shards=skip_bad_shards,
-                 allow_incomplete=allow_incomplete)
+    config = TrainConfig(out_dirs=outs, balance=False if balance == "none" else balance, **options)
+    rows = train(config, run_dir, resume=resume, progress=not quiet)
     click.echo(format_epochs(rows))
     click.echo(f"model: {run_dir}/model.pt")
 

@@ -17,9 +17,9 @@ import math
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, get_args
 
 from dfprep import __version__
 from dfprep.errors import DfprepError
@@ -28,51 +28,19 @@ from dfprep.torch.data import FaceShards, derive_seed
 from dfprep.torch.evaluate import frame_loader, load_checkpoint, pick_device, require_outputs, score_frames
 from dfprep.torch.metrics import auc, video_scores
 from dfprep.torch.models import build_model, fake_logit
+from dfprep.torch.trainconfig import RESUME_FIELDS, Optimizer, TrainConfig
 from dfprep.torch.transforms import Compose, Normalize, PrimaryRegionErasing, RandomHorizontalFlip
 
 torch = require_torch()
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 CHECKPOINT = re.compile(r"^checkpoint-(\d{3,})\.pt$")
 METRIC_COLUMNS = ("epoch", "steps", "global_step", "samples", "train_loss", "lr", "val_frames", "val_frame_auc",
                   "val_video_auc", "seconds")
-# a resumed run must keep these, or it would silently become a different run
-RESUME_FIELDS = ("out_dirs", "model", "model_kwargs", "batch_size", "lr", "optimizer", "weight_decay",
-                 "region_erasing", "maps", "seed", "max_steps_per_epoch", "shuffle_buffer", "balance", "mean", "std")
 
 
 class TrainError(DfprepError):
     """Training cannot start or resume as asked (missing maps, mismatched run folder, bad option)."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines a training run; stored in every checkpoint."""
-
-    out_dirs: tuple[str, ...]
-    model: str = "tiny_cnn"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    workers: int = 0
-    region_erasing: bool = False
-    maps: str | None = None
-    seed: int = 0
-    device: str = "auto"
-    max_steps_per_epoch: int | None = None
-    shuffle_buffer: int = 1000
-    balance: bool | str = False
-    skip_bad_shards: bool = False  # a truncated/corrupt shard is skipped with a warning instead of stopping
-    allow_incomplete: bool = False  # read an OUT that is incomplete or damaged instead of refusing it
-    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
-    std: tuple[float, ...] = (0.5, 0.5, 0.5)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain lists and scalars only, so the checkpoint stays weights_only-loadable."""
-        return json.loads(json.dumps(asdict(self)))
 
 
 @dataclass
@@ -242,20 +210,14 @@ def checkpoint_payload(config: TrainConfig, model: Any, optimizer: Any, scaler: 
             "scaler": scaler.state_dict(), "metrics": state.metrics, "dfprep_version": __version__}
 
 
-def train(out_dirs: Sequence[str | os.PathLike[str]], run_dir: str | os.PathLike[str], *, model: str = "tiny_cnn",
-          epochs: int = 10, batch_size: int = 32, lr: float = 1e-3, optimizer: str = "adam", workers: int = 0,
-          region_erasing: bool = False, maps: str | None = None, seed: int = 0, device: str = "auto",
-          max_steps_per_epoch: int | None = None, resume: bool = True, progress: bool = True,
-          **more: Any) -> list[dict[str, Any]]:
-    """Train (or resume) a detector on the train split of every OUT; returns the per-epoch metric rows.
+def train(config: TrainConfig, run_dir: str | os.PathLike[str], *, resume: bool = True,
+          progress: bool = True) -> list[dict[str, Any]]:
+    """Train (or resume) a detector on the train split of every OUT in the config; returns the per-epoch metric rows.
 
-    ``more`` takes the remaining TrainConfig fields: weight_decay, shuffle_buffer, balance, model_kwargs,
-    mean, std, skip_bad_shards, allow_incomplete (an incomplete or damaged OUT is refused without it).
+    `resume=False` starts over (this run folder's checkpoints and metrics are removed first).
     """
-    config = TrainConfig(out_dirs=tuple(os.path.abspath(o) for o in out_dirs), model=model, epochs=epochs,
-                         batch_size=batch_size, lr=lr, optimizer=optimizer, workers=workers,
-                         region_erasing=region_erasing, maps=maps, seed=seed, device=device,
-                         max_steps_per_epoch=max_steps_per_epoch, **more)
+    outs = [config.out_dirs] if isinstance(config.out_dirs, (str, os.PathLike)) else config.out_dirs
+    config = replace(config, out_dirs=tuple(os.path.abspath(o) for o in outs))
     check_options(config)
     require_outputs(config.out_dirs, config.allow_incomplete)
     run = Path(run_dir)

@@ -39,11 +39,26 @@ class ResolvedModel:
     sha256: str
 
 
+def _registry_folders(folder: Path | None) -> list[Path]:
+    """The folders to search: the one given (tests, tools), else the landmark search path."""
+    return [folder] if folder is not None else paths.landmark_dirs()
+
+
 def manifest(folder: Path | None = None) -> list[ModelEntry]:
-    """The registry entries from landmarks/models.yaml."""
-    path = (folder or paths.landmarks_dir()) / "models.yaml"
-    if not path.is_file():
-        raise ModelError(f"landmark registry not found: {path}")
+    """The registry entries: every models.yaml along the search path, the first entry of a name winning."""
+    folders = _registry_folders(folder)
+    files = [f / "models.yaml" for f in folders if (f / "models.yaml").is_file()]
+    if not files:
+        raise ModelError(f"landmark registry not found: no models.yaml in {paths.shown_dirs(folders)}")
+    entries: dict[str, ModelEntry] = {}
+    for path in files:
+        for entry in _entries(path):
+            entries.setdefault(entry.name, entry)
+    return list(entries.values())
+
+
+def _entries(path: Path) -> list[ModelEntry]:
+    """The entries of one models.yaml."""
     rows = read_yaml(path).get("models") or []
     try:
         return [ModelEntry(**{k: row.get(k) for k in ModelEntry.__dataclass_fields__}) for row in rows]
@@ -75,9 +90,9 @@ def package_models_dir(package: str) -> Path | None:
     return Path(list(spec.submodule_search_locations)[0]) / "models"
 
 
-def _candidates(entry: ModelEntry, folder: Path) -> list[Path]:
-    """Where an entry's file may be: the drop-in folder first, then its package."""
-    places = [folder / entry.file]
+def _candidates(entry: ModelEntry, folders: list[Path]) -> list[Path]:
+    """Where an entry's file may be: the drop-in folders in order, then its package."""
+    places = [folder / entry.file for folder in folders]
     if entry.package:
         package_dir = package_models_dir(entry.package)
         if package_dir is not None:
@@ -85,11 +100,11 @@ def _candidates(entry: ModelEntry, folder: Path) -> list[Path]:
     return places
 
 
-def _by_checksum(entries: list[ModelEntry], folder: Path) -> dict[str, Path]:
-    """Drop-in files (any name) whose sha256 matches a registry entry: name → path."""
+def _by_checksum(entries: list[ModelEntry], folders: list[Path]) -> dict[str, Path]:
+    """Drop-in files (any name) whose sha256 matches a registry entry: name → path (earlier folders win)."""
     pinned = {e.sha256: e.name for e in entries if e.sha256}
     found: dict[str, Path] = {}
-    for path in sorted(folder.glob("*.dat")) if folder.is_dir() else []:
+    for path in [p for f in folders if f.is_dir() for p in sorted(f.glob("*.dat"))]:
         name = pinned.get(file_sha256(path))
         if name and name not in found:
             found[name] = path
@@ -98,17 +113,17 @@ def _by_checksum(entries: list[ModelEntry], folder: Path) -> dict[str, Path]:
 
 def resolve_model(name_or_path: str, folder: Path | None = None) -> ResolvedModel:
     """Find, checksum and describe a model given a registry name or a file path."""
-    folder = folder or paths.landmarks_dir()
+    folders = _registry_folders(folder)
     entries = manifest(folder)
     by_name = {e.name: e for e in entries}
     if name_or_path not in by_name:
         return _resolve_path(Path(name_or_path), entries)
     entry = by_name[name_or_path]
-    path = next((p for p in _candidates(entry, folder) if p.is_file()), None)
+    path = next((p for p in _candidates(entry, folders) if p.is_file()), None)
     if path is None:
-        path = _by_checksum(entries, folder).get(entry.name)
+        path = _by_checksum(entries, folders).get(entry.name)
     if path is None:
-        raise ModelError(f"model '{entry.name}' not found in {folder} (get it: {entry.source})")
+        raise ModelError(f"model '{entry.name}' not found in {paths.shown_dirs(folders)} (get it: {entry.source})")
     digest = file_sha256(path)
     if entry.sha256 and digest != entry.sha256:
         raise ModelError(f"model '{entry.name}' at {path} is corrupt or a different file: sha256 {digest[:12]}… "

@@ -9,7 +9,7 @@ import pytest
 from dfprep.catalog import scan
 from dfprep.catalog.base import FAKE, REAL, VideoRecord
 from dfprep.catalog.celebdf import CelebDFAdapter, identity_in_val
-from dfprep.config import DatasetConfig
+from dfprep.config import CelebDFOptions, DatasetConfig
 from dfprep.errors import LayoutError
 
 CELEB_REAL = [f"id{a}_{n:04d}.mp4" for a in range(12) for n in range(3)]
@@ -134,4 +134,4 @@ def test_malformed_test_list_line_names_file_and_line(tmp_path: Path) -> None:
 def test_root_without_test_list_is_rejected(tmp_path: Path) -> None:
     (tmp_path / "Celeb-real").mkdir()
     with pytest.raises(LayoutError, match="List_of_testing_videos.txt"):
-        CelebDFAdapter().check_layout(tmp_path, DatasetConfig())
+        CelebDFAdapter().check_layout(tmp_path, CelebDFOptions())

@@ -10,7 +10,7 @@ import pytest
 from dfprep.catalog import scan
 from dfprep.catalog.base import FAKE, REAL, VideoRecord
 from dfprep.catalog.dfdc import DFDCAdapter
-from dfprep.config import DatasetConfig
+from dfprep.config import DatasetConfig, DFDCOptions
 from dfprep.errors import LayoutError
 
 
@@ -140,4 +140,4 @@ def test_order_is_sorted_and_stable(tmp_path: Path) -> None:
 def test_root_without_parts_or_test_set_is_rejected(tmp_path: Path) -> None:
     (tmp_path / "dfdc_train_part_3").mkdir()
     with pytest.raises(LayoutError, match="metadata.json"):
-        DFDCAdapter().check_layout(tmp_path, DatasetConfig())
+        DFDCAdapter().check_layout(tmp_path, DFDCOptions())

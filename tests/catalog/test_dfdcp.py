@@ -10,7 +10,7 @@ import pytest
 from dfprep.catalog import scan
 from dfprep.catalog.base import FAKE, REAL, VideoRecord
 from dfprep.catalog.dfdcp import DFDCPreviewAdapter
-from dfprep.config import DatasetConfig
+from dfprep.config import DatasetConfig, DFDCPOptions
 from dfprep.errors import LayoutError
 
 INDEX = {
@@ -99,4 +99,4 @@ def test_unreadable_index_is_a_layout_error(tmp_path: Path) -> None:
 def test_root_without_index_is_rejected(tmp_path: Path) -> None:
     (tmp_path / "original_videos").mkdir()
     with pytest.raises(LayoutError, match="dataset.json"):
-        DFDCPreviewAdapter().check_layout(tmp_path, DatasetConfig())
+        DFDCPreviewAdapter().check_layout(tmp_path, DFDCPOptions())

@@ -11,13 +11,13 @@ torch = pytest.importorskip("torch")
 
 from dfprep.torch.evaluate import FrameScores, evaluate, format_table, score_rows, score_table_row  # noqa: E402
 from dfprep.torch.metrics import auc, average_precision  # noqa: E402
-from dfprep.torch.train import train  # noqa: E402
+from dfprep.torch.train import TrainConfig, train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def checkpoint(learnable_out, tmp_path_factory):
     run = tmp_path_factory.mktemp("eval-run")
-    train([learnable_out], run, epochs=3, batch_size=8, lr=3e-3, seed=4, progress=False)
+    train(TrainConfig((learnable_out,), epochs=3, batch_size=8, lr=3e-3, seed=4), run, progress=False)
     return run / "model.pt"
 
 
