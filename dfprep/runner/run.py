@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -85,6 +87,7 @@ def process_unit(unit: WorkUnit, extractor: VideoExtractor, storage: Storage, pr
             if progress is not None:
                 progress(result.row)
         stats = {"unit": unit.name, "videos": rows, "seconds": round(time.monotonic() - started, 3),
+                 "worker": worker_identity(),
                  "statuses": dict(Counter(r["status"] for r in rows)), "timings": dict(timings),
                  "faces": sum(r["faces_written"] for r in rows), "config_hash": extractor.config.output_hash()}
         committed = writer.commit(stats)
@@ -93,6 +96,11 @@ def process_unit(unit: WorkUnit, extractor: VideoExtractor, storage: Storage, pr
     except BaseException:
         writer.discard()
         raise
+
+
+def worker_identity() -> str:
+    """host:pid of the process that did a unit, kept in its stats: shows how the work spread over workers."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _guarded_extract(extractor: VideoExtractor, unit: str, record: VideoRecord, original: str | None,
@@ -158,7 +166,8 @@ def prepare(storage: Storage, records: list[VideoRecord], config: PipelineConfig
     removed = clean_output(storage) if overwrite else []
     storage.makedirs(ATTEMPTS_DIR)
     charged = settle_interrupted(storage, run_id)
-    units, note = load_or_create_plan(storage, records, config, overwrite=overwrite, extend=extend)
+    units, note = load_or_create_plan(storage, records, config, overwrite=overwrite, extend=extend,
+                                      workers=worker_count(config))
     root = ", ".join(input_roots(config)) or "the input"
     committed = valid_commits(storage, config.output_hash())
     for unit, reason in damaged_units(storage, committed).items():  # redo damaged shards: un-commit them first
