@@ -27,6 +27,7 @@ from dfprep.jobs.extract import ExtractionModels, VideoExtractor, VideoResult, b
 from dfprep.jobs.maps import cam_next_steps, inline_settings
 from dfprep.jobs.plan import WorkUnit, catalog_drift, input_roots, load_or_create_plan, units_from_table
 from dfprep.runner import faults
+from dfprep.runner.backend import planned_workers
 from dfprep.runner.guard import (AttemptLog, RunContext, Watchdog, hard_limit, marker_unit, recording_crashes,
                                  settle_interrupted)
 from dfprep.runner.maps import check_inline_maps, maps_run
@@ -161,13 +162,13 @@ def is_earlier_output(storage: Storage) -> bool:
 
 
 def prepare(storage: Storage, records: list[VideoRecord], config: PipelineConfig, overwrite: bool, extend: bool,
-            run_id: str) -> Prepared:
+            run_id: str, workers: int | None = None) -> Prepared:
     """Settle the last run's leftovers, plan (or reuse the plan), keep valid commits, remove orphans."""
     removed = clean_output(storage) if overwrite else []
     storage.makedirs(ATTEMPTS_DIR)
     charged = settle_interrupted(storage, run_id)
     units, note = load_or_create_plan(storage, records, config, overwrite=overwrite, extend=extend,
-                                      workers=worker_count(config))
+                                      workers=worker_count(config) if workers is None else workers)
     root = ", ".join(input_roots(config)) or "the input"
     committed = valid_commits(storage, config.output_hash())
     for unit, reason in damaged_units(storage, committed).items():  # redo damaged shards: un-commit them first
@@ -287,11 +288,12 @@ def _extract_locked(storage: Storage, records: list[VideoRecord], config: Pipeli
                     run_id: str, overwrite: bool, extend: bool, quiet: bool) -> RunReport:
     """The run proper, under the output's lock: prepare, process what is left, finalize, report."""
     remove_stale_staging()
-    prepared = prepare(storage, records, config, overwrite, extend, run_id)
+    workers, why = planned_workers(config, len(records))
+    prepared = prepare(storage, records, config, overwrite, extend, run_id, workers)
     todo = [u for u in prepared.units if u.name not in prepared.committed]
     progress = Progress(sum(len(u.records) for u in todo), quiet)
     try:
-        if todo and worker_count(config) == 0:
+        if todo and workers == 0:
             run_in_process(todo, config, models, storage, progress, run_id)
         elif todo:
             run_on_ray(todo, config, models, storage, progress, run_id)
@@ -301,6 +303,8 @@ def _extract_locked(storage: Storage, records: list[VideoRecord], config: Pipeli
     report = report_from(storage, prepared.units, committed, prepared.note, len(prepared.units) - len(todo),
                          prepared.removed, 0.0)
     report.warnings, report.charged = prepared.warnings, prepared.charged
+    if why and todo:
+        report.note += f"; {why}"
     return report
 
 
