@@ -10,6 +10,7 @@ Prints ratios; asserts nothing. Every CLI figure is the worst of `--runs` runs (
 CPU-seconds of the command and the processes it waited for (Ray's daemons are not among them) and the 1-min
 load average before and after: on a shared machine compare CPU-seconds, and walls only at low load.
 The 28-video input is ffpp-mini four times over (symlinks), as DeepfakeBench's FF++ layout for its script.
+DFPREP_PYTHON=<another venv's python> times another dfprep install with the same script (before/after).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from decode_floor import DEFAULT_ROOT, decode_floor  # noqa: E402
 
-DFPREP = [sys.executable, "-m", "dfprep"]
+DFPREP = [os.environ.get("DFPREP_PYTHON", sys.executable), "-m", "dfprep"]  # another install: before/after
 # ffpp-mini method → the FF++ subset its 4th copy goes to in DeepfakeBench's layout: its FF++ branch needs
 # every sub-dataset to hold a video, and ffpp-mini lacks these.
 EXTRA_SUBSET = {"youtube": "original_sequences/actors", "Deepfakes": "manipulated_sequences/FaceShifter",
@@ -57,7 +58,7 @@ def repeat_cli(label: str, args: Sequence[str], runs: int, out: Path) -> dict[st
     results = []
     for number in range(runs):
         shutil.rmtree(out, ignore_errors=True)
-        result = timed_command([*DFPREP, *args, "-o", str(out), "--quiet"])
+        result = timed_command([*DFPREP, *args, "-o", str(out), "--quiet"], cwd=str(out.parent))  # installed dfprep
         results.append(result)
         print(f"  {label} run {number + 1}: wall {result['wall']:6.2f} s  cpu {result['cpu']:6.2f} s  "
               f"load {result['load']:.1f}->{result['load_after']:.1f}", flush=True)
@@ -68,25 +69,28 @@ def repeat_cli(label: str, args: Sequence[str], runs: int, out: Path) -> dict[st
 
 
 def floor_vs_cli(root: Path, runs: int, work: Path) -> None:
-    """7 videos, 32 frames, in-process CLI (as `dfprep extract ffpp` runs by default here) vs the decode floor."""
+    """7 videos, 32 frames, the CLI with default flags vs the decode floor, measured in pairs (floor, then CLI) so
+    that each ratio is taken under the same load; the worst pair is the figure."""
     from dfprep.catalog import scan
     from dfprep.config import load_config
     from dfprep.vision.video import frame_plan, probe
 
     config = load_config(None, {})
     plans = [(r.path, frame_plan(probe(r.path), config.sampling)) for r in scan("ffpp", root, config.dataset)]
-    floors = []
-    for _ in range(runs):
+    pairs = []
+    for number in range(runs):
         cpu = time.process_time()
-        floors.append((decode_floor(plans), time.process_time() - cpu))
-    floor, floor_cpu = min(floors)
-    worst = repeat_cli("dfprep extract ffpp (default flags)", ["extract", "ffpp", str(root)], runs, work / "floor")
+        floor = decode_floor(plans)
+        floor_cpu = time.process_time() - cpu
+        cli = repeat_cli("dfprep extract ffpp (default flags)", ["extract", "ffpp", str(root)], 1, work / "floor")
+        pairs.append((cli["wall"] / floor, cli["cpu"] / floor_cpu, floor, cli))
+        print(f"    floor {floor:6.2f} s wall {floor_cpu:6.2f} s cpu -> ratio {pairs[-1][0]:.2f}x wall, "
+              f"{pairs[-1][1]:.2f}x cpu", flush=True)
+    worst = max(pairs, key=lambda p: p[0])
     print(f"\n== CLI vs decode floor: {len(plans)} videos x {config.sampling.frames} frames ==")
-    print(f"  decode floor     {floor:6.2f} s wall  {floor_cpu:6.2f} s cpu   (threaded PyAV to the last planned frame)")
-    print(f"  dfprep CLI       {worst['wall']:6.2f} s wall  {worst['cpu']:6.2f} s cpu   worst of {runs} "
-          f"(best {worst['best']:.2f} s); {worst['note']}")
-    print(f"  ratio            {worst['wall'] / floor:.2f}x wall (worst), {worst['best'] / floor:.2f}x (best), "
-          f"{worst['cpu'] / floor_cpu:.2f}x cpu")
+    print(f"  dfprep CLI / decode floor: worst of {runs} pairs {worst[0]:.2f}x wall "
+          f"({worst[3]['wall']:.2f} s vs {worst[2]:.2f} s), best {min(p[0] for p in pairs):.2f}x; "
+          f"cpu {max(p[1] for p in pairs):.2f}x (worst); {worst[3]['note']}")
 
 
 def build_inputs(root: Path, target: Path, copies: int = 4) -> tuple[Path, Path]:
