@@ -5,7 +5,7 @@ import pytest
 from dfprep.catalog.base import VideoRecord
 from dfprep.config import load_config
 from dfprep.errors import DfprepError
-from dfprep.jobs.plan import build_units, load_or_create_plan
+from dfprep.jobs.plan import UNITS_PER_WORKER, build_units, load_or_create_plan, unit_size
 from dfprep.io.storage import Storage
 
 
@@ -59,3 +59,24 @@ def test_plan_is_persisted_reused_refused_and_extended(tmp_path):
     assert [u.name for u in extended[: len(units)]] == [u.name for u in units]  # old units keep their numbers
     assert len({u.name for u in extended}) == len(extended)
     assert sum(len(u.records) for u in extended) == 40
+
+
+def test_units_are_sized_so_every_worker_gets_several():
+    assert unit_size(28, 2, 48) == 28 // (UNITS_PER_WORKER * 2)  # a small folder still feeds both workers
+    assert unit_size(28, 64, 48) == 1  # a big cluster: one video per unit, as many busy workers as videos
+    assert unit_size(20_000, 2, 48) == 48  # plenty of videos: full-size shards
+    assert unit_size(28, 0, 48) == unit_size(28, 1, 48) == 48  # in-process / one worker: nothing to balance
+
+
+def test_a_new_plan_gives_each_worker_four_units_and_a_resumed_plan_keeps_its_units(tmp_path):
+    storage = Storage(str(tmp_path))
+    config = load_config(None, {})  # default videos_per_shard (48)
+    records = [_record(f"{i:03d}", "train", 0, f"{i:03d}") for i in range(40)]
+    units, _ = load_or_create_plan(storage, records, config, workers=2)
+    assert len(units) >= UNITS_PER_WORKER * 2 and sum(len(u.records) for u in units) == 40
+    again, note = load_or_create_plan(storage, records, config, workers=16)  # other workers: same units
+    assert note.startswith("resuming") and [u.records for u in again] == [u.records for u in units]
+    more = records + [_record(f"{i:03d}", "train", 0, f"{i:03d}") for i in range(40, 56)]
+    extended, _ = load_or_create_plan(storage, more, config, extend=True, workers=2)
+    assert [u.records for u in extended[:len(units)]] == [u.records for u in units]
+    assert len(extended) - len(units) == 8  # the 16 new videos, sized for 2 workers: 2 per unit

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -121,9 +123,19 @@ def test_ray_results_equal_in_process_results(folder_dataset, tmp_path, ray_sess
     _check_complete(tmp_path / "ray", 8)
 
 
+def test_a_default_run_keeps_every_worker_busy_from_the_first_video(folder_dataset, tmp_path, ray_session):
+    config = load_config(None, {"sampling.frames": 2, "ray.workers": 2})  # default videos_per_shard (48)
+    report = extract_run(scan("folder", folder_dataset, config.dataset), config, str(tmp_path / "out"), quiet=True)
+    stats = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*_stats.json")]
+    assert report.units_total == len(stats) >= 4  # 8 videos, 2 workers: units sized for the workers, not 48
+    assert len({s["worker"] for s in stats}) == 2  # both actors did work
+    assert {s["worker"] for s in stats}.isdisjoint({f"{socket.gethostname()}:{os.getpid()}"})  # not the driver
+    _check_complete(tmp_path / "out", 8)
+
+
 def test_killed_actor_is_restarted_and_nothing_is_lost(folder_dataset, tmp_path, ray_session, monkeypatch):
     marker = tmp_path / "killed"
-    monkeypatch.setenv("DFPREP_FAULT", f"kill:train-000001:1:{marker}")
+    monkeypatch.setenv("DFPREP_FAULT", f"kill:train-000001:0:{marker}")
     report = _run(folder_dataset, tmp_path / "out", workers=2)
     assert marker.exists(), "the fault was never injected"
     _check_complete(tmp_path / "out", 8)

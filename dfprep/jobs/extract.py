@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import closing
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -21,7 +22,7 @@ from dfprep.vision.align import AlignedFace, align_face
 from dfprep.vision.faces import Face, FaceAnalyzer
 from dfprep.vision.identity import IdentityCollector
 from dfprep.vision.models import ResolvedModel, load_check, resolve_model
-from dfprep.vision.video import DecodedFrame, VideoError, VideoInfo, decode_frames, probe
+from dfprep.vision.video import DecodedFrame, VideoError, VideoInfo, decode_frames, prefetched, probe
 
 
 @dataclass
@@ -214,19 +215,21 @@ class VideoExtractor:
 
     def _decode(self, path: str, indices: list[int], info: VideoInfo, deadline: float,
                 timings: Counter[str]) -> Iterable[DecodedFrame]:
-        """Decoded frames, with decode time accounted separately from the work done on each frame."""
+        """Decoded frames from a decode thread running ahead; `decode` time is what the face work waited for."""
         self._stage = "decode"
-        iterator = iter(decode_frames(path, indices, info, deadline=deadline, threads=self.decode_threads))
-        while True:
-            started = time.monotonic()
-            self._stage = "decode"
-            frame = next(iterator, None)
-            timings["decode"] += time.monotonic() - started
-            if frame is None:
-                return
-            yield frame
-            if time.monotonic() > deadline:
-                raise VideoError("timeout", f"video took longer than {self.config.sampling.video_timeout_s:g}s")
+        frames = prefetched(lambda: decode_frames(path, indices, info, deadline=deadline,
+                                                  threads=self.decode_threads))
+        with closing(frames):  # stops the decode thread however this loop ends
+            while True:
+                started = time.monotonic()
+                self._stage = "decode"
+                frame = next(frames, None)
+                timings["decode"] += time.monotonic() - started  # time spent waiting for the decode thread
+                if frame is None:
+                    return
+                yield frame
+                if time.monotonic() > deadline:
+                    raise VideoError("timeout", f"video took longer than {self.config.sampling.video_timeout_s:g}s")
 
     def _detect(self, image: np.ndarray, timings: Counter[str]) -> list[Face]:
         """Faces in one frame, with detector and landmark time accounted."""

@@ -15,6 +15,11 @@ from dfprep.errors import DfprepError
 from dfprep.io.layout import PLAN_META, PLAN_TABLE, STATS_SUFFIX
 from dfprep.io.storage import Storage
 
+# Work units per worker a plan aims for: a free worker always finds a unit waiting, and the last unit to
+# finish (the run's tail) is a small share of the run. Shards shrink below `videos_per_shard` only when
+# the input is too small to give every worker this many units.
+UNITS_PER_WORKER = 4
+
 
 @dataclass(frozen=True)
 class WorkUnit:
@@ -23,6 +28,13 @@ class WorkUnit:
     name: str  # <split>-NNNNNN
     records: tuple[VideoRecord, ...]
     original_paths: tuple[str | None, ...]  # per record: the path of the original it is paired with
+
+
+def unit_size(videos: int, workers: int, videos_per_shard: int) -> int:
+    """Videos per unit: at most `videos_per_shard`, small enough for UNITS_PER_WORKER units per worker."""
+    if workers <= 1:
+        return videos_per_shard  # one worker (or in-process): no parallelism to feed, full-size shards
+    return max(1, min(videos_per_shard, videos // (UNITS_PER_WORKER * workers)))
 
 
 def _family_order(record: VideoRecord) -> tuple[str, str, int, str]:
@@ -92,8 +104,13 @@ def units_from_table(table: pa.Table) -> list[WorkUnit]:
 
 
 def load_or_create_plan(storage: Storage, records: Iterable[VideoRecord], config: PipelineConfig,
-                        overwrite: bool = False, extend: bool = False) -> tuple[list[WorkUnit], str]:
-    """Reuse the persisted plan (same config, same inputs), extend it with new videos, or create it."""
+                        overwrite: bool = False, extend: bool = False,
+                        workers: int = 0) -> tuple[list[WorkUnit], str]:
+    """Reuse the persisted plan (same config, same inputs), extend it with new videos, or create it.
+
+    A new plan's units are sized for `workers` (see `unit_size`); a persisted plan keeps its units whatever
+    the workers now, so a resumed run commits exactly the shards the first run planned.
+    """
     records = list(records)
     meta = None if overwrite else _read_meta(storage)
     if meta is not None:
@@ -104,9 +121,9 @@ def load_or_create_plan(storage: Storage, records: Iterable[VideoRecord], config
         units = _read_units(storage)
         check_same_inputs(storage, meta, config, units, records)
         if extend:
-            return _extend(storage, units, records, config)
+            return _extend(storage, units, records, config, workers)
         return units, f"resuming the existing plan ({len(units)} shards)"
-    units = build_units(records, config.output.videos_per_shard)
+    units = build_units(records, unit_size(len(records), workers, config.output.videos_per_shard))
     _write_plan(storage, units, config)
     return units, f"new plan: {len(units)} shards"
 
@@ -151,7 +168,7 @@ def catalog_drift(units: list[WorkUnit], records: Iterable[VideoRecord], root: s
 
 
 def _extend(storage: Storage, units: list[WorkUnit], records: Iterable[VideoRecord],
-            config: PipelineConfig) -> tuple[list[WorkUnit], str]:
+            config: PipelineConfig, workers: int) -> tuple[list[WorkUnit], str]:
     """Append newly found videos as new units, numbered after the existing ones."""
     known = {r.video_id for unit in units for r in unit.records}
     fresh = [r for r in records if r.video_id not in known]
@@ -160,7 +177,7 @@ def _extend(storage: Storage, units: list[WorkUnit], records: Iterable[VideoReco
         split, number = unit.name.rsplit("-", 1)
         numbers[split] = max(numbers.get(split, 0), int(number) + 1)
     originals = {r.video_id: r.path for unit in units for r in unit.records if r.video_id == r.family_id}
-    added = build_units(fresh, config.output.videos_per_shard, numbers, originals)
+    added = build_units(fresh, unit_size(len(fresh), workers, config.output.videos_per_shard), numbers, originals)
     _write_plan(storage, units + added, config)
     return units + added, f"extended the plan: {len(fresh)} new videos in {len(added)} new shards"
 

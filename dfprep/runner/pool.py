@@ -26,10 +26,10 @@ def worker_count(config: PipelineConfig) -> int:
 
 
 def ray_version() -> str:
-    """Ray's version, stamped into dataset.json."""
-    import ray
+    """Ray's version, stamped into dataset.json (from its package metadata: importing Ray takes ~0.5 s)."""
+    from importlib.metadata import version
 
-    return ray.__version__
+    return version("ray")
 
 
 def cluster_gpus() -> float:

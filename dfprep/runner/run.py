@@ -29,6 +29,7 @@ from dfprep.jobs.contract import Announce, Outcome, ShardJob, Skip, Stats, Unit,
 from dfprep.jobs.extract_shards import ExtractJob, RunReport
 from dfprep.jobs.maps import MapReport, MapRun, cam_next_steps, inline_settings
 from dfprep.runner import faults
+from dfprep.runner.backend import planned_workers
 from dfprep.runner.guard import AttemptLog, RunContext, Watchdog, hard_limit, recording_crashes, settle_interrupted
 from dfprep.runner.maps import check_inline_maps, map_job
 from dfprep.runner.pool import ActorPool, cluster_gpus, connect, ray_version, worker_count
@@ -94,12 +95,13 @@ def _run_locked(job: ShardJob[Any, ReportT], run_id: str, quiet: bool) -> Report
     remove_stale_staging()
     removed = job.claim()
     charged = settle_attempts(job.shards, run_id) if job.guarded else []
-    plan = job.plan()
+    workers, backend_note = planned_workers(job.ray, job.expected_items())
+    plan = job.plan(workers)
     committed, redone, cleaned = settle_shards(job, plan.units)
     todo = [unit for unit in plan.units if unit.name not in committed]
     progress = Progress(sum(job.size(unit) for unit in todo), quiet, job.bar)
     try:
-        if todo and worker_count(PipelineConfig(ray=job.ray)) == 0:
+        if todo and workers == 0:
             run_in_process(job, todo, run_id, progress)
         elif todo:
             run_on_ray(job, todo, run_id, progress)
@@ -109,7 +111,8 @@ def _run_locked(job: ShardJob[Any, ReportT], run_id: str, quiet: bool) -> Report
     if job.guarded and not job.shards.listdir(ATTEMPTS_DIR):
         job.shards.remove_dir(ATTEMPTS_DIR)
     job.finalize(plan.units, committed)
-    return job.report(Outcome(plan, committed, [u.name for u in todo], removed + cleaned, redone, charged))
+    return job.report(Outcome(plan, committed, [u.name for u in todo], removed + cleaned, redone, charged,
+                              backend_note))
 
 
 def settle_attempts(shards: Storage, run_id: str) -> list[str]:

@@ -12,9 +12,12 @@ from __future__ import annotations
 import bisect
 import itertools
 import os
+import queue
+import threading
 import time
+from contextlib import closing
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Generator, Iterable, Iterator, Sequence, TypeVar
 
 import av
 import cv2
@@ -42,6 +45,13 @@ _CONTAINER_SIGNATURES: tuple[tuple[int, bytes], ...] = (
     (0, b"\x30\x26\xb2\x75"),  # asf / wmv
     (0, b"\x47"),  # mpeg transport stream sync byte
 )
+# Decoded frames a decode thread may hold ahead of the face work: enough to cover a slow face, bounded so
+# memory stays flat (a 1080p RGB frame is 6 MB).
+PREFETCH_FRAMES = 3
+# How long a stopped consumer waits for its decode thread (it stops between frames; a frame takes ms).
+_PREFETCH_JOIN_S = 10.0
+T = TypeVar("T")
+
 # cv2.rotate code turning a decoded frame upright, by counterclockwise display rotation.
 _UPRIGHT = {90: cv2.ROTATE_90_COUNTERCLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_CLOCKWISE}
 
@@ -487,3 +497,61 @@ def decode_frames(path: str | os.PathLike[str], indices: Sequence[int], info: Vi
     except _SeekUnreliable:  # start again from the first frame, without seeking, for what is left
         rest = [i for i in wanted if i > delivered]
         yield from _decode_planned(path, rest, info, packets, deadline, threads, skip_nonref, False)
+
+
+_END = object()  # the decode thread's last message: (_END, exception or None)
+
+
+def prefetched(make: Callable[[], Iterator[T]], depth: int = PREFETCH_FRAMES) -> Generator[T, None, None]:
+    """Items of `make()` produced by a decode thread, at most `depth` ahead: PyAV decodes and converts without
+    the GIL, so the caller's face work runs meanwhile. The thread's errors are raised here, in order; closing
+    this generator (or an error in the caller) stops the thread and closes its decoder."""
+    items: queue.Queue[tuple[object, BaseException | None]] = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+    thread = threading.Thread(target=_produce, args=(make, items, stop), name="dfprep-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = items.get()
+            if item is _END:
+                if error is not None:
+                    raise error
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        _drain(items)  # a producer blocked on a full queue sees `stop` within its put timeout
+        thread.join(_PREFETCH_JOIN_S)
+
+
+def _produce(make: Callable[[], Iterator[T]], items: queue.Queue, stop: threading.Event) -> None:
+    """Decode thread body: put each item (waiting while the queue is full), then the end message."""
+    error: BaseException | None = None
+    try:
+        with closing(make()) as iterator:  # type: ignore[type-var]
+            for item in iterator:
+                if not _put(items, (item, None), stop):
+                    return
+    except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it in its own thread
+        error = exc
+    _put(items, (_END, error), stop)
+
+
+def _put(items: queue.Queue, message: tuple[object, BaseException | None], stop: threading.Event) -> bool:
+    """Put one message unless the consumer stopped listening; False once it has."""
+    while not stop.is_set():
+        try:
+            items.put(message, timeout=0.05)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _drain(items: queue.Queue) -> None:
+    """Drop whatever the decode thread queued and nobody will read."""
+    while True:
+        try:
+            items.get_nowait()
+        except queue.Empty:
+            return
