@@ -80,6 +80,7 @@ class Outcome(Generic[UnitT]):
     removed: list[str]  # files deleted: --overwrite's, damaged and stale shards, uncommitted leftovers
     redone: dict[str, str] = field(default_factory=dict)  # unit → why its commit was damaged and is redone
     charged: list[str] = field(default_factory=list)  # items charged a death of an earlier run
+    backend_note: str = ""  # why the runner chose to run in-process when the user did not say
 
     @property
     def skipped(self) -> int:
@@ -109,8 +110,12 @@ class ShardJob(Protocol[UnitT, ReportT]):
     def claim(self) -> list[str]:
         """Under the lock: take the folder (--overwrite cleans the job's own earlier files); returns what it deleted."""
 
-    def plan(self) -> Plan[UnitT]:
-        """The units, in order (a persisted plan is reused)."""
+    def expected_items(self) -> int | None:
+        """Items this run may process, known before planning: lets the runner run a small job in-process
+        rather than pay Ray's start-up (None: the job leaves the choice to the user's ray settings)."""
+
+    def plan(self, workers: int) -> Plan[UnitT]:
+        """The units, in order (a persisted plan is reused); a new plan is sized for `workers` (0: in-process)."""
 
     def is_committed(self, stats: Stats) -> bool:
         """Whether a commit marker counts for this job (stamped with its config or settings hash)."""

@@ -6,6 +6,8 @@ needs to run it as a sharded job (see dfprep.jobs.contract).
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -73,6 +75,7 @@ class ExtractUnitWorker:
                 timings.update(result.timings)
                 announce(unit.name, position + 1, sum(r["faces_written"] for r in rows))
             stats = {"unit": unit.name, "videos": rows, "seconds": round(time.monotonic() - started, 3),
+                     "worker": worker_identity(),
                      "statuses": dict(Counter(r["status"] for r in rows)), "timings": dict(timings),
                      "faces": sum(r["faces_written"] for r in rows),
                      "config_hash": self.extractor.config.output_hash()}
@@ -89,6 +92,11 @@ class ExtractUnitWorker:
             if skip is not None:
                 return VideoResult({**base_row(record), "status": skip[0], "error": skip[1]}, {})
             return self.extractor.extract(record, original, writer.add)
+
+
+def worker_identity() -> str:
+    """host:pid of the process that did a unit, kept in its stats: shows how the work spread over workers."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class ExtractJob:
@@ -118,10 +126,14 @@ class ExtractJob:
         claim(self.output)
         return clean_output(self.output) if self.overwrite else []
 
-    def plan(self) -> Plan[WorkUnit]:
-        """The persisted plan (or a new one), and where the catalog now disagrees with it."""
+    def expected_items(self) -> int | None:
+        """The catalogued videos: a small folder runs in-process when that finishes sooner than Ray starts."""
+        return len(self.records)
+
+    def plan(self, workers: int) -> Plan[WorkUnit]:
+        """The persisted plan (or a new one, units sized for the workers), and where the catalog disagrees."""
         units, note = load_or_create_plan(self.output, self.records, self.config, overwrite=self.overwrite,
-                                          extend=self.extend)
+                                          extend=self.extend, workers=workers)
         root = ", ".join(input_roots(self.config)) or "the input"
         return Plan(units, note, catalog_drift(units, self.records, root))
 
@@ -165,6 +177,8 @@ class ExtractJob:
         """Aggregate the committed units' stats into the summary numbers."""
         plan = outcome.plan
         note = plan.note + "".join(f"; redoing damaged shard {u} ({r})" for u, r in outcome.redone.items())
+        if outcome.backend_note and outcome.done:
+            note += f"; {outcome.backend_note}"
         report = RunReport(self.output.root, note, len(plan.units), outcome.skipped, removed=outcome.removed,
                            warnings=plan.warnings, charged=outcome.charged)
         for unit in plan.units:

@@ -470,7 +470,11 @@ class MapJob:
         self.shards.write_json(MANIFEST, {**self.manifest, "complete": False})
         return removed
 
-    def plan(self) -> Plan[MapUnit]:
+    def expected_items(self) -> int | None:
+        """None: maps run where the user's ray settings say (Grad-CAM wants the GPUs a Ray pool finds)."""
+        return None
+
+    def plan(self, workers: int) -> Plan[MapUnit]:
         """One unit per committed face shard; a note when the face output is not finished."""
         complete = self.source.get("complete", True)
         return Plan(self.units, "" if complete else "the face output is incomplete: rerun maps after extract finishes")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 from dfprep.config import PipelineConfig
+from dfprep.config.schema import RayConfig
 from dfprep.runner.pool import worker_count
 
 IN_PROCESS_CORES = 1.6  # cores one in-process run keeps busy on 1080p/720p FF++ videos
@@ -19,10 +20,14 @@ VIDEO_CPU_S = 1.0  # CPU-seconds one FF++ c23 video takes at 32 frames (decode, 
 RAY_START_S = 6.0  # wall seconds before a local Ray pool's first video, on 2 shared cores
 
 
-def planned_workers(config: PipelineConfig, videos: int, cpus: int | None = None) -> tuple[int, str]:
-    """Workers for this run (0 = in-process) and, when dfprep chose in-process itself, why."""
-    if config.ray.workers is not None or config.ray.address or os.environ.get("RAY_ADDRESS"):
-        return worker_count(config), ""  # the user (or the cluster) decided
+def planned_workers(ray: RayConfig, videos: int | None, cpus: int | None = None) -> tuple[int, str]:
+    """Workers for this run (0 = in-process) and, when dfprep chose in-process itself, why.
+
+    `videos` None: the job leaves the choice to the ray settings (every CPU unless --workers says otherwise).
+    """
+    config = PipelineConfig(ray=ray)
+    if videos is None or ray.workers is not None or ray.address or os.environ.get("RAY_ADDRESS"):
+        return worker_count(config), ""  # the user (or the cluster, or the job) decided
     cpus = cpus or os.cpu_count() or 1
     saved = videos * VIDEO_CPU_S * (1 / IN_PROCESS_CORES - 1 / cpus)
     if cpus > 1 and saved > RAY_START_S:
