@@ -152,6 +152,7 @@ class MapReport:
     seconds: float = 0.0
     removed: list[str] = field(default_factory=list)
     note: str = ""
+    nodes_lost: list[str] = field(default_factory=list)  # cluster nodes that died mid-run (their units redone)
 
 
 # ---------------------------------------------------------------- reading face shards

@@ -19,6 +19,7 @@ from dfprep.io.storage import Storage
 from dfprep.jobs.maps import (CamBackend, MapReport, MapSettings, MapUnit, MapWorker, ReportFn, face_units,
                               finalize_maps, inline_settings, make_mapper, manifest_base, map_unit, prepare_maps,
                               source_summary, valid_map_commits, zoo_layers)
+from dfprep.runner.cluster import local_needs
 from dfprep.runner.pool import ActorPool, cluster_gpus, connect, worker_count
 from dfprep.runner.progress import MapProgress
 from dfprep.torch.cam import GradCamBackend
@@ -37,19 +38,20 @@ def check_inline_maps(config: PipelineConfig) -> None:
 
 
 def maps_run(output: str, settings: MapSettings, *, workers: int | None = None, address: str | None = None,
-             overwrite: bool = False, quiet: bool = False, filesystem: Any = None) -> MapReport:
+             overwrite: bool = False, quiet: bool = False, filesystem: Any = None,
+             ship_code: bool = False) -> MapReport:
     """The whole `dfprep maps`: check, lock the output, refuse or resume, map what is left, write the manifest."""
     started = time.monotonic()
     settings = settings.resolved()
     faces = open_output(output, filesystem)
     with output_errors(faces), OutputLock(faces, "maps"):
-        report = _maps_locked(faces, settings, workers, address, overwrite, quiet)
+        report = _maps_locked(faces, settings, workers, address, overwrite, quiet, ship_code)
     report.seconds = time.monotonic() - started
     return report
 
 
 def _maps_locked(faces: Storage, settings: MapSettings, workers: int | None, address: str | None, overwrite: bool,
-                 quiet: bool) -> MapReport:
+                 quiet: bool, ship_code: bool = False) -> MapReport:
     """The maps run proper, under the output's lock."""
     units = face_units(faces)
     checkpoints = [ZooCheckpoint.read(path) for path in settings.zoo]
@@ -63,12 +65,13 @@ def _maps_locked(faces: Storage, settings: MapSettings, workers: int | None, add
     committed = valid_map_commits(maps, manifest["settings_hash"])
     todo = [u for u in units if u.name not in committed]
     progress = MapProgress(sum(u.samples for u in todo), quiet)
+    nodes_lost: list[str] = []
     try:
         if todo and workers == 0:
             run_in_process(todo, settings, checkpoints, cam, faces, maps, progress, manifest["settings_hash"])
         elif todo:
-            run_on_ray(todo, settings, checkpoints, cam, faces, maps, progress, workers, address,
-                       manifest["settings_hash"])
+            nodes_lost = run_on_ray(todo, settings, checkpoints, cam, faces, maps, progress, workers, address,
+                                    manifest["settings_hash"], ship_code)
     finally:
         progress.close()
     committed = finalize_maps(maps, manifest, units)
@@ -76,7 +79,7 @@ def _maps_locked(faces: Storage, settings: MapSettings, workers: int | None, add
     return MapReport(maps.root, settings.name, settings.method, len(units), len(units) - len(todo),
                      sum(committed[u.name]["samples"] for u in todo if u.name in committed),
                      sum(committed[u.name]["samples"] for u in units if u.name in committed),
-                     0.0, removed, note)
+                     0.0, removed, note, nodes_lost)
 
 
 # ---------------------------------------------------------------- execution: in-process or Ray actors
@@ -100,15 +103,18 @@ def actor_plan(settings: MapSettings, workers: int, gpus: float) -> tuple[int, d
 
 def run_on_ray(units: list[MapUnit], settings: MapSettings, checkpoints: list[ZooCheckpoint], cam: CamBackend | None,
                faces: Storage, maps: Storage, progress: ReportFn, workers: int | None, address: str | None,
-               settings_hash: str = "") -> None:
-    """Units over a pool of map actors: bounded in flight, retried, progress per batch."""
-    config = load_config(None, {"ray.workers": workers, "ray.address": address})
+               settings_hash: str = "", ship_code: bool = False) -> list[str]:
+    """Units over a pool of map actors: bounded in flight, retried, progress per batch; returns the nodes lost
+    mid-run (their units redone on the others)."""
+    config = load_config(None, {"ray.workers": workers, "ray.address": address, "ray.ship_code": ship_code})
     connect(config, worker_count(config))
     count, resources = actor_plan(settings, worker_count(config), cluster_gpus())
     digests = [checkpoint.sha256 for checkpoint in checkpoints]
-    with ActorPool(MapWorker, (settings, digests, cam), count, config, resources) as pool:
+    needs = local_needs([faces.root if faces.is_local else None, *settings.zoo], [maps])
+    with ActorPool(MapWorker, (settings, digests, cam), count, config, resources, needs) as pool:
         failures = pool.run(units, (faces, maps, settings_hash), lambda message: progress(*message))
     if failures:
         first = next(iter(failures.items()))
         raise DfprepError(f"{len(failures)} map shard(s) failed after retries (first: {first[0]}: {first[1]}); "
                           f"rerun the same command to complete them")
+    return pool.node_losses()

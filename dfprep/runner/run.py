@@ -28,7 +28,8 @@ from dfprep.runner import faults
 from dfprep.runner.guard import (AttemptLog, RunContext, Watchdog, hard_limit, marker_unit, recording_crashes,
                                  settle_interrupted)
 from dfprep.runner.maps import check_inline_maps, maps_run
-from dfprep.runner.pool import ActorPool, ray_version, worker_count
+from dfprep.runner.cluster import local_needs
+from dfprep.runner.pool import ActorPool, node_identity, ray_version, worker_count
 from dfprep.runner.progress import Progress
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -53,6 +54,7 @@ class RunReport:
     maps: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # the catalog and the plan disagree
     charged: list[str] = field(default_factory=list)  # videos charged a crash of the previous run
+    nodes_lost: list[str] = field(default_factory=list)  # cluster nodes that died mid-run (their units redone)
 
 
 @dataclass
@@ -86,7 +88,8 @@ def process_unit(unit: WorkUnit, extractor: VideoExtractor, storage: Storage, pr
                 progress(result.row)
         stats = {"unit": unit.name, "videos": rows, "seconds": round(time.monotonic() - started, 3),
                  "statuses": dict(Counter(r["status"] for r in rows)), "timings": dict(timings),
-                 "faces": sum(r["faces_written"] for r in rows), "config_hash": extractor.config.output_hash()}
+                 "faces": sum(r["faces_written"] for r in rows), "config_hash": extractor.config.output_hash(),
+                 "node": node_identity()}
         committed = writer.commit(stats)
         attempts.clear()
         return committed
@@ -281,17 +284,18 @@ def _extract_locked(storage: Storage, records: list[VideoRecord], config: Pipeli
     prepared = prepare(storage, records, config, overwrite, extend, run_id)
     todo = [u for u in prepared.units if u.name not in prepared.committed]
     progress = Progress(sum(len(u.records) for u in todo), quiet)
+    nodes_lost: list[str] = []
     try:
         if todo and worker_count(config) == 0:
             run_in_process(todo, config, models, storage, progress, run_id)
         elif todo:
-            run_on_ray(todo, config, models, storage, progress, run_id)
+            nodes_lost = run_on_ray(todo, config, models, storage, progress, run_id)
     finally:
         progress.close()
     committed = finalize(storage, prepared.units, config, models.checksums())
     report = report_from(storage, prepared.units, committed, prepared.note, len(prepared.units) - len(todo),
                          prepared.removed, 0.0)
-    report.warnings, report.charged = prepared.warnings, prepared.charged
+    report.warnings, report.charged, report.nodes_lost = prepared.warnings, prepared.charged, nodes_lost
     return report
 
 
@@ -302,15 +306,17 @@ def inline_maps(config: PipelineConfig, output: str, filesystem: Any, quiet: boo
         if method == "cam" and not config.cam.zoo:
             lines += cam_next_steps(output, config.cam)  # a recipe cannot ship the zoo: say what to run next
             continue
-        map_report = maps_run(output, inline_settings(method, config.cam), workers=worker_count(config),
-                              address=config.ray.address, quiet=quiet, filesystem=filesystem)
+        map_report = maps_run(output, inline_settings(method, config.cam), workers=config.ray.workers,
+                              address=config.ray.address, quiet=quiet, filesystem=filesystem,
+                              ship_code=config.ray.ship_code)
         lines.append(f"{method} maps: {map_report.maps_total} in {map_report.output}")
     return lines
 
 
 def run_on_ray(units: list[WorkUnit], config: PipelineConfig, models: ExtractionModels, storage: Storage,
-               progress: ProgressFn, run_id: str | None = None) -> None:
-    """Units over a pool of stateful Ray actors: bounded in flight, retried, progress per video."""
+               progress: ProgressFn, run_id: str | None = None) -> list[str]:
+    """Units over a pool of stateful Ray actors: bounded in flight, retried, progress per video; returns the
+    nodes lost mid-run (their units redone on the others)."""
     counted: set[tuple[str, int]] = set()
 
     def video_done(message: tuple[str, int, dict[str, Any]]) -> None:
@@ -320,10 +326,13 @@ def run_on_ray(units: list[WorkUnit], config: PipelineConfig, models: Extraction
             counted.add((unit_name, position))
             progress(row)
 
-    with ActorPool(ExtractWorker, (config, models), worker_count(config), config) as pool:
+    models_used = [m.path for m in (models.predictor, models.cnn, models.descriptor) if m is not None]
+    needs = local_needs([*input_roots(config), *models_used], [storage])
+    with ActorPool(ExtractWorker, (config, models), worker_count(config), config, needs=needs) as pool:
         context = RunContext(run_id or new_run_id(), exit_on_hang=True)  # an actor may end itself on a hang
         failures = pool.run(units, (storage, context), video_done)
     if failures:
         first = next(iter(failures.items()))
         raise DfprepError(f"{len(failures)} shard(s) could not be processed after retries (first: {first[0]}: "
                           f"{first[1]}); rerun the same command to complete them")
+    return pool.node_losses()
