@@ -57,8 +57,8 @@ def connect(config: PipelineConfig, workers: int) -> None:
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
     on_main = threading.current_thread() is threading.main_thread()
     sigterm = signal.getsignal(signal.SIGTERM) if on_main else None
-    if address:
-        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    if address:  # code to ship goes with the job: Ray uploads local folders only at this level
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR", runtime_env=job_env(config))
     else:
         ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False,
                  logging_level="ERROR", runtime_env={"env_vars": SINGLE_THREAD_ENV})
@@ -78,13 +78,15 @@ def node_identity() -> dict[str, str]:
     return {"node_id": node, "host": socket.gethostname()}
 
 
-def worker_env(config: PipelineConfig) -> dict[str, Any]:
-    """The runtime_env of every worker: one thread each, the test's fault spec, and with ship_code the
-    driver's dfprep package (for nodes that have the dependencies but not dfprep)."""
-    env: dict[str, Any] = {"env_vars": {**SINGLE_THREAD_ENV, **_fault_env()}}
-    if config.ray.ship_code:
-        env["py_modules"] = [package_dir()]
-    return env
+def job_env(config: PipelineConfig) -> dict[str, Any]:
+    """The runtime_env of a job joining a cluster: with ship_code, the driver's dfprep package goes to every
+    worker (for nodes that have the dependencies but not dfprep); it comes first on their path."""
+    return {"py_modules": [package_dir()]} if config.ray.ship_code else {}
+
+
+def worker_env() -> dict[str, Any]:
+    """The runtime_env of every actor and probe (on top of the job's): one thread each, a test's fault spec."""
+    return {"env_vars": {**SINGLE_THREAD_ENV, **_fault_env()}}
 
 
 @dataclass
@@ -115,7 +117,7 @@ class ActorPool:
         self.resources = resources = resources or {"num_cpus": 1}
         self.hosts, slots = node_room(resources)
         if joins_cluster(config):
-            check_nodes(config, list(slots), needs or Needs(), self.hosts)
+            check_nodes(list(slots), needs or Needs(), self.hosts)
             count = sum(slots.values()) if config.ray.workers is None and slots else count
         # The queue lives on the driver's node: it must outlive any worker node.
         self.queue = Queue(maxsize=0, actor_options={"scheduling_strategy": pinned(ray.get_runtime_context()
@@ -123,7 +125,7 @@ class ActorPool:
         self.in_flight = max(1, config.ray.in_flight_per_worker)
         self.remote = ray.remote(max_restarts=config.ray.actor_restarts, max_task_retries=config.ray.task_retries,
                                  **resources)(with_unit_hook(worker))
-        self.options, self.args = {"runtime_env": worker_env(config)}, args
+        self.options, self.args = {"runtime_env": worker_env()}, args
         self.actors: list[Any] = []
         self.nodes: list[str | None] = []
         self.retired: set[int] = set()  # actors whose node was lost
@@ -273,13 +275,13 @@ def node_alive(node: str, verdict_s: float = 0.0) -> bool:
         time.sleep(0.5)
 
 
-def check_nodes(config: PipelineConfig, nodes: list[str], needs: Needs, hosts: dict[str, str]) -> None:
+def check_nodes(nodes: list[str], needs: Needs, hosts: dict[str, str]) -> None:
     """Before any work: each node's workers import this dfprep version and open the needed paths (else stop,
     naming the node)."""
     import ray
 
     probe = ray.remote(num_cpus=0, max_retries=0)(node_report)
-    options = {"runtime_env": worker_env(config)}
+    options = {"runtime_env": worker_env()}
     refs = {node: probe.options(scheduling_strategy=pinned(node), **options).remote(node, needs) for node in nodes}
     for node, ref in refs.items():
         where = f"node {node[:12]} ({hosts.get(node, '?')})"
