@@ -97,6 +97,7 @@ class RayNodes:
             os.environ.update(saved)
         self.address = self.cluster.address
         self.other_dfprep = self.workers[1].node_id
+        self.lost: list[str] = []
 
     def node_of(self, pid: int) -> object:
         """The node whose raylet started worker process `pid`."""
@@ -112,6 +113,7 @@ class RayNodes:
         self.cluster.remove_node(node, allow_graceful=False)
         kill_pids(workers)
         self.workers.remove(node)
+        self.lost.append(node.node_id)
 
     def alive(self) -> set[str]:
         """Node ids of the nodes still in the cluster."""
@@ -351,6 +353,22 @@ def test_losing_a_node_mid_extract_redoes_its_unit(cluster, dataset, reference, 
     by_node = nodes_of_commits(out)
     assert lost not in by_node and held_unit in sum(by_node.values(), []), by_node
     assert last_count(text, "extract") == (VIDEOS, VIDEOS)  # its first video, done twice, is counted once
+
+
+def test_a_video_is_never_charged_for_a_lost_node(cluster):
+    import ray
+
+    from dfprep.runner.guard import observed_death
+
+    assert cluster.lost, "runs after a node was lost"
+    left_in_progress = lambda node: {"run": "r1", "pid": -1, "node": node}  # noqa: E731 - what a marker says
+    ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
+    try:
+        alive_worker = next(node.node_id for node in cluster.workers)
+        assert observed_death(left_in_progress(cluster.lost[0]), "r1") is None
+        assert "died while processing it" in observed_death(left_in_progress(alive_worker), "r1")
+    finally:
+        ray.shutdown()
 
 
 def test_losing_a_node_mid_maps_redoes_its_unit(cluster, reference, tmp_path):
