@@ -143,10 +143,12 @@ def cluster(tmp_path_factory):
     pytest.importorskip("ray")
     tmp = Path(f"/tmp/dfc-{os.getpid()}")  # short: Ray's socket paths live under it
     tmp.mkdir(exist_ok=True)
+    before = descendants(os.getpid())
     try:
         made = RayNodes(tmp, other_dfprep(tmp_path_factory.mktemp("otherdfprep")))
     except Exception as exc:  # noqa: BLE001 - any failure to start a second node is a skip, with its reason
-        kill_pids(descendants(os.getpid()))
+        kill_pids(descendants(os.getpid()) - before)
+        shutil.rmtree(tmp, ignore_errors=True)
         pytest.skip(f"Ray cannot start a multi-node cluster on this machine: {type(exc).__name__}: {exc}"[:300])
     yield made
     made.shutdown()

@@ -22,7 +22,7 @@ from dfprep.runner.cluster import Needs, NodeReport, node_problem, node_report, 
 
 _SHUTDOWN_WAIT_S = 10.0  # how long an interrupted pool waits for its killed actors before sweeping staging
 _PROBE_TIMEOUT_S = 120.0  # how long the node check waits for each node's answer
-_NODE_VERDICT_S = 30.0  # an actor gone, its node still looks alive: how long to wait for Ray's health check
+_NODE_VERDICT_S = 60.0  # an actor gone, its node still looks alive: how long to wait for Ray's health check (5 misses)
 
 # One thread per actor: parallelism comes from actors, not from OpenCV/OpenMP/BLAS inside them.
 SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -120,8 +120,8 @@ class ActorPool:
             check_nodes(list(slots), needs or Needs(), self.hosts)
             count = sum(slots.values()) if config.ray.workers is None and slots else count
         # The queue lives on the driver's node: it must outlive any worker node.
-        self.queue = Queue(maxsize=0, actor_options={"scheduling_strategy": pinned(ray.get_runtime_context()
-                                                                                    .get_node_id())})
+        self.home = ray.get_runtime_context().get_node_id()
+        self.queue = Queue(maxsize=0, actor_options={"scheduling_strategy": pinned(self.home)})
         self.in_flight = max(1, config.ray.in_flight_per_worker)
         self.remote = ray.remote(max_restarts=config.ray.actor_restarts, max_task_retries=config.ray.task_retries,
                                  **resources)(with_unit_hook(worker))
@@ -191,8 +191,9 @@ class ActorPool:
         """A unit failed: was it because its actor's node died? Then retire the actor and record the loss."""
         node = self.nodes[index]
         gone = (self.ray.exceptions.RayActorError, self.ray.exceptions.ActorUnschedulableError)
-        if node is None or not isinstance(error, gone):
-            return False  # the unit itself failed (a task error), or the actor was never pinned
+        if node in (None, self.home) or not isinstance(error, gone):
+            return False  # the unit itself failed (a task error), the actor was never pinned, or it shares the
+            # driver's node (which lives as long as this driver)
         if node_alive(node, _NODE_VERDICT_S):
             return False
         self.retired.add(index)
@@ -201,14 +202,14 @@ class ActorPool:
         return True
 
     def _replace_lost(self, load: dict[int, int]) -> None:
-        """Every actor's node was lost: start as many on the nodes left (none left with room: stop)."""
+        """Every actor's node was lost: fill the room of the nodes left (none left with room: stop)."""
         if not self.retired or len(self.retired) < len(self.actors):
             return
         self.hosts, slots = node_room(self.resources)
         if not slots:
             raise DfprepError("every node that ran dfprep's workers was lost and no node with free CPUs is left: "
                               "start nodes again and rerun the same command (committed shards are kept)")
-        for node in spread(slots, len(self.retired)):
+        for node in spread(slots, sum(slots.values())):
             self._start(node)
             load[len(self.actors) - 1] = 0
 
