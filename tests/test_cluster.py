@@ -416,3 +416,20 @@ def test_the_node_check_names_what_a_node_cannot_open(tmp_path):
     assert node_problem(NodeReport("a" * 56, "h", "0.0.0", "3.11")) .startswith(
         "node aaaaaaaaaaaa (h) imports dfprep 0.0.0 but this driver runs")
     assert node_problem(node_report("b" * 56, Needs(read=(str(present),)))) is None
+
+
+def test_a_node_finds_the_driver_s_models_by_name_and_checksum(tmp_path):
+    from dataclasses import replace
+
+    from dfprep.vision.models import ModelError, file_sha256, locate, resolve_model
+
+    model = resolve_model("dlib5")  # the driver's copy
+    elsewhere = replace(model, path=tmp_path / "not-on-this-node" / model.path.name)  # another install path
+    found = locate(elsewhere)
+    assert found.path == model.path and file_sha256(found.path) == model.sha256
+    other = replace(elsewhere, sha256="0" * 64)  # the driver used another file under that name
+    with pytest.raises(ModelError, match="dlib5.*is not on this machine"):
+        locate(other)
+    reasons = node_report("c" * 56, Needs(models=(elsewhere, other))).models_missing
+    assert len(reasons) == 1 and "is not on this machine" in reasons[0]
+    assert node_problem(node_report("c" * 56, Needs(models=(other,)))).startswith(f"node {'c' * 12} (")

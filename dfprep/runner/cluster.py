@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Iterable
 
 import dfprep
+from dfprep.errors import ModelError
 from dfprep.io.storage import Storage
+from dfprep.vision.models import ResolvedModel, file_sha256, locate
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,7 @@ class NodeReport:
     python: str
     unreadable: tuple[str, ...] = ()
     unwritable: tuple[str, ...] = ()
+    models_missing: tuple[str, ...] = ()  # why a model the driver resolved cannot be used there
 
 
 @dataclass(frozen=True)
@@ -33,20 +36,34 @@ class Needs:
 
     read: tuple[str, ...] = ()
     write: tuple[str, ...] = ()
+    models: tuple[ResolvedModel, ...] = ()
 
 
-def local_needs(read: Iterable[str | Path | None], outputs: Iterable[Storage]) -> Needs:
-    """The local paths of a run (object-store outputs are reached through their URI, not a path)."""
+def local_needs(read: Iterable[str | Path | None], outputs: Iterable[Storage],
+                models: Iterable[ResolvedModel] = ()) -> Needs:
+    """The local paths and the models of a run (object-store outputs are reached through their URI)."""
     paths = tuple(dict.fromkeys(str(path) for path in read if path))
-    return Needs(paths, tuple(storage.root for storage in outputs if storage.is_local))
+    return Needs(paths, tuple(storage.root for storage in outputs if storage.is_local), tuple(models))
 
 
 def node_report(node_id: str, needs: Needs) -> NodeReport:
     """Run on a node: this worker's dfprep version and the needed paths it cannot open there."""
     unreadable = tuple(path for path in needs.read if not _readable(path))
     unwritable = tuple(path for path in needs.write if not (os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)))
+    missing = tuple(problem for problem in map(_model_problem, needs.models) if problem)
     return NodeReport(node_id, socket.gethostname(), dfprep.__version__, sys.version.split()[0], unreadable,
-                      unwritable)
+                      unwritable, missing)
+
+
+def _model_problem(model: ResolvedModel) -> str | None:
+    """Why this machine cannot use a model the driver resolved (None: it finds the very same file)."""
+    try:
+        here = locate(model)
+        if file_sha256(here.path) != model.sha256:
+            return f"{model.name} at {here.path} is another file than the driver's (sha256 differs)"
+    except (ModelError, OSError) as exc:
+        return str(exc)
+    return None
 
 
 def _readable(path: str) -> bool:
@@ -69,10 +86,12 @@ def node_problem(report: NodeReport, driver_version: str = dfprep.__version__) -
         return (f"{where} imports dfprep {report.version} but this driver runs {driver_version}: install the "
                 f"same version on every node, or pass --ship-code (ray.ship_code: true)")
     if report.unreadable:
-        return (f"{where} cannot open {report.unreadable[0]}: inputs and model files must sit on a path every "
-                f"node sees (a shared filesystem), or use object storage")
+        return (f"{where} cannot open {report.unreadable[0]}: the inputs must sit on a path every node sees "
+                f"(a shared filesystem)")
     if report.unwritable:
         return f"{where} cannot write to {report.unwritable[0]}: the output folder must be shared by every node"
+    if report.models_missing:
+        return f"{where}: {report.models_missing[0]}"
     return None
 
 

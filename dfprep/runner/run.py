@@ -119,7 +119,7 @@ class ExtractWorker:
     def __init__(self, config: PipelineConfig, models: ExtractionModels):
         cv2.setNumThreads(1)
         remove_stale_staging()  # a restarted actor (or a killed run) may have left its staging folder
-        self.extractor = VideoExtractor(config, models, decode_threads=config.ray.decode_threads)
+        self.extractor = VideoExtractor(config, models.here(), decode_threads=config.ray.decode_threads)
 
     def run_unit(self, unit: WorkUnit, storage: Storage, context: RunContext, queue: Any) -> dict[str, Any]:
         """Process and commit one unit; each finished video is announced as (unit, position, row)."""
@@ -326,8 +326,7 @@ def run_on_ray(units: list[WorkUnit], config: PipelineConfig, models: Extraction
             counted.add((unit_name, position))
             progress(row)
 
-    models_used = [m.path for m in (models.predictor, models.cnn, models.descriptor) if m is not None]
-    needs = local_needs([*input_roots(config), *models_used], [storage])
+    needs = local_needs(input_roots(config), [storage], models.present())
     with ActorPool(ExtractWorker, (config, models), worker_count(config), config, needs=needs) as pool:
         context = RunContext(run_id or new_run_id(), exit_on_hang=True)  # an actor may end itself on a hang
         failures = pool.run(units, (storage, context), video_done)
