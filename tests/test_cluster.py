@@ -1,5 +1,6 @@
-"""The cluster path as a user drives it: a real three-node Ray cluster on this machine (head + two worker nodes,
-each its own raylet; `ray.cluster_utils.Cluster`) and `dfprep extract|maps --address` run as a command.
+"""The cluster path as a user drives it: a real four-node Ray cluster on this machine (a head without CPUs, as
+`ray start --head --num-cpus 0` makes, and three 1-CPU worker nodes, each its own raylet;
+`ray.cluster_utils.Cluster`) and `dfprep extract|maps --address` run as a command.
 
 One worker node imports another dfprep (a copy with another version on its PYTHONPATH, as a node with an older
 install would): the run refuses it, naming the node, until --ship-code uploads the driver's dfprep. Nodes are
@@ -86,11 +87,12 @@ class RayNodes:
         try:
             os.environ.update(self.env)  # the node processes inherit it: their temp dir is ours, not /tmp/ray
             self.cluster = Cluster(initialize_head=True, head_node_args={
-                "num_cpus": 1, "include_dashboard": False, "_system_config": FAST_HEALTH})
+                "num_cpus": 0, "include_dashboard": False, "_system_config": FAST_HEALTH})
             self.workers = [self.cluster.add_node(num_cpus=1)]
             os.environ["PYTHONPATH"] = str(fake_package)  # this node's workers import the other dfprep
             self.workers.append(self.cluster.add_node(num_cpus=1))
             os.environ.pop("PYTHONPATH")
+            self.workers.append(self.cluster.add_node(num_cpus=1))
             self.cluster.wait_for_nodes(timeout=90)
         finally:
             os.environ.clear()
@@ -119,6 +121,10 @@ class RayNodes:
         """Node ids of the nodes still in the cluster."""
         return {node.node_id for node in [self.cluster.head_node, *self.workers]}
 
+    def working(self) -> set[str]:
+        """Node ids of the worker nodes still in the cluster (the head has no CPU for dfprep's workers)."""
+        return {node.node_id for node in self.workers}
+
     def shutdown(self) -> None:
         """Stop every node, then kill by pid whatever this cluster started that still runs."""
         try:
@@ -139,7 +145,8 @@ def other_dfprep(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """Head + two worker nodes (1 CPU each); the second imports another dfprep. Skipped if Ray cannot start it."""
+    """A head without CPUs + three 1-CPU worker nodes; the second imports another dfprep. Skipped, with the
+    reason, if Ray cannot start them."""
     pytest.importorskip("ray")
     tmp = Path(f"/tmp/dfc-{os.getpid()}")  # short: Ray's socket paths live under it
     tmp.mkdir(exist_ok=True)
@@ -307,14 +314,14 @@ def test_a_node_with_another_dfprep_stops_the_run_naming_the_node(cluster, datas
     assert not list(out.glob("*.tar")) and not list(out.glob("*_stats.json"))  # stopped before any work
 
 
-def test_extract_across_three_nodes_with_shipped_code_equals_in_process(cluster, dataset, reference, tmp_path):
+def test_extract_across_the_nodes_with_shipped_code_equals_in_process(cluster, dataset, reference, tmp_path):
     out = tmp_path / "out"
     done = run(extract(dataset, out, "--address", cluster.address, "--ship-code", "--quiet"), cluster.env, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     check_output(out, VIDEOS, good_videos(dataset))
     assert_same_output(out, reference)
     by_node = nodes_of_commits(out)
-    assert set(by_node) == cluster.alive() and all(by_node.values()), by_node  # every node did a unit
+    assert set(by_node) == cluster.working() and all(by_node.values()), by_node  # every worker node did a unit
     assert "was lost" not in done.stdout
 
 
@@ -341,7 +348,7 @@ def test_losing_a_node_mid_extract_redoes_its_unit(cluster, dataset, reference, 
     process = start(extract(dataset, out, "--address", cluster.address, "--ship-code"), cluster.env, tmp_path,
                     fault, log)
     try:
-        reached = wait_markers(markers, len(cluster.alive()), process, log)
+        reached = wait_markers(markers, len(cluster.working()), process, log)
         lost, marker = lose_a_worker_node(cluster, reached)
     finally:
         release(markers)
@@ -388,7 +395,7 @@ def test_losing_a_node_mid_maps_redoes_its_unit(cluster, reference, tmp_path):
     process = start([sys.executable, "-m", "dfprep", "maps", str(faces), "--address", cluster.address,
                      "--ship-code"], cluster.env, tmp_path, fault, log)
     try:
-        reached = wait_markers(markers, len(cluster.alive()), process, log)
+        reached = wait_markers(markers, len(cluster.working()), process, log)
         lost, marker = lose_a_worker_node(cluster, reached)
     finally:
         release(markers)

@@ -119,9 +119,10 @@ class ActorPool:
         if joins_cluster(config):
             check_nodes(list(slots), needs or Needs(), self.hosts)
             count = sum(slots.values()) if config.ray.workers is None and slots else count
-        # The queue lives on the driver's node: it must outlive any worker node.
+        # The queue lives on the driver's node (it must outlive any worker node) and takes no CPU (a head
+        # started with --num-cpus 0 still holds it).
         self.home = ray.get_runtime_context().get_node_id()
-        self.queue = Queue(maxsize=0, actor_options={"scheduling_strategy": pinned(self.home)})
+        self.queue = Queue(maxsize=0, actor_options={"num_cpus": 0, "scheduling_strategy": pinned(self.home)})
         self.in_flight = max(1, config.ray.in_flight_per_worker)
         self.remote = ray.remote(max_restarts=config.ray.actor_restarts, max_task_retries=config.ray.task_retries,
                                  **resources)(with_unit_hook(worker))
