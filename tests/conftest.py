@@ -65,7 +65,7 @@ def folder_dataset(tmp_path_factory) -> Path:
 def ray_session():
     """One local Ray instance (2 CPUs) per test module that asks for it, shut down after the module."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield ray
     ray.shutdown()
 

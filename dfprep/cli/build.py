@@ -104,6 +104,8 @@ def models() -> None:
 @click.option("--frames", type=int, help="Frames per video (uniform sampling).")
 @click.option("--workers", type=int, help="Ray workers (0 = in-process; default all CPUs).")
 @click.option("--address", help="Join a Ray cluster (auto = the running one).")
+@click.option("--ship-code", is_flag=True, default=None,
+              help="Upload this dfprep to the cluster's workers (nodes with the dependencies, not dfprep).")
 @click.option("--videos-per-shard", type=int, help="Videos per output shard (work unit).")
 @click.option("--maps", "inline_maps", multiple=True, type=click.Choice(["landmarks"]),
               help="Also compute these region maps in the same command (companion shards).")
@@ -113,7 +115,8 @@ def models() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_fail_cleanly
 def extract(dataset: str | None, root: str | None, output: str, pipeline: str | None, frames: int | None,
-            workers: int | None, address: str | None, videos_per_shard: int | None, inline_maps: tuple[str, ...],
+            workers: int | None, address: str | None, ship_code: bool | None, videos_per_shard: int | None,
+            inline_maps: tuple[str, ...],
             settings: tuple[str, ...], overwrite: bool, extend: bool, quiet: bool) -> None:
     """Extract aligned faces from DATASET at ROOT into WebDataset shards under OUTPUT."""
     from dfprep.catalog import scan
@@ -122,7 +125,7 @@ def extract(dataset: str | None, root: str | None, output: str, pipeline: str | 
     from dfprep.runner.run import extract_run
 
     overrides = _overrides(settings, **{"dataset.name": dataset, "dataset.root": root, "sampling.frames": frames,
-                                        "ray.workers": workers, "ray.address": address,
+                                        "ray.workers": workers, "ray.address": address, "ray.ship_code": ship_code,
                                         "output.videos_per_shard": videos_per_shard,
                                         "output.maps": list(inline_maps) or None})
     config = load_config(pipeline, overrides)
@@ -160,13 +163,14 @@ def extract(dataset: str | None, root: str | None, output: str, pipeline: str | 
               help="Trust this model factory for zoo checkpoints that name it (never imported from a file alone).")
 @click.option("--workers", type=int, help="Ray workers (0 = in-process; default all CPUs).")
 @click.option("--address", help="Join a Ray cluster (auto = the running one).")
+@click.option("--ship-code", is_flag=True, help="Upload this dfprep to the cluster's workers (nodes without dfprep).")
 @click.option("--overwrite", is_flag=True, help="Delete this map folder's previous maps and start over.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_fail_cleanly
 def maps(output: str, more_zoo: tuple[str, ...], method: str, name: str, zoo: tuple[str, ...], fusion: str,
          threshold: float | None, layers: tuple[str, ...], target: str, released_halving: bool,
          weights: str | None, blur_sigma: float | None, batch_size: int, device: str, models: tuple[str, ...],
-         workers: int | None, address: str | None, overwrite: bool, quiet: bool) -> None:
+         workers: int | None, address: str | None, ship_code: bool, overwrite: bool, quiet: bool) -> None:
     """Primary-region maps for every face under OUTPUT, as companion shards in OUTPUT/maps/NAME/."""
     from dfprep.cli.summary import format_map_summary
     from dfprep.config import load_config
@@ -182,7 +186,7 @@ def maps(output: str, more_zoo: tuple[str, ...], method: str, name: str, zoo: tu
                            layers=layers, target=target, released_halving=released_halving,
                            batch_size=batch_size, device=device, models=models,
                            **{k: v for k, v in landmark_options.items() if v is not None})
-    ray = load_config(None, {"ray.workers": workers, "ray.address": address}).ray
+    ray = load_config(None, {"ray.workers": workers, "ray.address": address, "ray.ship_code": ship_code}).ray
     report = maps_run(output, MapRun(settings, ray, overwrite=overwrite, quiet=quiet))
     click.echo(format_map_summary(report))
 

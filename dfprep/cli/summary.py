@@ -24,6 +24,7 @@ def format_summary(report: RunReport) -> str:
     if report.removed:
         lines.append(f"  removed {len(report.removed)} uncommitted leftovers")
     lines += [f"  charged to a video: {line}" for line in report.charged]
+    lines += [f"  {line}" for line in report.nodes_lost]
     lines += [f"  warning: {line}" for line in report.warnings]
     total = sum(report.timings.values()) or 1.0
     stages = ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(report.timings.items(), key=lambda kv: -kv[1]))
@@ -47,4 +48,5 @@ def format_map_summary(report: MapReport) -> str:
     lines.append(f"  wall: {report.seconds:.1f} s   {rate:.1f} maps/s")
     if report.note:
         lines.append(f"  note: {report.note}")
+    lines += [f"  {line}" for line in report.nodes_lost]
     return "\n".join(lines)

@@ -168,6 +168,7 @@ class RayConfig:
     address: str | None = None  # None = local; "auto" joins a running cluster
     in_flight_per_worker: int = 1  # units queued per actor; 1 keeps the tail balanced (ray.wait returns at once)
     decode_threads: int = 1  # decoder threads inside each Ray worker (one CPU each); in-process uses all cores
+    ship_code: bool = False  # upload this dfprep package to the workers (nodes with the dependencies, not dfprep)
     task_retries: int = 3
     actor_restarts: int = 3
 

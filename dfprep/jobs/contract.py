@@ -13,8 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Generic, Protocol, Sequence, TypeVar
 
+from pathlib import Path
+from typing import Iterable
+
 from dfprep.config.schema import RayConfig
 from dfprep.io.storage import Storage
+from dfprep.vision.models import ResolvedModel
 
 Stats = dict[str, Any]  # a unit's commit marker (`<unit>_stats.json`) as a dict
 Announce = Callable[[str, int, int], None]  # (unit name, items done in it so far, faces written in it so far)
@@ -36,6 +40,8 @@ ReportT = TypeVar("ReportT", covariant=True)
 
 class ItemGuard(Protocol):
     """The runner's guard around one item of a unit (a video): attempt markers, a watchdog, observed deaths."""
+
+    placement: dict[str, Any]  # where the unit runs ("worker": host:pid, "node": Ray node and host): for its marker
 
     def attempt(self, position: int, label: str, timeout_s: float) -> ContextManager[Skip | None]:
         """Run one item under guard; yields a (status, reason) instead when earlier attempts rule it out."""
@@ -61,6 +67,23 @@ class Bar:
     faces: bool  # also show the faces written so far
 
 
+@dataclass(frozen=True)
+class Needs:
+    """Paths every worker node must open: inputs it reads (files or folders), local output folders it writes,
+    and the models it loads (checked on each node before work starts)."""
+
+    read: tuple[str, ...] = ()
+    write: tuple[str, ...] = ()
+    models: tuple[ResolvedModel, ...] = ()
+
+
+def local_needs(read: Iterable[str | Path | None], outputs: Iterable[Storage],
+                models: Iterable[ResolvedModel] = ()) -> Needs:
+    """The local paths and the models of a run (object-store outputs are reached through their URI)."""
+    paths = tuple(dict.fromkeys(str(path) for path in read if path))
+    return Needs(paths, tuple(storage.root for storage in outputs if storage.is_local), tuple(models))
+
+
 @dataclass
 class Plan(Generic[UnitT]):
     """What a job plans under the lock: its units, a note for the summary, and warnings."""
@@ -81,6 +104,7 @@ class Outcome(Generic[UnitT]):
     redone: dict[str, str] = field(default_factory=dict)  # unit → why its commit was damaged and is redone
     charged: list[str] = field(default_factory=list)  # items charged a death of an earlier run
     backend_note: str = ""  # why the runner chose to run in-process when the user did not say
+    nodes_lost: list[str] = field(default_factory=list)  # cluster nodes lost mid-run (their units were redone)
 
     @property
     def skipped(self) -> int:
@@ -131,6 +155,9 @@ class ShardJob(Protocol[UnitT, ReportT]):
 
     def actors(self, workers: int, gpus: float) -> tuple[int, dict[str, Any] | None]:
         """How many Ray actors and what each asks for (None: one CPU)."""
+
+    def needs(self) -> Needs:
+        """What every node's workers must open; the Ray backend checks each node before work starts."""
 
     def finalize(self, units: list[UnitT], committed: dict[str, Stats]) -> None:
         """Rewrite the job's indexes from the committed shards (the single source of truth)."""

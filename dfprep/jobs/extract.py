@@ -21,7 +21,7 @@ from dfprep.jobs.pairs import Pairing, family_plan, start_pairing
 from dfprep.vision.align import AlignedFace, align_face
 from dfprep.vision.faces import Face, FaceAnalyzer
 from dfprep.vision.identity import IdentityCollector
-from dfprep.vision.models import ResolvedModel, load_check, resolve_model
+from dfprep.vision.models import ResolvedModel, load_check, locate, resolve_model
 from dfprep.vision.video import DecodedFrame, VideoError, VideoInfo, decode_frames, prefetched, probe
 
 
@@ -55,6 +55,15 @@ class ExtractionModels:
             if optional is not None:
                 load_check(optional)
         return cls(predictor, cnn, descriptor)
+
+    def present(self) -> tuple[ResolvedModel, ...]:
+        """The models in use (an unused detector or descriptor left out)."""
+        return tuple(m for m in (self.predictor, self.cnn, self.descriptor) if m is not None)
+
+    def here(self) -> "ExtractionModels":
+        """The same models found on this machine (a cluster node may hold them at another path)."""
+        return ExtractionModels(*(locate(m) if m is not None else None
+                                  for m in (self.predictor, self.cnn, self.descriptor)))
 
     def checksums(self) -> dict[str, str]:
         """name → sha256, stamped into dataset.json."""

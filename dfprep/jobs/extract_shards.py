@@ -6,8 +6,6 @@ needs to run it as a sharded job (see dfprep.jobs.contract).
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,7 +25,8 @@ from dfprep.io.layout import (ATTEMPTS_DIR, DATASET_JSON, INDEX_FILES, OWNERSHIP
 from dfprep.io.ownership import check_claimable, check_separate, claim
 from dfprep.io.shards import ShardWriter
 from dfprep.io.storage import Storage
-from dfprep.jobs.contract import Announce, Bar, ItemGuard, Outcome, Plan, Stats, WorkerFactory
+from dfprep.jobs.contract import (Announce, Bar, ItemGuard, Needs, Outcome, Plan, Stats, WorkerFactory,
+                                  local_needs)
 from dfprep.jobs.extract import ExtractionModels, VideoExtractor, VideoResult, base_row
 from dfprep.jobs.plan import WorkUnit, catalog_drift, input_roots, load_or_create_plan, units_from_table
 
@@ -51,6 +50,7 @@ class RunReport:
     maps: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # the catalog and the plan disagree
     charged: list[str] = field(default_factory=list)  # videos charged a crash of the previous run
+    nodes_lost: list[str] = field(default_factory=list)  # cluster nodes that died mid-run (their units redone)
 
 
 class ExtractUnitWorker:
@@ -60,6 +60,12 @@ class ExtractUnitWorker:
         self.extractor = VideoExtractor(config, models, decode_threads=decode_threads)
         self.storage = storage
         self.schema = sample_index_schema(config.output.registered_original)
+
+    @classmethod
+    def on_node(cls, config: PipelineConfig, models: ExtractionModels, storage: Storage,
+                decode_threads: int) -> "ExtractUnitWorker":
+        """Inside a Ray actor: the driver's models as found on this node (it may keep them at another path)."""
+        return cls(config, models.here(), storage, decode_threads)
 
     def run_unit(self, unit: WorkUnit, guard: ItemGuard, announce: Announce) -> Stats:
         """Each video under its guard, then the commit; the staging is discarded on any error."""
@@ -75,7 +81,7 @@ class ExtractUnitWorker:
                 timings.update(result.timings)
                 announce(unit.name, position + 1, sum(r["faces_written"] for r in rows))
             stats = {"unit": unit.name, "videos": rows, "seconds": round(time.monotonic() - started, 3),
-                     "worker": worker_identity(),
+                     **guard.placement,
                      "statuses": dict(Counter(r["status"] for r in rows)), "timings": dict(timings),
                      "faces": sum(r["faces_written"] for r in rows),
                      "config_hash": self.extractor.config.output_hash()}
@@ -92,11 +98,6 @@ class ExtractUnitWorker:
             if skip is not None:
                 return VideoResult({**base_row(record), "status": skip[0], "error": skip[1]}, {})
             return self.extractor.extract(record, original, writer.add)
-
-
-def worker_identity() -> str:
-    """host:pid of the process that did a unit, kept in its stats: shows how the work spread over workers."""
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class ExtractJob:
@@ -152,12 +153,19 @@ class ExtractJob:
     def worker(self, in_process: bool) -> WorkerFactory:
         """In-process the decoder takes every core; a Ray actor takes `ray.decode_threads`."""
         assert self.models is not None, "check() resolves the models first"
-        threads = 0 if in_process else self.config.ray.decode_threads
-        return partial(ExtractUnitWorker, self.config, self.models, self.shards, threads)
+        if in_process:
+            return partial(ExtractUnitWorker, self.config, self.models, self.shards, 0)
+        return partial(ExtractUnitWorker.on_node, self.config, self.models, self.shards,
+                       self.config.ray.decode_threads)
 
     def actors(self, workers: int, gpus: float) -> tuple[int, dict[str, Any] | None]:
         """One CPU actor per worker."""
         return workers, None
+
+    def needs(self) -> Needs:
+        """Every node reads the inputs, writes a local output folder and loads the driver's models."""
+        assert self.models is not None, "check() resolves the models first"
+        return local_needs(input_roots(self.config), [self.output], self.models.present())
 
     def finalize(self, units: list[WorkUnit], committed: dict[str, Stats]) -> None:
         """Rebuild videos.parquet and dataset.json from the committed units."""
@@ -180,7 +188,7 @@ class ExtractJob:
         if outcome.backend_note and outcome.done:
             note += f"; {outcome.backend_note}"
         report = RunReport(self.output.root, note, len(plan.units), outcome.skipped, removed=outcome.removed,
-                           warnings=plan.warnings, charged=outcome.charged)
+                           warnings=plan.warnings, charged=outcome.charged, nodes_lost=outcome.nodes_lost)
         for unit in plan.units:
             stats = outcome.committed.get(unit.name)
             if stats is not None:

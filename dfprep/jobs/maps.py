@@ -31,7 +31,7 @@ from dfprep.io.payloads import PayloadError, decode_image, load_json, load_landm
 from dfprep.io.regionmaps import ZooCheckpoint, apply_threshold, encode_map_png
 from dfprep.io.shards import Sample, ShardWriter, committed_units, read_samples
 from dfprep.io.storage import Storage
-from dfprep.jobs.contract import Announce, Bar, ItemGuard, Outcome, Plan, Stats, WorkerFactory
+from dfprep.jobs.contract import Announce, Bar, ItemGuard, Needs, Outcome, Plan, Stats, WorkerFactory, local_needs
 from dfprep.vision.regions import DEFAULT_BLUR_SIGMA, DEFAULT_WEIGHTS, check_weights, landmark_prior_map
 
 DEFAULT_THRESHOLDS = {"landmarks": 0.0, "cam": 0.3}
@@ -153,6 +153,7 @@ class MapReport:
     seconds: float = 0.0
     removed: list[str] = field(default_factory=list)
     note: str = ""
+    nodes_lost: list[str] = field(default_factory=list)  # cluster nodes that died mid-run (their units redone)
 
 
 # ---------------------------------------------------------------- reading face shards
@@ -336,7 +337,7 @@ class MapUnitWorker:
                 raise DfprepError(f"{unit.name}.tar holds {len(writer.rows)} faces but its commit marker says "
                                   f"{unit.samples}: the face shard changed or is damaged")
             return writer.commit({"unit": unit.name, "size": size, "seconds": round(time.monotonic() - started, 3),
-                                  "settings_hash": self.settings_hash}, MAP_INDEX_SCHEMA)
+                                  "settings_hash": self.settings_hash, **guard.placement}, MAP_INDEX_SCHEMA)
         except BaseException:
             writer.discard()
             raise
@@ -507,6 +508,10 @@ class MapJob:
             return int(gpus), {"num_cpus": 1, "num_gpus": 1}
         return max(1, workers), None
 
+    def needs(self) -> Needs:
+        """Every node reads the face shards (when local) and the zoo, and writes the map folder (when local)."""
+        return local_needs([self.output.root if self.output.is_local else None, *self.settings.zoo], [self.shards])
+
     def finalize(self, units: list[MapUnit], committed: dict[str, Stats]) -> None:
         """Rewrite the manifest from the committed shards."""
         sizes = [committed[u.name]["size"] for u in units if committed.get(u.name, {}).get("size")]
@@ -521,4 +526,4 @@ class MapJob:
         written = sum(committed[name]["samples"] for name in outcome.done if name in committed)
         total = sum(committed[u.name]["samples"] for u in units if u.name in committed)
         return MapReport(self.shards.root, self.settings.name, self.settings.method, len(units), outcome.skipped,
-                         written, total, 0.0, outcome.removed, outcome.plan.note)
+                         written, total, 0.0, outcome.removed, outcome.plan.note, outcome.nodes_lost)

@@ -3,7 +3,9 @@
 $DFPREP_FAULT is "<kind>:<unit>:<position>:<marker file>", e.g. "kill:train-000001:1:/tmp/once", or several
 such points separated by ";". The marker file receives the pid of the process that reached the fault point
 (tests wait for it, or signal that pid). The runner calls `reached` once per video, inside its watchdog; the
-pool passes $DFPREP_FAULT on to Ray actors. Without the variable nothing happens.
+pool passes $DFPREP_FAULT on to Ray actors. Position -1 (UNIT_START) is reached by a Ray worker as it takes a
+unit, in any job (extract or maps); `hold` waits there until the test creates `<marker>.release`. Without the
+variable nothing happens.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 ENV = "DFPREP_FAULT"
+UNIT_START = -1  # the position of the fault point a Ray worker reaches as it takes a unit, before any video
 PAUSE_S = 60.0  # long enough for a test to signal the paused process, short enough never to hang a suite
 
 
@@ -36,7 +39,8 @@ def _hooks(spec: str) -> tuple[Callable[[str, int], None], ...]:
 def _hook(spec: str) -> Callable[[str, int], None]:
     """One fault point: `kind:unit:position:marker`."""
     kind, unit, position, marker = spec.split(":", 3)
-    action = {"kill": _kill_once, "hang": _hang_once, "crash": _crash_always, "pause": _pause_once}[kind]
+    action = {"kill": _kill_once, "hang": _hang_once, "crash": _crash_always, "pause": _pause_once,
+              "hold": _hold_once}[kind]
     return lambda name, index: action(name == unit and index == int(position), Path(marker))
 
 
@@ -76,3 +80,18 @@ def _pause_once(hit: bool, marker: Path) -> None:
     if hit and not marker.exists():
         _record(marker)
         time.sleep(PAUSE_S)
+
+
+def release_file(marker: Path) -> Path:
+    """The file a test creates to let a held worker go on."""
+    return marker.with_name(f"{marker.name}.release")
+
+
+def _hold_once(hit: bool, marker: Path) -> None:
+    """Stop the first time until the test creates the release file (so it can act on a worker holding a unit,
+    e.g. remove its node), at most PAUSE_S."""
+    if hit and not marker.exists():
+        _record(marker)
+        deadline = time.monotonic() + PAUSE_S
+        while not release_file(marker).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)

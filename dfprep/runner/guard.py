@@ -6,7 +6,7 @@ died. That is charged to the video only when the death is *observed*, never for 
 
 - on Ray, the driver lives on, restarts the dead actor and retries the unit in the same run: a marker
   of the current run left by another pid is a worker death (a codec segfault, an OOM kill, a killed
-  actor);
+  actor), unless that worker's whole node is gone (a lost machine is not the video's doing);
 - in-process (--workers 0) the driver is the worker and cannot watch its own death, so it records
   fatal signals (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT) through faulthandler into a crash log named
   in the marker; the next run charges the video only when that log shows a crash. A kill -9, Ctrl-C,
@@ -35,6 +35,7 @@ from typing import Any, Iterator
 
 from dfprep.io.layout import ATTEMPT_MARKER, ATTEMPTS_DIR, DECODE_ERROR, TIMEOUT, marker_name, marker_unit
 from dfprep.io.storage import Storage
+from dfprep.runner.pool import node_alive, node_identity
 
 MAX_ATTEMPTS = 2
 HUNG_EXIT_CODE = 70
@@ -115,7 +116,7 @@ def _position(name: str, unit: str) -> int | None:
 def in_progress_record(context: RunContext) -> dict[str, Any]:
     """What a marker says while its video is processed: which run, process, machine and crash log."""
     return {"run": context.run_id, "pid": os.getpid(), "host": socket.gethostname(),
-            "crash_log": context.crash_log, "since": round(time.time(), 3)}
+            "node": node_identity()["node_id"], "crash_log": context.crash_log, "since": round(time.time(), 3)}
 
 
 def charge_if_died(marker: dict[str, Any], run_id: str) -> dict[str, Any]:
@@ -133,9 +134,17 @@ def charge_if_died(marker: dict[str, Any], run_id: str) -> dict[str, Any]:
 def observed_death(progress: dict[str, Any], run_id: str) -> str | None:
     """Why the process that was processing a video died, if its death was observed; None for an interrupt."""
     if progress.get("run") == run_id and progress.get("pid") != os.getpid():
+        if lost_with_its_node(progress):
+            return None  # the whole node went (a machine lost, a raylet killed): not this video's doing
         return f"its worker (pid {progress.get('pid')}) died while processing it"
     crash = crash_record(progress)
     return f"the process crashed: {crash}" if crash else None
+
+
+def lost_with_its_node(progress: dict[str, Any]) -> bool:
+    """The worker that held the video was on another Ray node, and that node is gone."""
+    node = progress.get("node")
+    return bool(node) and node != node_identity()["node_id"] and not node_alive(node)
 
 
 def crash_record(progress: dict[str, Any]) -> str | None:

@@ -9,6 +9,8 @@ report. A job only plans its units, makes the worker that commits one, and write
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from contextlib import contextmanager
 from dataclasses import replace
@@ -32,7 +34,7 @@ from dfprep.runner import faults
 from dfprep.runner.backend import planned_workers
 from dfprep.runner.guard import AttemptLog, RunContext, Watchdog, hard_limit, recording_crashes, settle_interrupted
 from dfprep.runner.maps import check_inline_maps, map_job
-from dfprep.runner.pool import ActorPool, cluster_gpus, connect, ray_version, worker_count
+from dfprep.runner.pool import ActorPool, cluster_gpus, connect, node_identity, ray_version, worker_count
 from dfprep.runner.progress import Progress
 
 __all__ = ["RunReport", "extract_run", "maps_run", "run_job"]
@@ -100,11 +102,12 @@ def _run_locked(job: ShardJob[Any, ReportT], run_id: str, quiet: bool) -> Report
     committed, redone, cleaned = settle_shards(job, plan.units)
     todo = [unit for unit in plan.units if unit.name not in committed]
     progress = Progress(sum(job.size(unit) for unit in todo), quiet, job.bar)
+    nodes_lost: list[str] = []
     try:
         if todo and workers == 0:
             run_in_process(job, todo, run_id, progress)
         elif todo:
-            run_on_ray(job, todo, run_id, progress)
+            nodes_lost = run_on_ray(job, todo, run_id, progress)
     finally:
         progress.close()
     committed = valid_commits(job)
@@ -112,7 +115,7 @@ def _run_locked(job: ShardJob[Any, ReportT], run_id: str, quiet: bool) -> Report
         job.shards.remove_dir(ATTEMPTS_DIR)
     job.finalize(plan.units, committed)
     return job.report(Outcome(plan, committed, [u.name for u in todo], removed + cleaned, redone, charged,
-                              backend_note))
+                              backend_note, nodes_lost))
 
 
 def settle_attempts(shards: Storage, run_id: str) -> list[str]:
@@ -161,6 +164,7 @@ class ItemGuards:
     def __init__(self, shards: Storage, unit: str, context: RunContext):
         self.shards, self.unit, self.context = shards, unit, context
         self.log: AttemptLog | None = None
+        self.placement = {"worker": f"{socket.gethostname()}:{os.getpid()}", "node": node_identity()}
 
     @contextmanager
     def attempt(self, position: int, label: str, timeout_s: float) -> Iterator[Skip | None]:
@@ -216,16 +220,18 @@ class JobActor:
         return commit_unit(self.worker, unit, self.shards, context, announce)
 
 
-def run_on_ray(job: ShardJob[Any, Any], units: list[Unit], run_id: str, progress: Announce) -> None:
-    """Units over a pool of stateful actors under the job's Ray settings: bounded in flight, retried, restarted."""
+def run_on_ray(job: ShardJob[Any, Any], units: list[Unit], run_id: str, progress: Announce) -> list[str]:
+    """Units over a pool of stateful actors under the job's Ray settings: bounded in flight, retried, restarted;
+    every node checked first. Returns the nodes lost mid-run (their units were redone on the others)."""
     config = PipelineConfig(ray=job.ray)  # the pool reads only the ray section
     workers = worker_count(config)
     connect(config, workers)
     count, resources = job.actors(workers, cluster_gpus())
-    with ActorPool(JobActor, (job.worker(False), job.shards), count, config, resources) as pool:
+    with ActorPool(JobActor, (job.worker(False), job.shards), count, config, resources, job.needs()) as pool:
         context = RunContext(run_id, exit_on_hang=True)  # an actor may end itself on a hang
         failures = pool.run(units, (context,), lambda message: progress(*message))
     if failures:
         first = next(iter(failures.items()))
         raise DfprepError(f"{len(failures)} shard(s) of {job.shards.root} could not be processed after retries "
                           f"(first: {first[0]}: {first[1]}); rerun the same command to complete them")
+    return pool.node_losses()

@@ -133,6 +133,21 @@ def resolve_model(name_or_path: str, folder: Path | None = None) -> ResolvedMode
     return ResolvedModel(entry.name, entry.kind, entry.points, path, digest)
 
 
+def locate(model: ResolvedModel) -> ResolvedModel:
+    """This machine's copy of a model the driver resolved: the driver's path when this machine has it, else
+    the registry's resolution here (another install path, another landmarks folder), checked by sha256."""
+    if model.path.is_file():
+        return model
+    try:
+        local = resolve_model(model.name)
+    except ModelError:
+        local = None
+    if local is None or local.sha256 != model.sha256:
+        raise ModelError(f"model '{model.name}' (sha256 {model.sha256[:12]}…) is not on this machine: put it at "
+                         f"{model.path} or into {paths.landmarks_dir()}")
+    return local
+
+
 def _resolve_path(path: Path, entries: list[ModelEntry]) -> ResolvedModel:
     """A model given by path: recognised by checksum, else by file name, else a shape predictor."""
     if not path.is_file():
