@@ -62,15 +62,16 @@ def test_plan_is_persisted_reused_refused_and_extended(tmp_path):
 
 
 def test_units_are_sized_so_every_worker_gets_several():
-    assert unit_size(28, 2, 48) == 28 // (UNITS_PER_WORKER * 2)  # a small folder still feeds both workers
-    assert unit_size(28, 64, 48) == 1  # a big cluster: one video per unit, as many busy workers as videos
-    assert unit_size(20_000, 2, 48) == 48  # plenty of videos: full-size shards
-    assert unit_size(28, 0, 48) == unit_size(28, 1, 48) == 48  # in-process / one worker: nothing to balance
+    assert unit_size(28, 2, None) == 28 // (UNITS_PER_WORKER * 2)  # a small folder still feeds both workers
+    assert unit_size(28, 64, None) == 1  # a big cluster: one video per unit, as many busy workers as videos
+    assert unit_size(20_000, 2, None) == 48  # plenty of videos: full-size shards
+    assert unit_size(28, 0, None) == unit_size(28, 1, None) == 48  # in-process / one worker: nothing to balance
+    assert unit_size(28, 64, 7) == unit_size(28, 0, 7) == 7  # a shard size the user set is kept exactly
 
 
 def test_a_new_plan_gives_each_worker_four_units_and_a_resumed_plan_keeps_its_units(tmp_path):
     storage = Storage(str(tmp_path))
-    config = load_config(None, {})  # default videos_per_shard (48)
+    config = load_config(None, {})  # videos_per_shard unset: sized for the workers
     records = [_record(f"{i:03d}", "train", 0, f"{i:03d}") for i in range(40)]
     units, _ = load_or_create_plan(storage, records, config, workers=2)
     assert len(units) >= UNITS_PER_WORKER * 2 and sum(len(u.records) for u in units) == 40

@@ -124,7 +124,7 @@ def test_ray_results_equal_in_process_results(folder_dataset, tmp_path, ray_sess
 
 
 def test_a_default_run_keeps_every_worker_busy_from_the_first_video(folder_dataset, tmp_path, ray_session):
-    config = load_config(None, {"sampling.frames": 2, "ray.workers": 2})  # default videos_per_shard (48)
+    config = load_config(None, {"sampling.frames": 2, "ray.workers": 2})  # videos_per_shard unset
     report = extract_run(scan("folder", folder_dataset, config.dataset), config, str(tmp_path / "out"), quiet=True)
     stats = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*_stats.json")]
     assert report.units_total == len(stats) >= 4  # 8 videos, 2 workers: units sized for the workers, not 48

@@ -140,7 +140,7 @@ class OutputConfig:
 
     image_format: ImageFormat = "jpg"  # jpg | png | webp
     quality: int = 95
-    videos_per_shard: int = 48  # ~1.5k samples at 32 frames
+    videos_per_shard: int | None = None  # None: sized for the workers, at most 48 (~1.5k samples at 32 frames)
     maps: tuple[str, ...] = ()  # region maps computed inline during extract (e.g. landmarks)
     registered_original: bool = False  # fakes also store their original's frame at the same index, cut with the
     # fake's own matrix (<key>.original.<ext>, and <key>.original_context.<ext> beside a context crop)

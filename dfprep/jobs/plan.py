@@ -15,10 +15,11 @@ from dfprep.errors import DfprepError
 from dfprep.io.layout import PLAN_META, PLAN_TABLE, STATS_SUFFIX
 from dfprep.io.storage import Storage
 
-# Work units per worker a plan aims for: a free worker always finds a unit waiting, and the last unit to
-# finish (the run's tail) is a small share of the run. Shards shrink below `videos_per_shard` only when
-# the input is too small to give every worker this many units.
+# Work units per worker a plan aims for when the user did not set `output.videos_per_shard`: a free worker
+# always finds a unit waiting, and the last unit to finish (the run's tail) is a small share of the run.
+# Shards shrink below MAX_VIDEOS_PER_SHARD only when the input is too small to give every worker this many.
 UNITS_PER_WORKER = 4
+MAX_VIDEOS_PER_SHARD = 48  # ~1.5k samples at 32 frames
 
 
 @dataclass(frozen=True)
@@ -30,11 +31,14 @@ class WorkUnit:
     original_paths: tuple[str | None, ...]  # per record: the path of the original it is paired with
 
 
-def unit_size(videos: int, workers: int, videos_per_shard: int) -> int:
-    """Videos per unit: at most `videos_per_shard`, small enough for UNITS_PER_WORKER units per worker."""
+def unit_size(videos: int, workers: int, videos_per_shard: int | None) -> int:
+    """Videos per unit: exactly what the user set, else at most MAX_VIDEOS_PER_SHARD and small enough for
+    UNITS_PER_WORKER units per worker."""
+    if videos_per_shard is not None:
+        return videos_per_shard  # the user's shard size is kept as asked
     if workers <= 1:
-        return videos_per_shard  # one worker (or in-process): no parallelism to feed, full-size shards
-    return max(1, min(videos_per_shard, videos // (UNITS_PER_WORKER * workers)))
+        return MAX_VIDEOS_PER_SHARD  # one worker (or in-process): no parallelism to feed, full-size shards
+    return max(1, min(MAX_VIDEOS_PER_SHARD, videos // (UNITS_PER_WORKER * workers)))
 
 
 def _family_order(record: VideoRecord) -> tuple[str, str, int, str]:
