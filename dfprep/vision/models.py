@@ -144,7 +144,7 @@ def locate(model: ResolvedModel) -> ResolvedModel:
         local = None
     if local is None or local.sha256 != model.sha256:
         raise ModelError(f"model '{model.name}' (sha256 {model.sha256[:12]}…) is not on this machine: put it at "
-                         f"{model.path} or into {paths.landmarks_dir()}")
+                         f"{model.path} or into one of {paths.shown_dirs(paths.landmark_dirs())}")
     return local
 
 
