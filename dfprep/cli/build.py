@@ -190,6 +190,11 @@ def maps(output: str, more_zoo: tuple[str, ...], method: str, name: str, zoo: tu
 @_fail_cleanly
 def demo(output: str, workers: int | None, quiet: bool) -> None:
     """Build a small labelled video set from a bundled real face and run the whole pipeline on it."""
+    from dfprep.cli.deps import dependency_problem
+
+    problem = dependency_problem("demo")
+    if problem:
+        raise DfprepError(problem)
     from dfprep.cli.demo import run_demo
 
     run_demo(Path(output).resolve(), workers, quiet, click.echo)
