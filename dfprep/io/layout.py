@@ -61,3 +61,13 @@ TIMEOUT = "timeout"  # over sampling.video_timeout_s, or hung the decoder
 INTERNAL_ERROR = "internal_error"  # a bug or library failure inside one stage
 VIDEO_STATUSES = (MISSING, UNSUPPORTED, DECODE_ERROR, TIMEOUT)  # what a VideoError may carry
 STATUSES = (OK, NO_FACE, *VIDEO_STATUSES, INTERNAL_ERROR)
+
+
+# ---------------------------------------------------------------- how readers reach each kind of file
+# One glob per kind, relative to OUT, matching that kind and nothing else (README: "Read the output with…").
+# Give readers these globs, not OUT itself: OUT also holds the run's JSON files and maps/ below it.
+SAMPLE_SHARDS = "*.tar"  # faces as WebDataset shards (not recursive: maps/ is not matched)
+SAMPLE_INDEXES = "*-??????.parquet"  # one row per sample; videos.parquet and plan.parquet do not match
+MAP_SHARDS = MAPS_FOLDER + "/{name}/*.tar"  # a map set's companion shards: same keys, same order
+MAP_INDEXES = MAPS_FOLDER + "/{name}/*-??????.parquet"  # one row per map (key, coverage, peak)
+SAMPLE_JSON_NULLABLE = ("pair_key",)  # json fields every sample carries, null where they do not apply
