@@ -34,13 +34,14 @@ def verify(output: str, deep: bool, as_json: bool, repair: bool, quiet: bool) ->
     """Read every shard of OUTPUT once and check it against its commit marker; exit 1 when anything is damaged."""
     from tqdm import tqdm
 
+    from dfprep.config.console import bar_disable
     from dfprep.inspect.verify import check_is_output, count_shards, verify_output
     from dfprep.io.integrity import uncommit
     from dfprep.io.storage import Storage
 
     storage = Storage(output)
     check_is_output(storage)
-    with tqdm(total=count_shards(storage), unit="shard", desc="verify", disable=quiet, dynamic_ncols=True) as bar:
+    with tqdm(total=count_shards(storage), unit="shard", desc="verify", disable=bar_disable(quiet), dynamic_ncols=True) as bar:
         report = verify_output(storage, deep=deep, step=lambda: bar.update(1))
     damaged = [damage.shard for damage in report.problems if damage.kind == "damaged" and damage.shard]
     removed = [name for shard in damaged for name in uncommit(storage, shard)] if repair else []

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from dfprep.config.console import bar_disable
+
 
 class Progress:
     """A tqdm bar over videos (total and ETA) showing faces/s; silent with --quiet."""
@@ -12,7 +14,7 @@ class Progress:
     def __init__(self, total: int, quiet: bool):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, unit="video", disable=quiet, dynamic_ncols=True, desc="extract")
+        self.bar = tqdm(total=total, unit="video", disable=bar_disable(quiet), dynamic_ncols=True, desc="extract")
         self.faces = 0
         self.started = time.monotonic()
 
@@ -34,7 +36,7 @@ class MapProgress:
     def __init__(self, total: int, quiet: bool):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, unit="map", disable=quiet, dynamic_ncols=True, desc="maps")
+        self.bar = tqdm(total=total, unit="map", disable=bar_disable(quiet), dynamic_ncols=True, desc="maps")
         self.done: dict[str, int] = {}
         self.started = time.monotonic()
 

@@ -228,7 +228,7 @@ def library_versions() -> dict[str, str]:
 def report_from(storage: Storage, units: list[WorkUnit], committed: dict[str, dict[str, Any]], note: str,
                 skipped: int, removed: list[str], seconds: float) -> RunReport:
     """Aggregate committed unit stats into the run's summary numbers."""
-    report = RunReport(storage.root, note, len(units), skipped, removed=removed, seconds=seconds)
+    report = RunReport(storage.display, note, len(units), skipped, removed=removed, seconds=seconds)
     for unit in units:
         stats = committed.get(unit.name)
         if stats is None:

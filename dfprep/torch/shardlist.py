@@ -50,19 +50,33 @@ def _kind(uri: str) -> pafs.FileType:
     return filesystem.get_file_info(path).type
 
 
+def split_query(uri: str) -> tuple[str, str]:
+    """`s3://b/p?endpoint_override=…` → (`s3://b/p`, `?endpoint_override=…`): paths are joined before the query."""
+    if "://" not in uri:
+        return uri, ""
+    path, mark, query = uri.partition("?")
+    return path, mark + query
+
+
 def join(base: str, *parts: str) -> str:
-    """Join path parts the same way for local paths and URIs."""
-    return posixpath.join(base, *parts) if "://" in base else os.path.join(base, *parts)
+    """Join path parts the same way for local paths and URIs (a URI's query string stays at the end)."""
+    if "://" not in base:
+        return os.path.join(base, *parts)
+    path, query = split_query(base)
+    return posixpath.join(path, *parts) + query
 
 
 def _parent(uri: str) -> str:
-    """The folder holding a file, for local paths and URIs alike."""
-    return posixpath.dirname(uri) if "://" in uri else os.path.dirname(os.path.abspath(uri))
+    """The folder holding a file, for local paths and URIs alike (with the URI's query string)."""
+    if "://" not in uri:
+        return os.path.dirname(os.path.abspath(uri))
+    path, query = split_query(uri)
+    return posixpath.dirname(path) + query
 
 
 def _base(uri: str) -> str:
     """A file's own name."""
-    return posixpath.basename(uri)
+    return posixpath.basename(split_query(uri)[0])
 
 
 def out_folder_shards(folder: str) -> list[ShardSource]:
@@ -79,7 +93,7 @@ def tar_shard(uri: str) -> ShardSource:
     """A shard named by path: its sibling parquet and stats are used when present."""
     if _kind(uri) != pafs.FileType.File:
         raise ShardListError(f"shard not found: {uri}")
-    name = _base(uri)[: -len(".tar")] if uri.endswith(".tar") else _base(uri)
+    name = _base(uri)[: -len(".tar")] if _base(uri).endswith(".tar") else _base(uri)
     index = join(_parent(uri), f"{name}.parquet")
     stats = join(_parent(uri), f"{name}{STATS_SUFFIX}")
     samples = None

@@ -276,6 +276,8 @@ def train_epochs(config: TrainConfig, run: Path, model: Any, optimizer: Any, sca
     """Epochs state.epoch+1 … config.epochs, each followed by validation, a checkpoint and the metric files."""
     from tqdm import tqdm
 
+    from dfprep.config.console import bar_disable
+
     device = next(model.parameters()).device
     dataset = train_stream(config)
     loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers,
@@ -286,7 +288,7 @@ def train_epochs(config: TrainConfig, run: Path, model: Any, optimizer: Any, sca
         torch.manual_seed(derive_seed(config.seed, epoch))
         dataset.set_epoch(epoch)
         with tqdm(total=batches_per_epoch(dataset, config), desc=f"epoch {epoch}/{config.epochs}", unit="batch",
-                  disable=not progress, dynamic_ncols=True) as bar:
+                  disable=bar_disable(not progress), dynamic_ncols=True) as bar:
             loss, steps, samples = run_epoch(model, loader, optimizer, scaler, device, config.max_steps_per_epoch, bar)
         state.epoch, state.step = epoch, state.step + steps
         row = {"epoch": epoch, "steps": steps, "global_step": state.step, "samples": samples, "train_loss": loss,
