@@ -26,7 +26,11 @@ def out(folder_dataset, tmp_path_factory) -> Path:
     extract = ["extract", "folder", str(folder_dataset), "-o", str(out), "--workers", "0", "--frames", "2",
                "--videos-per-shard", "2", "--quiet"]
     assert CliRunner().invoke(cli, extract).exit_code == 0
-    assert CliRunner().invoke(cli, ["maps", str(out), "--workers", "0", "--quiet"]).exit_code == 0
+    result = CliRunner().invoke(cli, ["maps", str(out), "--workers", "0", "--quiet", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)  # maps --json: the summary alone on stdout
+    assert summary["maps_written"] == summary["maps_total"] == len(expected(out)) > 0
+    assert summary["output"] == f"{out}/maps/landmarks" and summary["method"] == "landmarks"
     return out
 
 
