@@ -58,6 +58,11 @@ def split_query(uri: str) -> tuple[str, str]:
     return path, mark + query
 
 
+def is_folder(uri: str) -> bool:
+    """Whether a local folder or an object-store prefix holding files exists there."""
+    return _kind(uri) == pafs.FileType.Directory
+
+
 def join(base: str, *parts: str) -> str:
     """Join path parts the same way for local paths and URIs (a URI's query string stays at the end)."""
     if "://" not in base:

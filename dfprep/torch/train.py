@@ -28,6 +28,7 @@ from dfprep.torch.data import FaceShards, derive_seed
 from dfprep.torch.evaluate import frame_loader, load_checkpoint, pick_device, require_outputs, score_frames
 from dfprep.torch.metrics import auc, video_scores
 from dfprep.torch.models import build_model, fake_logit
+from dfprep.torch.shardlist import is_folder, join
 from dfprep.torch.transforms import Compose, Normalize, PrimaryRegionErasing, RandomHorizontalFlip
 
 torch = require_torch()
@@ -84,6 +85,11 @@ class RunState:
     metrics: list[dict[str, Any]] = field(default_factory=list)
 
 
+def absolute(out: str) -> str:
+    """A local OUT as an absolute path (the run records it); a URI (s3://…) as given."""
+    return out if "://" in out else os.path.abspath(out)
+
+
 def check_options(config: TrainConfig) -> None:
     """Fail before any work on options that cannot work (unknown optimizer, erasing without maps, …)."""
     if config.optimizer not in OPTIMIZERS:
@@ -93,7 +99,7 @@ def check_options(config: TrainConfig) -> None:
     if config.region_erasing and not config.maps:
         raise TrainError("--region-erasing needs primary-region maps: add --maps NAME (e.g. --maps landmarks)")
     for out in config.out_dirs if config.maps else ():
-        if not (Path(out) / "maps" / config.maps).is_dir():
+        if not is_folder(join(out, "maps", config.maps)):
             raise TrainError(f"maps {config.maps!r} not found in {out} (expected {out}/maps/{config.maps}/); "
                              f"run `dfprep maps {out} --method {config.maps}` first")
 
@@ -252,7 +258,7 @@ def train(out_dirs: Sequence[str | os.PathLike[str]], run_dir: str | os.PathLike
     ``more`` takes the remaining TrainConfig fields: weight_decay, shuffle_buffer, balance, model_kwargs,
     mean, std, skip_bad_shards, allow_incomplete (an incomplete or damaged OUT is refused without it).
     """
-    config = TrainConfig(out_dirs=tuple(os.path.abspath(o) for o in out_dirs), model=model, epochs=epochs,
+    config = TrainConfig(out_dirs=tuple(absolute(os.fspath(o)) for o in out_dirs), model=model, epochs=epochs,
                          batch_size=batch_size, lr=lr, optimizer=optimizer, workers=workers,
                          region_erasing=region_erasing, maps=maps, seed=seed, device=device,
                          max_steps_per_epoch=max_steps_per_epoch, **more)
