@@ -57,6 +57,7 @@ def test_the_installed_environment_meets_every_bound_it_declares():
     assert deps.lower_bounds()["av"] == "17.1"  # the bounds come from the installed metadata (setup.cfg)
     assert deps.dependency_problem() is None
     assert deps.dependency_problem("test") is None
+    assert {"pytest", "moto", "scikit-image"} <= set(deps.lower_bounds("test"))  # `moto[server]` counts as moto
 
 
 @pytest.mark.parametrize("version, expected", [("17.0.1rc1", (17, 0, 1)), ("4.10.0.84", (4, 10, 0, 84)),
