@@ -44,7 +44,8 @@ Examples:
 @click.argument("name", required=False, shell_complete=_complete_dataset)
 @click.argument("root", required=False, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the records and counts as JSON.")
-@click.option("--pipeline", shell_complete=_complete_recipe, help="Recipe whose dataset options apply (e.g. deepfakebench-ffpp): shows what it takes.")
+@click.option("--pipeline", shell_complete=_complete_recipe,
+              help="Recipe whose dataset options apply (e.g. deepfakebench-ffpp): shows what it takes.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
 @_fail_cleanly
 def datasets(name: str | None, root: str | None, as_json: bool, pipeline: str | None,

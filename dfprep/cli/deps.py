@@ -7,7 +7,8 @@ from importlib import metadata
 
 # Modules only an extra installs → that extra (the name a user passes to pip install 'dfprep[extra]').
 EXTRA_OF_MODULE = {"skimage": "demo", "torch": "torch", "torchvision": "torch"}
-_REQUIREMENT = re.compile(r"^\s*(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?\s*>=\s*(?P<low>[0-9][0-9.]*)\s*(?:;(?P<marker>.*))?$")
+_REQUIREMENT = re.compile(r"^\s*(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?"  # name[extras]
+                          r"\s*>=\s*(?P<low>[0-9][0-9.]*)\s*(?:;(?P<marker>.*))?$")  # >=low ; marker
 _EXTRA = re.compile(r"""extra\s*==\s*["'](?P<extra>[^"']+)["']""")
 
 

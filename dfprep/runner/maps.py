@@ -73,7 +73,8 @@ def _maps_locked(faces: Storage, settings: MapSettings, workers: int | None, add
         progress.close()
     committed = finalize_maps(maps, manifest, units)
     note = "" if source.get("complete", True) else "the face output is incomplete: rerun maps after extract finishes"
-    return MapReport(f"{faces.display}/{MAPS_FOLDER}/{settings.name}", settings.name, settings.method, len(units), len(units) - len(todo),
+    shown = f"{faces.display}/{MAPS_FOLDER}/{settings.name}"  # with its scheme (s3://…), without the query
+    return MapReport(shown, settings.name, settings.method, len(units), len(units) - len(todo),
                      sum(committed[u.name]["samples"] for u in todo if u.name in committed),
                      sum(committed[u.name]["samples"] for u in units if u.name in committed),
                      0.0, removed, note)

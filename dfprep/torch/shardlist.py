@@ -51,7 +51,7 @@ def _kind(uri: str) -> pafs.FileType:
 
 
 def split_query(uri: str) -> tuple[str, str]:
-    """`s3://b/p?endpoint_override=…` → (`s3://b/p`, `?endpoint_override=…`): paths are joined before the query."""
+    """`s3://b/p?endpoint_override=…` → (`s3://b/p`, `?endpoint_override=…`): paths join before the query."""
     if "://" not in uri:
         return uri, ""
     path, mark, query = uri.partition("?")
