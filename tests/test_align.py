@@ -245,7 +245,8 @@ def test_context_crop_keeps_the_face_crop_density_around_the_same_centre(analyze
     in_context = transform_points(face.landmarks, aligned.context_matrix)
     assert np.allclose(in_context, aligned.landmarks + 56, atol=1e-3)  # same zoom, shifted by the margin
     middle = aligned.context[56:280, 56:280].astype(int)
-    assert np.abs(middle - aligned.crop.astype(int)).max() <= 1  # the face crop is the context's centre
+    # the face crop is the context's centre (two warps round apart by up to 2 levels on OpenCV 4.x, 1 on 5.x)
+    assert np.abs(middle - aligned.crop.astype(int)).max() <= 2
 
 
 def test_context_scale_below_one_is_refused() -> None:

@@ -29,7 +29,7 @@ def test_every_fake_gets_its_registered_original_and_it_lines_up_outside_the_fac
     _, report, samples, _ = caddm_pairs
     assert report.faces == 12 and report.statuses == {"ok": 6}
     fakes = [s for s in samples.values() if s.meta["label"] == 1]
-    assert len(fakes) == 6 and all(s.meta["has_original"] and "pair_key" in s.meta for s in fakes)
+    assert len(fakes) == 6 and all(s.meta["has_original"] and s.meta["pair_key"] for s in fakes)
     figures = protocol.registration(samples)
     assert set(figures) == {f"ffpp/{m}/c23/{p}" for m, p in
                             (("Deepfakes", "519_515"), ("FaceSwap", "634_660"), ("NeuralTextures", "004_982"))}

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import click
 
+from dfprep.cli.deps import dependency_problem, missing_module_line
 from dfprep.errors import DfprepError
 
 
@@ -60,6 +61,9 @@ def _fail_cleanly(function: Callable[..., Any]) -> Callable[..., Any]:
         except DfprepError as exc:
             click.echo(f"dfprep: error: {exc}", err=True)
             sys.exit(2)
+        except ModuleNotFoundError as exc:
+            click.echo(f"dfprep: error: {missing_module_line(exc)}", err=True)
+            sys.exit(2)
         except KeyboardInterrupt as exc:
             click.echo(f"dfprep: {INTERRUPTED}", err=True)
             terminated = isinstance(exc, Interrupted) or signal.SIGTERM in _RECEIVED
@@ -77,6 +81,10 @@ def _fail_cleanly(function: Callable[..., Any]) -> Callable[..., Any]:
 @click.version_option(package_name="dfprep")
 def cli() -> None:
     """Deepfake-detection video datasets → WebDataset shards of aligned faces."""
+    problem = dependency_problem()
+    if problem:  # checked before any command runs: a too-old library fails here, not deep inside a run
+        click.echo(f"dfprep: error: {problem}", err=True)
+        sys.exit(2)
 
 
 def _add_torch_commands() -> None:
@@ -92,4 +100,8 @@ _add_torch_commands()
 
 def main() -> None:
     """Console-script entry point (the commands register when dfprep.cli is imported)."""
-    cli(prog_name="dfprep")
+    try:
+        cli(prog_name="dfprep")
+    except ModuleNotFoundError as exc:  # a command outside _fail_cleanly (train/evaluate) met a missing module
+        click.echo(f"dfprep: error: {missing_module_line(exc)}", err=True)
+        sys.exit(2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,29 @@ def _overrides(pairs: tuple[str, ...], **flags: Any) -> dict[str, Any]:
     return values
 
 
-@cli.command()
-@click.argument("name", required=False)
+def _complete_dataset(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion: the dataset adapters' names."""
+    from dfprep.catalog import ADAPTERS
+
+    return [name for name in ADAPTERS if name.startswith(incomplete)]
+
+
+def _complete_recipe(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion: the named recipes (pipelines/*.yaml, user folders included)."""
+    from dfprep.config.loader import available_recipes
+
+    return [name for name in available_recipes() if name.startswith(incomplete)]
+
+
+@cli.command(epilog="""\b
+Examples:
+  dfprep datasets                                  # every adapter and the layout it expects
+  dfprep datasets ffpp /data/FaceForensics++ --pipeline deepfakebench-ffpp""")
+@click.argument("name", required=False, shell_complete=_complete_dataset)
 @click.argument("root", required=False, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the records and counts as JSON.")
-@click.option("--pipeline", help="Recipe whose dataset options apply (e.g. deepfakebench-ffpp): shows what it takes.")
+@click.option("--pipeline", shell_complete=_complete_recipe,
+              help="Recipe whose dataset options apply (e.g. deepfakebench-ffpp): shows what it takes.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
 @_fail_cleanly
 def datasets(name: str | None, root: str | None, as_json: bool, pipeline: str | None,
@@ -80,7 +99,9 @@ def _indent(text: str) -> str:
     return "\n".join("  " + line for line in text.strip("\n").splitlines())
 
 
-@cli.command()
+@cli.command(epilog="""\b
+Examples:
+  dfprep models     # each landmark/detector model, its sha256 and where it was found""")
 @_fail_cleanly
 def models() -> None:
     """Show the landmark/detector models the registry resolves, with their checksums."""
@@ -96,11 +117,17 @@ def models() -> None:
     click.echo("landmark folders, first wins: " + ", ".join(str(folder) for folder in landmark_dirs()))
 
 
-@cli.command()
-@click.argument("dataset", required=False)
+@cli.command(epilog="""\b
+Examples:
+  dfprep extract ffpp /data/FaceForensics++ -o out/ffpp --frames 32
+  dfprep extract --pipeline caddm-ffpp --set dataset.root=/data/FaceForensics++ -o out/caddm
+  dfprep extract folder ./videos -o 's3://bucket/out?endpoint_override=localhost:9000&scheme=http'
+  dfprep extract ffpp /data/ffpp -o out/ffpp --json --min-yield 0.9 | jq .face_yield""")
+@click.argument("dataset", required=False, shell_complete=_complete_dataset)
 @click.argument("root", required=False, type=click.Path())
 @click.option("-o", "--output", required=True, help="Output folder or pyarrow.fs URI (s3://, gs://, file://).")
-@click.option("--pipeline", help="Named recipe from pipelines/ (e.g. caddm-ffpp) or a .yaml path.")
+@click.option("--pipeline", shell_complete=_complete_recipe,
+              help="Named recipe from pipelines/ (e.g. caddm-ffpp) or a .yaml path.")
 @click.option("--frames", type=int, help="Frames per video (uniform sampling).")
 @click.option("--workers", type=int, help="Ray workers (0 = in-process; default all CPUs).")
 @click.option("--address", help="Join a Ray cluster (auto = the running one).")
@@ -113,14 +140,17 @@ def models() -> None:
 @click.option("--overwrite", is_flag=True, help="Delete this folder's previous dfprep output and start over.")
 @click.option("--extend", is_flag=True, help="Add newly found videos as new shards.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout (instead of the table).")
+@click.option("--min-yield", type=click.FloatRange(0, 1), metavar="FRACTION",
+              help="Exit 1 when fewer than this share of the videos gave a face (default: warn when none did).")
 @_fail_cleanly
 def extract(dataset: str | None, root: str | None, output: str, pipeline: str | None, frames: int | None,
             workers: int | None, address: str | None, ship_code: bool | None, videos_per_shard: int | None,
-            inline_maps: tuple[str, ...],
-            settings: tuple[str, ...], overwrite: bool, extend: bool, quiet: bool) -> None:
+            inline_maps: tuple[str, ...], settings: tuple[str, ...], overwrite: bool, extend: bool, quiet: bool,
+            as_json: bool, min_yield: float | None) -> None:
     """Extract aligned faces from DATASET at ROOT into WebDataset shards under OUTPUT."""
     from dfprep.catalog import scan
-    from dfprep.cli.summary import format_summary
+    from dfprep.cli.summary import format_summary, summary_json
     from dfprep.config import load_config
     from dfprep.runner.run import extract_run
 
@@ -135,12 +165,33 @@ def extract(dataset: str | None, root: str | None, output: str, pipeline: str | 
         warnings.simplefilter("always")
         records = list(scan(config.dataset.name, config.dataset.root, config.dataset))
     report = extract_run(records, config, output, overwrite=overwrite, extend=extend, quiet=quiet)
-    click.echo(format_summary(report))
-    for warning in caught:
-        click.echo(f"  catalog warning: {warning.message}")
+    if as_json:
+        click.echo(json.dumps({**summary_json(report), "catalog_warnings": [str(w.message) for w in caught]},
+                              indent=1))
+    else:
+        click.echo(format_summary(report))
+        for warning in caught:
+            click.echo(f"  catalog warning: {warning.message}")
+    _check_yield(report, min_yield)
 
 
-@cli.command()
+def _check_yield(report: Any, min_yield: float | None) -> None:
+    """Warn (stderr) when no video gave a face; exit 1 below --min-yield (the run itself still completed)."""
+    from dfprep.cli.summary import face_yield, yield_warning
+
+    warning = yield_warning(report)
+    if warning:
+        click.echo(f"dfprep: {warning}", err=True)
+    if min_yield is not None and face_yield(report) < min_yield:
+        click.echo(f"dfprep: face yield {face_yield(report):.3f} is below --min-yield {min_yield}", err=True)
+        sys.exit(1)
+
+
+@cli.command(epilog="""\b
+Examples:
+  dfprep maps out/ffpp                                   # landmark prior, OUT/maps/landmarks/
+  dfprep maps out/ffpp --method cam --zoo a.pt b.pt c.pt # PRLE Grad-CAM fusion
+  dfprep maps out/ffpp --json | jq .maps_written""")
 @click.argument("output")
 @click.argument("more_zoo", nargs=-1, metavar="")
 @click.option("--method", type=click.Choice(["landmarks", "cam"]), default="landmarks", show_default=True,
@@ -166,13 +217,15 @@ def extract(dataset: str | None, root: str | None, output: str, pipeline: str | 
 @click.option("--ship-code", is_flag=True, help="Upload this dfprep to the cluster's workers (nodes without dfprep).")
 @click.option("--overwrite", is_flag=True, help="Delete this map folder's previous maps and start over.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout (instead of the lines).")
 @_fail_cleanly
 def maps(output: str, more_zoo: tuple[str, ...], method: str, name: str, zoo: tuple[str, ...], fusion: str,
          threshold: float | None, layers: tuple[str, ...], target: str, released_halving: bool,
          weights: str | None, blur_sigma: float | None, batch_size: int, device: str, models: tuple[str, ...],
-         workers: int | None, address: str | None, ship_code: bool, overwrite: bool, quiet: bool) -> None:
+         workers: int | None, address: str | None, ship_code: bool, overwrite: bool, quiet: bool,
+         as_json: bool) -> None:
     """Primary-region maps for every face under OUTPUT, as companion shards in OUTPUT/maps/NAME/."""
-    from dfprep.cli.summary import format_map_summary
+    from dfprep.cli.summary import format_map_summary, map_summary_json
     from dfprep.config import load_config
     from dfprep.jobs.maps import MapRun, MapSettings
     from dfprep.runner.run import maps_run
@@ -188,16 +241,23 @@ def maps(output: str, more_zoo: tuple[str, ...], method: str, name: str, zoo: tu
                            **{k: v for k, v in landmark_options.items() if v is not None})
     ray = load_config(None, {"ray.workers": workers, "ray.address": address, "ray.ship_code": ship_code}).ray
     report = maps_run(output, MapRun(settings, ray, overwrite=overwrite, quiet=quiet))
-    click.echo(format_map_summary(report))
+    click.echo(json.dumps(map_summary_json(report), indent=1) if as_json else format_map_summary(report))
 
 
-@cli.command()
+@cli.command(epilog="""\b
+Examples:
+  dfprep demo -o demo-out --workers 0""")
 @click.option("-o", "--output", default="demo-out", show_default=True, help="Folder for the demo's artefacts.")
 @click.option("--workers", type=int, default=None, help="Ray workers (0 = in-process; default all CPUs).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_fail_cleanly
 def demo(output: str, workers: int | None, quiet: bool) -> None:
     """Build a small labelled video set from a bundled real face and run the whole pipeline on it."""
+    from dfprep.cli.deps import dependency_problem
+
+    problem = dependency_problem("demo")
+    if problem:
+        raise DfprepError(problem)
     from dfprep.cli.demo import run_demo
 
     run_demo(Path(output).resolve(), workers, quiet, click.echo)

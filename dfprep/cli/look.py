@@ -11,7 +11,10 @@ from dfprep.cli.app import _fail_cleanly, cli
 from dfprep.errors import DfprepError
 
 
-@cli.command()
+@cli.command(epilog="""\b
+Examples:
+  dfprep stats out/ffpp
+  dfprep stats s3://bucket/out/ffpp --json | jq .faces""")
 @click.argument("output")
 @click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON.")
 @_fail_cleanly
@@ -23,7 +26,11 @@ def stats(output: str, as_json: bool) -> None:
     click.echo(json.dumps(numbers, indent=1) if as_json else format_stats(numbers))
 
 
-@cli.command()
+@cli.command(epilog="""\b
+Examples:
+  dfprep verify out/ffpp
+  dfprep verify out/ffpp --deep --json
+  dfprep verify out/ffpp --repair   # then rerun extract""")
 @click.argument("output")
 @click.option("--deep", is_flag=True, help="Also hash every tar and index and compare the sha256 in its marker.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -34,13 +41,15 @@ def verify(output: str, deep: bool, as_json: bool, repair: bool, quiet: bool) ->
     """Read every shard of OUTPUT once and check it against its commit marker; exit 1 when anything is damaged."""
     from tqdm import tqdm
 
+    from dfprep.config.console import bar_disable
     from dfprep.inspect.verify import check_is_output, count_shards, verify_output
     from dfprep.io.integrity import uncommit
     from dfprep.io.storage import Storage
 
     storage = Storage(output)
     check_is_output(storage)
-    with tqdm(total=count_shards(storage), unit="shard", desc="verify", disable=quiet, dynamic_ncols=True) as bar:
+    with tqdm(total=count_shards(storage), unit="shard", desc="verify", disable=bar_disable(quiet),
+              dynamic_ncols=True) as bar:
         report = verify_output(storage, deep=deep, step=lambda: bar.update(1))
     damaged = [damage.shard for damage in report.problems if damage.kind == "damaged" and damage.shard]
     removed = [name for shard in damaged for name in uncommit(storage, shard)] if repair else []
@@ -57,7 +66,10 @@ def verify(output: str, deep: bool, as_json: bool, repair: bool, quiet: bool) ->
         sys.exit(1)
 
 
-@cli.command()
+@cli.command(epilog="""\b
+Examples:
+  dfprep preview out/ffpp -o sheet.png --split test
+  dfprep preview out/ffpp -o maps.png --maps landmarks""")
 @click.argument("output")
 @click.option("-o", "--sheet", "sheet", required=True, type=click.Path(), help="PNG file to write.")
 @click.option("--n", "count", type=int, default=48, show_default=True, help="Faces to sample.")
@@ -83,7 +95,9 @@ def preview(output: str, sheet: str, count: int, split: str | None, map_name: st
         click.echo(f"  note: {output} is incomplete or damaged: {summary_line(problems)}; see `dfprep verify`")
 
 
-@cli.command()
+@cli.command(epilog="""\b
+Examples:
+  dfprep leakage out/ffpp out/celebdf --strict""")
 @click.argument("outputs", nargs=-1, required=True)
 @click.option("--threshold", type=float, default=0.6, show_default=True, help="Same-person descriptor distance.")
 @click.option("--strict", is_flag=True, help="Exit with code 1 when any identity is shared.")

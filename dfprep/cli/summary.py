@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the command line starts without loading the pipeline
     from dfprep.jobs.maps import MapReport
@@ -50,3 +50,36 @@ def format_map_summary(report: MapReport) -> str:
         lines.append(f"  note: {report.note}")
     lines += [f"  {line}" for line in report.nodes_lost]
     return "\n".join(lines)
+
+
+def face_yield(report: RunReport) -> float:
+    """The share of this output's videos that gave at least one face (1.0 when there are no videos)."""
+    with_faces = report.statuses.get("ok", 0) + report.statuses.get("partial", 0)
+    return with_faces / report.videos if report.videos else 1.0
+
+
+def yield_warning(report: RunReport) -> str | None:
+    """A warning line when no video gave a face: the run completed, but the output holds nothing to train on."""
+    if report.videos and report.faces == 0:
+        return (f"warning: no face written from {report.videos} videos (see the reasons above; "
+                "`--min-yield` turns this into a non-zero exit)")
+    return None
+
+
+def summary_json(report: RunReport) -> dict[str, Any]:
+    """extract's end-of-run numbers for --json (stdout): the same as the table, machine-readable."""
+    return {"output": report.output, "plan": report.note, "shards": report.units_total,
+            "shards_already_committed": report.units_skipped, "videos": report.videos, "faces": report.faces,
+            "face_yield": round(face_yield(report), 6), "statuses": dict(report.statuses),
+            "reasons": dict(report.reasons.most_common(10)), "removed": len(report.removed),
+            "warnings": list(report.warnings), "charged": list(report.charged), "disk_bytes": report.disk_bytes,
+            "seconds": round(report.seconds, 3), "time_by_stage": {k: round(v, 3) for k, v in report.timings.items()},
+            "maps": list(report.maps)}
+
+
+def map_summary_json(report: MapReport) -> dict[str, Any]:
+    """maps' end-of-run numbers for --json (stdout)."""
+    return {"output": report.output, "method": report.method, "shards": report.units_total,
+            "shards_already_committed": report.units_skipped, "maps_written": report.maps_written,
+            "maps_total": report.maps_total, "removed": len(report.removed), "seconds": round(report.seconds, 3),
+            "note": report.note}

@@ -106,6 +106,7 @@ _SECTION_TYPES: dict[str, type] = {
 # expands 9 aliases × 9 levels into 43 million strings) long before it costs memory.
 MAX_RECIPE_BYTES = 1_000_000
 MAX_YAML_NODES = 10_000  # after expanding aliases; pipelines.yaml holds 99, a recipe 7-25
+MAX_YAML_DEPTH = 100  # a recipe nests 3 levels; checked here since libyaml only limits it from PyYAML 6.0.4
 # libyaml's parser (when PyYAML has it) is fast and refuses nesting deeper than 1000 levels by itself.
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -136,6 +137,19 @@ def expanded_size(root: yaml.Node, limit: int = MAX_YAML_NODES) -> int:
     return sizes[id(root)]
 
 
+def too_deep(root: yaml.Node, limit: int = MAX_YAML_DEPTH) -> bool:
+    """Whether any node sits more than `limit` levels down (iterative: a deep document cannot exhaust the stack)."""
+    stack, seen = [(root, 1)], set()
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        if id(node) not in seen:  # an alias revisits a node; its depth was already checked
+            seen.add(id(node))
+            stack.extend((child, depth + 1) for child in _children(node))
+    return False
+
+
 def safe_yaml(text: str, where: str) -> Any:
     """yaml.safe_load with bounds: no python tags, no alias bomb, no nesting deep enough to exhaust the stack."""
     loader = _SAFE_LOADER(text)
@@ -143,6 +157,8 @@ def safe_yaml(text: str, where: str) -> Any:
         node = loader.get_single_node()
         if node is None:
             return None
+        if too_deep(node):
+            raise ConfigError(f"{where}: YAML nested too deeply; refusing it")
         if expanded_size(node) > MAX_YAML_NODES:
             raise ConfigError(f"{where}: more than {MAX_YAML_NODES} YAML values once aliases are expanded "
                               "(an alias bomb?); refusing it")

@@ -140,7 +140,7 @@ def compute_stats(out: str | Storage) -> dict[str, Any]:
     planned = sum(r["frames_planned"] or 0 for r in rows)
     faces = sum(r["faces_written"] or 0 for r in rows)
     return {
-        "output": storage.root, "config_hash": dataset.get("config_hash"), "versions": dataset.get("versions", {}),
+        "output": storage.display, "config_hash": dataset.get("config_hash"), "versions": dataset.get("versions", {}),
         "models": dataset.get("models", {}), "shards": shard_state(storage, sizes, dataset),
         "totals": {"videos": len(rows), "planned": planned, "faces": faces, "yield": _yield(planned, faces),
                    "disk_bytes": sum(s for n, s in sizes.items() if n.endswith(".tar"))},

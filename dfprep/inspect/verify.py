@@ -189,7 +189,7 @@ def verify_output(out: str | Storage, deep: bool = False, step: Callable[[], Non
     """`dfprep verify`: the cheap checks, then every shard (and map shard) read once; see the module docstring."""
     storage = out if isinstance(out, Storage) else Storage(out)
     check_is_output(storage)
-    report = VerifyReport(storage.root, deep)
+    report = VerifyReport(storage.display, deep)
     cheap = output_problems(storage)
     report.problems += [d for d in cheap if d.kind == "incomplete" or not d.shard]
     face_keys = _verify_folder(storage, "", report, None, step)

@@ -140,3 +140,13 @@ def check_columns(columns: Iterable[str], schema: pa.Schema, table: str) -> None
     unknown = sorted(set(columns) - set(schema.names))
     if unknown:
         raise ValueError(f"{table}: columns {unknown} are not in the output contract (dfprep.io.layout)")
+
+
+# ---------------------------------------------------------------- how readers reach each kind of file
+# One glob per kind, relative to OUT, matching that kind and nothing else (README: "Read the output with…").
+# Give readers these globs, not OUT itself: OUT also holds the run's JSON files and maps/ below it.
+SAMPLE_SHARDS = "*.tar"  # faces as WebDataset shards (not recursive: maps/ is not matched)
+SAMPLE_INDEXES = "*-??????.parquet"  # one row per sample; videos.parquet and plan.parquet do not match
+MAP_SHARDS = MAPS_FOLDER + "/{name}/*.tar"  # a map set's companion shards: same keys, same order
+MAP_INDEXES = MAPS_FOLDER + "/{name}/*-??????.parquet"  # one row per map (key, coverage, peak)
+SAMPLE_JSON_NULLABLE = ("pair_key",)  # json fields every sample carries, null where they do not apply

@@ -28,6 +28,8 @@ class Storage:
     """The output folder on any pyarrow filesystem (local path, file://, s3://, gs://, hdfs://)."""
 
     def __init__(self, uri: str, filesystem: pafs.FileSystem | None = None):
+        # what reports and JSON print: the scheme kept (s3://bucket/out), the query string (options, keys) not
+        self.display = uri.partition("?")[0].rstrip("/") if "://" in uri else os.path.abspath(uri)
         if filesystem is None:
             filesystem, uri = resolve_uri(uri)
         self.fs = filesystem

@@ -187,7 +187,7 @@ class ExtractJob:
         note = plan.note + "".join(f"; redoing damaged shard {u} ({r})" for u, r in outcome.redone.items())
         if outcome.backend_note and outcome.done:
             note += f"; {outcome.backend_note}"
-        report = RunReport(self.output.root, note, len(plan.units), outcome.skipped, removed=outcome.removed,
+        report = RunReport(self.output.display, note, len(plan.units), outcome.skipped, removed=outcome.removed,
                            warnings=plan.warnings, charged=outcome.charged, nodes_lost=outcome.nodes_lost)
         for unit in plan.units:
             stats = outcome.committed.get(unit.name)

@@ -525,5 +525,6 @@ class MapJob:
         units, committed = outcome.plan.units, outcome.committed
         written = sum(committed[name]["samples"] for name in outcome.done if name in committed)
         total = sum(committed[u.name]["samples"] for u in units if u.name in committed)
-        return MapReport(self.shards.root, self.settings.name, self.settings.method, len(units), outcome.skipped,
+        shown = f"{self.output.display}/{MAPS_FOLDER}/{self.settings.name}"  # with its scheme (s3://…), no query
+        return MapReport(shown, self.settings.name, self.settings.method, len(units), outcome.skipped,
                          written, total, 0.0, outcome.removed, outcome.plan.note, outcome.nodes_lost)

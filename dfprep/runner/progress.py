@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from dfprep.config.console import bar_disable
 from dfprep.jobs.contract import Bar
 
 
@@ -14,7 +15,7 @@ class Progress:
         from tqdm import tqdm
 
         self.spec = bar
-        self.bar = tqdm(total=total, unit=bar.item, disable=quiet, dynamic_ncols=True, desc=bar.desc)
+        self.bar = tqdm(total=total, unit=bar.item, disable=bar_disable(quiet), dynamic_ncols=True, desc=bar.desc)
         self.done: dict[str, int] = {}
         self.faces: dict[str, int] = {}
         self.started = time.monotonic()

@@ -7,6 +7,7 @@ installed prints the install hint and exits with status 2.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import sys
 import typing
@@ -85,8 +86,19 @@ def train_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-@click.command("train")
-@click.argument("outs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+def require_sources(paths: tuple[str, ...]) -> None:
+    """A local OUT that does not exist is a one-line error; a URI (s3://, gs://, …) is checked when it is read."""
+    for path in paths:
+        if "://" not in path and not os.path.exists(path):
+            raise DfprepError(f"{path}: no such file or folder")
+
+
+@click.command("train", epilog="""\b
+Examples:
+  dfprep train out/ffpp -o runs/r18 --model resnet18 --epochs 20
+  dfprep train out/ffpp --maps landmarks --region-erasing -o runs/prle
+  dfprep train s3://bucket/out/ffpp -o runs/x     # OUT folders may be pyarrow.fs URIs""")
+@click.argument("outs", nargs=-1, required=True)
 @click.option("-o", "--output", "run_dir", required=True, type=click.Path(file_okay=False),
               help="Run folder: checkpoints, model.pt, metrics.jsonl/csv.")
 @train_options
@@ -101,6 +113,7 @@ def train_command(outs: tuple[str, ...], run_dir: str, balance: str, resume: boo
     """Train a real/fake detector on the train split of one or more OUT folders."""
     from dfprep.torch.train import train
 
+    require_sources(outs)
     config = TrainConfig(out_dirs=outs, balance=False if balance == "none" else balance, **options)
     rows = train(config, run_dir, resume=resume, progress=not quiet)
     click.echo(format_epochs(rows))
@@ -118,16 +131,21 @@ def format_epochs(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-@click.command("evaluate")
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
-@click.argument("outs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.command("evaluate", epilog="""\b
+Examples:
+  dfprep evaluate runs/x/model.pt out/celebdf out/dfdc       # the cross-dataset table
+  dfprep evaluate runs/x/model.pt out/ffpp --json - | jq .   # the rows as JSON on stdout
+  dfprep evaluate runs/x/model.pt s3://bucket/out/celebdf    # OUT folders may be pyarrow.fs URIs""")
+@click.argument("checkpoint")
+@click.argument("outs", nargs=-1, required=True)
 @click.option("--split", default="test", show_default=True)
 @click.option("--aggregate", type=click.Choice(["mean", "max", "confident"]), default="mean", show_default=True,
               help="How frame scores become a video score.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the rows as JSON here.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Also write the rows as JSON to this file; - prints only the JSON, on stdout.")
 @click.option("--skip-bad-shards", is_flag=True, help="Skip truncated/corrupt shards with a warning instead of stopping.")
 @click.option("--allow-incomplete", is_flag=True, help="Score an OUT that is incomplete or damaged instead of refusing.")
 @click.option("--model", metavar="PKG.MOD:FACTORY",
@@ -136,14 +154,22 @@ def format_epochs(rows: list[dict[str, Any]]) -> str:
               help="Listed videos without any face: score them 0.5, or drop them (as DeepfakeBench and CADDM do).")
 @click.option("--per-method/--pooled-only", default=True, show_default=True,
               help="With several fake methods (FF++): a row per method (FF-DF, FF-F2F, …) beside the pooled row.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 @_one_line_errors
 def evaluate_command(checkpoint: str, outs: tuple[str, ...], split: str, aggregate: str, batch_size: int,
                      workers: int, device: str, json_path: str | None, skip_bad_shards: bool, allow_incomplete: bool,
-                     model: str | None, faceless: str, per_method: bool) -> None:
+                     model: str | None, faceless: str, per_method: bool, quiet: bool) -> None:
     """Frame/video AUC, AP, ACC and EER of CHECKPOINT on each OUT folder (the cross-dataset table)."""
+    import json
+
     from dfprep.torch.evaluate import evaluate, format_table
 
+    require_sources((checkpoint, *outs))
     rows = evaluate(checkpoint, list(outs), split=split, batch_size=batch_size, aggregate=aggregate,
                     workers=workers, device=device, json_path=json_path, skip_bad_shards=skip_bad_shards,
-                    model=model, allow_incomplete=allow_incomplete, faceless=faceless, per_method=per_method)
-    click.echo(format_table(rows))
+                    model=model, allow_incomplete=allow_incomplete, faceless=faceless, per_method=per_method,
+                    progress=not quiet)
+    if json_path == "-":
+        click.echo(json.dumps({"checkpoint": checkpoint, "rows": rows}, indent=1))
+    else:
+        click.echo(format_table(rows))

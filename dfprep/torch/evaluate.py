@@ -13,6 +13,7 @@ split), as DeepfakeBench's FF-DF/FF-F2F/FF-FS/FF-NT test sets pair each method w
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -25,7 +26,7 @@ import numpy as np
 
 from dfprep.errors import DfprepError
 from dfprep.io.integrity import require_complete
-from dfprep.io.layout import VIDEOS_TABLE
+from dfprep.io.layout import VIDEOS_TABLE, shard_split
 from dfprep.io.storage import Storage
 from dfprep.torch._require import require_torch
 from dfprep.torch.data import FaceShards
@@ -77,10 +78,20 @@ def pick_device(name: str = "auto") -> Any:
     return torch.device(name)
 
 
+def _checkpoint_file(path: str | os.PathLike[str]) -> Any:
+    """A local path as is; a URI (s3://…) read through pyarrow.fs into memory (torch.load takes a file object)."""
+    text = str(path)
+    if "://" not in text:
+        return path
+    folder, _, name = text.partition("?")[0].rpartition("/")
+    query = text.partition("?")[2]
+    return io.BytesIO(Storage(f"{folder}?{query}" if query else folder).read_bytes(name))
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A dfprep checkpoint, loaded with weights_only=True (tensors and plain types only, never arbitrary pickles)."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(_checkpoint_file(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a loadable checkpoint"
         raise ModelBuildError(f"{path}: not a loadable checkpoint ({type(exc).__name__})") from None
     if not isinstance(payload, dict):
@@ -114,11 +125,13 @@ def normalizer(config: dict[str, Any]) -> Normalize:
 
 
 @torch.no_grad()
-def score_frames(model: Any, loader: Any, device: Any) -> FrameScores:
+def score_frames(model: Any, loader: Any, device: Any, bar: Any = None) -> FrameScores:
     """Run the model over a loader of FaceShards batches; sigmoid of the fake logit per frame."""
     scores, labels, video_ids, datasets, methods = [], [], [], [], []
     use_amp = device.type == "cuda"
     for batch in loader:
+        if bar is not None:
+            bar.update(len(batch["label"]))
         images = batch["image"].to(device, non_blocking=True)
         with torch.autocast(device.type, enabled=use_amp):
             logits = fake_logit(model(images))
@@ -246,7 +259,7 @@ def evaluate(checkpoint: str | os.PathLike[str], out_dirs: Sequence[str], split:
              aggregate: str = "mean", workers: int = 0, device: str = "auto",
              json_path: str | os.PathLike[str] | None = None, skip_bad_shards: bool = False,
              model: str | None = None, allow_incomplete: bool = False, faceless: str = "score",
-             per_method: bool = True) -> list[dict[str, Any]]:
+             per_method: bool = True, progress: bool = False) -> list[dict[str, Any]]:
     """Score one checkpoint on every OUT folder: a pooled row per OUT, plus per-method rows (optionally as JSON).
 
     An incomplete or damaged OUT is refused unless `allow_incomplete`; `model` names the factory to trust
@@ -257,16 +270,49 @@ def evaluate(checkpoint: str | os.PathLike[str], out_dirs: Sequence[str], split:
     if faceless not in FACELESS:
         raise ValueError(f"faceless must be one of {tuple(FACELESS)}, got {faceless!r}")
     require_outputs(out_dirs, allow_incomplete)
+    require_split(out_dirs, split)
     target = pick_device(device)
     network, payload = load_detector(checkpoint, target, model)
     rows = []
     for out in out_dirs:
         loader = frame_loader(str(out), split, payload["config"], batch_size, workers,
                               skip_bad_shards=skip_bad_shards)
-        rows += score_rows(str(out), score_frames(network, loader, target), split, aggregate, faceless, per_method)
-    if json_path is not None:
+        with scoring_bar(loader, out, progress) as bar:
+            frames = score_frames(network, loader, target, bar)
+        rows += score_rows(str(out), frames, split, aggregate, faceless, per_method)
+    if json_path is not None and str(json_path) != "-":  # "-": the command prints the JSON on stdout
         Path(json_path).write_text(json.dumps({"checkpoint": str(checkpoint), "rows": rows}, indent=1) + "\n")
     return rows
+
+
+def scoring_bar(loader: Any, out: str, progress: bool) -> Any:
+    """A tqdm bar over the faces of one OUT (off with progress=False, TQDM_DISABLE, or when not on a terminal)."""
+    from tqdm import tqdm
+
+    from dfprep.config.console import bar_disable
+
+    return tqdm(total=loader.dataset.estimated_length() or None, unit="face", desc=f"evaluate {Path(out).name}",
+                disable=bar_disable(not progress), dynamic_ncols=True)
+
+
+def known_splits(out: str) -> set[str]:
+    """The splits an OUT holds: in its shard names, and in videos.parquet (a split may have only faceless videos)."""
+    storage = Storage(out)
+    splits = {shard_split(name[:-4]) for name in storage.listdir() if name.endswith(".tar")}
+    if storage.exists(VIDEOS_TABLE):
+        try:
+            splits |= set(storage.read_table(VIDEOS_TABLE).column("split").to_pylist())
+        except (OSError, ValueError, KeyError):  # unreadable: listed_videos reports it with the rerun hint
+            pass
+    return {split for split in splits if split}
+
+
+def require_split(out_dirs: Sequence[str], split: str) -> None:
+    """Refuse a split no OUT has: a typo would otherwise score nothing and print an empty row."""
+    known = set().union(*(known_splits(str(out)) for out in out_dirs))
+    if split not in known:
+        raise DfprepError(f"no split {split!r} in {', '.join(map(str, out_dirs))} "
+                          f"(its splits: {', '.join(sorted(known)) or 'none'})")
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = TABLE_COLUMNS) -> str:

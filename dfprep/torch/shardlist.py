@@ -49,19 +49,38 @@ def _kind(uri: str) -> pafs.FileType:
     return filesystem.get_file_info(path).type
 
 
+def split_query(uri: str) -> tuple[str, str]:
+    """`s3://b/p?endpoint_override=…` → (`s3://b/p`, `?endpoint_override=…`): paths join before the query."""
+    if "://" not in uri:
+        return uri, ""
+    path, mark, query = uri.partition("?")
+    return path, mark + query
+
+
+def is_folder(uri: str) -> bool:
+    """Whether a local folder or an object-store prefix holding files exists there."""
+    return _kind(uri) == pafs.FileType.Directory
+
+
 def join(base: str, *parts: str) -> str:
-    """Join path parts the same way for local paths and URIs."""
-    return posixpath.join(base, *parts) if "://" in base else os.path.join(base, *parts)
+    """Join path parts the same way for local paths and URIs (a URI's query string stays at the end)."""
+    if "://" not in base:
+        return os.path.join(base, *parts)
+    path, query = split_query(base)
+    return posixpath.join(path, *parts) + query
 
 
 def _parent(uri: str) -> str:
-    """The folder holding a file, for local paths and URIs alike."""
-    return posixpath.dirname(uri) if "://" in uri else os.path.dirname(os.path.abspath(uri))
+    """The folder holding a file, for local paths and URIs alike (with the URI's query string)."""
+    if "://" not in uri:
+        return os.path.dirname(os.path.abspath(uri))
+    path, query = split_query(uri)
+    return posixpath.dirname(path) + query
 
 
 def _base(uri: str) -> str:
     """A file's own name."""
-    return posixpath.basename(uri)
+    return posixpath.basename(split_query(uri)[0])
 
 
 def out_folder_shards(folder: str) -> list[ShardSource]:
@@ -78,7 +97,7 @@ def tar_shard(uri: str) -> ShardSource:
     """A shard named by path: its sibling parquet and commit marker are used when present."""
     if _kind(uri) != pafs.FileType.File:
         raise ShardListError(f"shard not found: {uri}")
-    name = _base(uri)[: -len(".tar")] if uri.endswith(".tar") else _base(uri)
+    name = _base(uri)[: -len(".tar")] if _base(uri).endswith(".tar") else _base(uri)
     index = join(_parent(uri), f"{name}.parquet")
     stats = Storage(_parent(uri)).read_marker(f"{name}{STATS_SUFFIX}")  # absent or unreadable: None
     samples = stats.get("samples") if stats is not None else None

@@ -28,6 +28,7 @@ from dfprep.torch.data import FaceShards, derive_seed
 from dfprep.torch.evaluate import frame_loader, load_checkpoint, pick_device, require_outputs, score_frames
 from dfprep.torch.metrics import auc, video_scores
 from dfprep.torch.models import build_model, fake_logit
+from dfprep.torch.shardlist import is_folder, join
 from dfprep.torch.trainconfig import RESUME_FIELDS, Optimizer, TrainConfig
 from dfprep.torch.transforms import Compose, Normalize, PrimaryRegionErasing, RandomHorizontalFlip
 
@@ -52,6 +53,11 @@ class RunState:
     metrics: list[dict[str, Any]] = field(default_factory=list)
 
 
+def absolute(out: str) -> str:
+    """A local OUT as an absolute path (the run records it); a URI (s3://…) as given."""
+    return out if "://" in out else os.path.abspath(out)
+
+
 def check_options(config: TrainConfig) -> None:
     """Fail before any work on options that cannot work (unknown optimizer, erasing without maps, …)."""
     if config.optimizer not in OPTIMIZERS:
@@ -61,7 +67,7 @@ def check_options(config: TrainConfig) -> None:
     if config.region_erasing and not config.maps:
         raise TrainError("--region-erasing needs primary-region maps: add --maps NAME (e.g. --maps landmarks)")
     for out in config.out_dirs if config.maps else ():
-        if not (Path(out) / "maps" / config.maps).is_dir():
+        if not is_folder(join(out, "maps", config.maps)):
             raise TrainError(f"maps {config.maps!r} not found in {out} (expected {out}/maps/{config.maps}/); "
                              f"run `dfprep maps {out} --method {config.maps}` first")
 
@@ -217,7 +223,7 @@ def train(config: TrainConfig, run_dir: str | os.PathLike[str], *, resume: bool 
     `resume=False` starts over (this run folder's checkpoints and metrics are removed first).
     """
     outs = [config.out_dirs] if isinstance(config.out_dirs, (str, os.PathLike)) else config.out_dirs
-    config = replace(config, out_dirs=tuple(os.path.abspath(o) for o in outs))
+    config = replace(config, out_dirs=tuple(absolute(os.fspath(o)) for o in outs))
     check_options(config)
     require_outputs(config.out_dirs, config.allow_incomplete)
     run = Path(run_dir)
@@ -238,6 +244,8 @@ def train_epochs(config: TrainConfig, run: Path, model: Any, optimizer: Any, sca
     """Epochs state.epoch+1 … config.epochs, each followed by validation, a checkpoint and the metric files."""
     from tqdm import tqdm
 
+    from dfprep.config.console import bar_disable
+
     device = next(model.parameters()).device
     dataset = train_stream(config)
     loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers,
@@ -248,7 +256,7 @@ def train_epochs(config: TrainConfig, run: Path, model: Any, optimizer: Any, sca
         torch.manual_seed(derive_seed(config.seed, epoch))
         dataset.set_epoch(epoch)
         with tqdm(total=batches_per_epoch(dataset, config), desc=f"epoch {epoch}/{config.epochs}", unit="batch",
-                  disable=not progress, dynamic_ncols=True) as bar:
+                  disable=bar_disable(not progress), dynamic_ncols=True) as bar:
             loss, steps, samples = run_epoch(model, loader, optimizer, scaler, device, config.max_steps_per_epoch, bar)
         state.epoch, state.step = epoch, state.step + steps
         row = {"epoch": epoch, "steps": steps, "global_step": state.step, "samples": samples, "train_loss": loss,

@@ -1,6 +1,7 @@
 """Evaluation: the cross-dataset rows, face-less videos scored 0.5 or dropped, per-method FF++ rows, JSON output."""
 
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -9,6 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from dfprep.errors import DfprepError  # noqa: E402
 from dfprep.torch.evaluate import FrameScores, evaluate, format_table, score_rows, score_table_row  # noqa: E402
 from dfprep.torch.metrics import auc, average_precision  # noqa: E402
 from dfprep.torch.train import TrainConfig, train  # noqa: E402
@@ -123,6 +125,25 @@ def test_deepfakebench_grouping_by_folder_name_merges_same_named_ffpp_videos(tmp
     assert average_precision([1, 0], [0.5, 0.5]) == 0.5
 
 
-def test_a_split_without_samples_gives_an_empty_row(checkpoint, learnable_out):
-    (row,) = evaluate(checkpoint, [learnable_out], split="unassigned")
-    assert row["frames"] == 0 and row["frame_auc"] is None and row["videos"] == 0
+def test_an_unknown_split_is_refused_naming_the_splits_there(checkpoint, learnable_out):
+    from click.testing import CliRunner
+
+    from dfprep.cli import cli
+
+    with pytest.raises(DfprepError, match=r"no split 'unassigned' in .* \(its splits: .*test.*train"):
+        evaluate(checkpoint, [learnable_out], split="unassigned")
+    result = CliRunner().invoke(cli, ["evaluate", str(checkpoint), str(learnable_out), "--split", "nosuch"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and "no split 'nosuch'" in result.output
+
+
+def test_json_dash_prints_only_the_rows_as_json_on_stdout(checkpoint, learnable_out, tmp_path):
+    from click.testing import CliRunner
+
+    from dfprep.cli import cli
+
+    result = CliRunner().invoke(cli, ["evaluate", str(checkpoint), str(learnable_out), "--json", "-", "--workers",
+                                      "0", "--quiet"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert payload["rows"][0]["frames"] > 0 and payload["checkpoint"] == str(checkpoint)
+    assert not (tmp_path / "-").exists() and not os.path.exists("-")
