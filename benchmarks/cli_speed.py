@@ -133,15 +133,22 @@ def default_vs_deepfakebench(root: Path, runs: int, work: Path, dfb: Path | None
 
 
 def workers_scaling(root: Path, runs: int, work: Path) -> None:
-    """28 videos on Ray with one worker, then two (`--workers N`: the user's choice, never second-guessed)."""
+    """28 videos in-process, on Ray with one worker, then two (`--workers N` is always obeyed); the three are
+    interleaved run by run so that load from other jobs falls on all alike."""
     folder, _ = build_inputs(root, work / "inputs")
-    results = {n: repeat_cli(f"--workers {n}", ["extract", "folder", str(folder), "--workers", str(n)], runs,
-                             work / f"workers{n}") for n in (1, 2)}
-    print(f"\n== Ray workers, 28 videos x 32 frames ==")
-    for n, result in results.items():
-        print(f"  {n} worker(s)      {result['wall']:6.2f} s wall (worst of {runs}, best {result['best']:.2f} s)")
-    print(f"  2 vs 1           {results[1]['wall'] / results[2]['wall']:.2f}x (worst vs worst), "
-          f"{results[1]['best'] / results[2]['best']:.2f}x (best vs best)")
+    results: dict[int, list[dict[str, float]]] = {0: [], 1: [], 2: []}
+    for _ in range(runs):
+        for n in results:
+            results[n].append(repeat_cli(f"--workers {n}", ["extract", "folder", str(folder), "--workers", str(n)],
+                                         1, work / f"workers{n}"))
+    worst = {n: max(r["wall"] for r in rs) for n, rs in results.items()}
+    best = {n: min(r["wall"] for r in rs) for n, rs in results.items()}
+    print("\n== 28 videos x 32 frames: in-process, Ray 1 worker, Ray 2 workers ==")
+    for n in results:
+        label = "in-process" if n == 0 else f"Ray, {n} worker(s)"
+        print(f"  {label:18s} {worst[n]:7.2f} s wall (worst of {runs}, best {best[n]:.2f} s)")
+    print(f"  Ray 2 vs 1 worker: {worst[1] / worst[2]:.2f}x (worst vs worst), {best[1] / best[2]:.2f}x (best vs best)")
+    print(f"  in-process vs Ray 2 workers: {worst[2] / worst[0]:.2f}x (worst vs worst; > 1: in-process faster)")
 
 
 def small_clips(target: Path, count: int, distinct: int = 50) -> Path:
