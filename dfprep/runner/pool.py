@@ -108,6 +108,8 @@ class ActorPool:
     checked on each node before any work when the run joins an existing cluster.
     """
 
+    retired: set[int] | frozenset[int] = frozenset()  # actors whose node was lost (each pool starts its own set)
+
     def __init__(self, worker: type, args: tuple[Any, ...], count: int, config: PipelineConfig,
                  resources: dict[str, Any] | None = None, needs: Needs | None = None):
         import ray
