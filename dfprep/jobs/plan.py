@@ -12,7 +12,7 @@ import pyarrow as pa
 from dfprep.catalog.base import VideoRecord
 from dfprep.config import PipelineConfig
 from dfprep.errors import DfprepError
-from dfprep.io.layout import PLAN_META, PLAN_TABLE, STATS_SUFFIX
+from dfprep.io.layout import PLAN_META, PLAN_SCHEMA, PLAN_TABLE, STATS_SUFFIX
 from dfprep.io.storage import Storage
 
 # Work units per worker a plan aims for when the user did not set `output.videos_per_shard`: a free worker
@@ -85,14 +85,7 @@ def units_to_table(units: Iterable[WorkUnit]) -> pa.Table:
     for unit in units:
         for position, (record, original) in enumerate(zip(unit.records, unit.original_paths)):
             rows.append({"unit": unit.name, "position": position, **record.to_row(), "original_path": original})
-    return pa.Table.from_pylist(rows, schema=plan_schema())
-
-
-def plan_schema() -> pa.Schema:
-    """Explicit schema so empty or all-null columns keep their types."""
-    types = {"label": pa.int64(), "position": pa.int64()}
-    names = ["unit", "position"] + [f.name for f in fields(VideoRecord)] + ["original_path"]
-    return pa.schema([(n, types.get(n, pa.string())) for n in names])
+    return pa.Table.from_pylist(rows, schema=PLAN_SCHEMA)
 
 
 def units_from_table(table: pa.Table) -> list[WorkUnit]:

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from webdataset.filters import shuffle as shuffle_stage
 
+from dfprep.io.layout import READ_IMAGE_TYPES
 from dfprep.io.payloads import (CRC_FIELD, DEFAULT_LIMITS, PayloadError, ReadLimits, crc_mismatch, decode_image,
                              load_json, load_landmarks)
 from dfprep.io.payloads import load_plain_npy, npy_layout  # noqa: F401 - re-exported for existing callers
@@ -33,7 +34,6 @@ from dfprep.torch.transforms import apply_transform
 
 torch = require_torch()
 
-IMAGE_TYPES = ("jpg", "jpeg", "png", "webp")
 BALANCE_MODES = ("over", "under")
 Sample = dict[str, Any]
 
@@ -164,9 +164,9 @@ def decode_landmarks(sample: RawSample, limits: ReadLimits = DEFAULT_LIMITS) -> 
 
 def image_extension(sample: RawSample) -> str:
     """The face image's member type (jpg, png, …); every sample must have one."""
-    extension = next((e for e in IMAGE_TYPES if e in sample.members), None)
+    extension = next((e for e in READ_IMAGE_TYPES if e in sample.members), None)
     if extension is None:
-        raise ShardError(f"{sample.shard}: sample {sample.key!r} has no face image ({'/'.join(IMAGE_TYPES)})")
+        raise ShardError(f"{sample.shard}: sample {sample.key!r} has no face image ({'/'.join(READ_IMAGE_TYPES)})")
     return extension
 
 
