@@ -27,6 +27,8 @@ def test_bars_are_off_when_not_a_terminal_and_with_tqdm_disable(monkeypatch):
     assert pipe.getvalue() == ""
     monkeypatch.setenv("TQDM_DISABLE", "1")
     assert bar_disable() is True
+    monkeypatch.setenv("TQDM_DISABLE", "0")  # bars forced on, e.g. into a log file
+    assert bar_disable() is False and bar_disable(quiet=True) is True
 
 
 @pytest.fixture(scope="module")

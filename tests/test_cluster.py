@@ -206,7 +206,7 @@ def run(command: list[str], env: dict[str, str], cwd: Path, fault: str | None = 
 def start(command: list[str], env: dict[str, str], cwd: Path, fault: str, log: Path) -> subprocess.Popen:
     """Start a command in its own process group, output to a log file."""
     handle = open(log, "w")
-    return subprocess.Popen(command, env=dict(env, DFPREP_FAULT=fault), cwd=cwd, stdout=handle,
+    return subprocess.Popen(command, env=dict(env, DFPREP_FAULT=fault, TQDM_DISABLE="0"), cwd=cwd, stdout=handle,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 

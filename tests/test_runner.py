@@ -22,7 +22,7 @@ from dfprep.io.layout import (MAP_INDEX_SCHEMA, PLAN_SCHEMA, STATUSES, VideoStat
                               videos_schema)
 from dfprep.io.shards import Sample, ShardWriter
 from dfprep.io.storage import Storage
-from dfprep.jobs.contract import Bar, Outcome, Plan
+from dfprep.jobs.contract import Bar, Needs, Outcome, Plan
 from dfprep.jobs.extract_shards import ExtractUnitWorker
 from dfprep.jobs.maps import MapUnitWorker
 from dfprep.runner import run as runner
@@ -35,13 +35,17 @@ class RecordingPool:
 
     seen: list[dict[str, Any]] = []
 
-    def __init__(self, worker: type, args: tuple[Any, ...], count: int, config: Any, resources: Any = None):
+    def __init__(self, worker: type, args: tuple[Any, ...], count: int, config: Any, resources: Any = None,
+                 needs: Any = None):
         factory = args[0]
         RecordingPool.seen.append({"worker": factory.func, "ray": config.ray, "count": count})
         self.actor = worker(*args)
 
     def __enter__(self) -> "RecordingPool":
         return self
+
+    def node_losses(self) -> list[str]:
+        return []
 
     def __exit__(self, *exc: Any) -> None:
         pass
@@ -76,7 +80,7 @@ def test_extract_and_its_inline_maps_both_run_under_the_pipelines_ray_settings(s
     report = extract_run(scan("folder", small_root, config.dataset), config, str(tmp_path / "out"), quiet=True)
 
     jobs = [(seen["worker"], seen["ray"], seen["count"]) for seen in recording_pool.seen]
-    assert jobs == [(ExtractUnitWorker, config.ray, 2), (MapUnitWorker.from_digests, config.ray, 2)]
+    assert jobs == [(ExtractUnitWorker.on_node, config.ray, 2), (MapUnitWorker.from_digests, config.ray, 2)]
     assert config.ray.task_retries == 7 and config.ray.actor_restarts == 5 and config.ray.in_flight_per_worker == 3
     maps = json.loads((tmp_path / "out" / "maps" / "landmarks" / "manifest.json").read_text())
     assert report.faces > 0 and maps["complete"] and maps["maps"] == report.faces
@@ -145,7 +149,10 @@ class LetterJob:
         self.calls.append("claim")
         return []
 
-    def plan(self) -> Plan[Letters]:
+    def expected_items(self) -> int | None:
+        return None
+
+    def plan(self, workers: int) -> Plan[Letters]:
         return Plan(self.units, "letters")
 
     def is_committed(self, stats: dict[str, Any]) -> bool:
@@ -162,6 +169,9 @@ class LetterJob:
 
     def actors(self, workers: int, gpus: float) -> tuple[int, None]:
         return workers, None
+
+    def needs(self) -> Needs:
+        return Needs()
 
     def finalize(self, units: list[Letters], committed: dict[str, Any]) -> None:
         self.output.write_json("letters.json", {"shards": sorted(committed)})
