@@ -92,9 +92,14 @@ def test_the_whole_chain_reads_and_writes_s3_uris_with_a_query_string(s3_endpoin
     _dfprep("train", out, "-o", str(run), "--epochs", "1", "--batch-size", "4", "--workers", "0",
             "--max-steps-per-epoch", "2", "--device", "cpu", "--maps", "landmarks", "--region-erasing")
     assert (run / "model.pt").is_file()
-    evaluated = json.loads(_dfprep("evaluate", str(run / "model.pt"), out, "--split", "train", "--workers", "0",
+    from dfprep.io.storage import Storage
+
+    os.environ.update(CREDENTIALS)
+    Storage(f"s3://dfprep/runs?{s3_endpoint}").write_bytes("model.pt", (run / "model.pt").read_bytes())
+    checkpoint = f"s3://dfprep/runs/model.pt?{s3_endpoint}"  # the checkpoint may live in the bucket too
+    evaluated = json.loads(_dfprep("evaluate", checkpoint, out, "--split", "train", "--workers", "0",
                                    "--device", "cpu", "--json", "-").stdout)
-    assert evaluated["rows"][0]["frames"] == 8
+    assert evaluated["rows"][0]["frames"] == 8 and evaluated["rows"][0]["out"] == out
 
     from dfprep.torch.data import FaceShards  # the torch side reads the same URI, maps joined by key
 

@@ -149,4 +149,6 @@ SAMPLE_SHARDS = "*.tar"  # faces as WebDataset shards (not recursive: maps/ is n
 SAMPLE_INDEXES = "*-??????.parquet"  # one row per sample; videos.parquet and plan.parquet do not match
 MAP_SHARDS = MAPS_FOLDER + "/{name}/*.tar"  # a map set's companion shards: same keys, same order
 MAP_INDEXES = MAPS_FOLDER + "/{name}/*-??????.parquet"  # one row per map (key, coverage, peak)
-SAMPLE_JSON_NULLABLE = ("pair_key",)  # json fields every sample carries, null where they do not apply
+# String fields every sample's json carries, "" where they do not apply: readers that infer one schema from the
+# first samples (Hugging Face datasets) keep them, where a missing field is dropped and a null one fails to cast.
+SAMPLE_JSON_STRINGS = ("pair_key",)

@@ -15,7 +15,7 @@ from dfprep.catalog.base import VideoRecord
 from dfprep.config import PipelineConfig
 from dfprep.errors import ConfigError, one_line
 from dfprep.io.keys import sample_key
-from dfprep.io.layout import INTERNAL_ERROR, MISSING, NO_FACE, OK, PARTIAL, SAMPLE_JSON_NULLABLE
+from dfprep.io.layout import INTERNAL_ERROR, MISSING, NO_FACE, OK, PARTIAL, SAMPLE_JSON_STRINGS
 from dfprep.io.shards import Sample, encode_image, encode_npy
 from dfprep.jobs.pairs import Pairing, family_plan, start_pairing
 from dfprep.vision.align import AlignedFace, align_face
@@ -344,7 +344,7 @@ def sample_meta(record: VideoRecord, frame: DecodedFrame, planned: int, face: Fa
         "bbox": [round(float(v), 2) for v in face.box], "score": round(float(face.score), 4),
         "landmarks": np.round(face.landmarks, 2).tolist(), "matrix": np.round(aligned.matrix, 6).tolist(),
         "track_id": face.track_id,
-        **dict.fromkeys(SAMPLE_JSON_NULLABLE),  # present in every sample (readers infer one schema), null here
+        **dict.fromkeys(SAMPLE_JSON_STRINGS, ""),  # in every sample, so readers infer one schema; a fake's pair fills it
     }
     if aligned.context_matrix is not None:
         meta["context_matrix"] = np.round(aligned.context_matrix, 6).tolist()
@@ -360,5 +360,5 @@ def index_row(record: VideoRecord, frame: DecodedFrame, planned: int, face: Face
         "split": record.split, "label": record.label, "family_id": record.family_id,
         "frame": frame.index, "planned_frame": planned, "pts": float(frame.pts_seconds),
         "track_id": int(face.track_id), "score": float(face.score),
-        "bbox_x0": x0, "bbox_y0": y0, "bbox_x1": x1, "bbox_y1": y1, "pair_key": meta.get("pair_key"),
+        "bbox_x0": x0, "bbox_y0": y0, "bbox_x1": x1, "bbox_y1": y1, "pair_key": meta.get("pair_key") or None,
     }

@@ -166,7 +166,7 @@ class Pairing:
             return {}
         image, problem = self._original_image(frame_index, frame_shape)
         meta["has_original"] = image is not None
-        meta["original_missing"] = None  # present in every sample's json, set below when a fake lacks its original
+        meta["original_missing"] = ""  # in every sample's json (one schema for readers); why, when a fake lacks it
         if image is None:
             if self.record.label == 1:
                 meta["original_missing"] = problem
