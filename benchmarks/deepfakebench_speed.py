@@ -25,13 +25,15 @@ EXPECTED_DAT = "shape_predictor_81_face_landmarks.dat"
 
 
 def default_predictor(python: str) -> Path:
-    """The 68-point dlib model of face_recognition_models, as the interpreter given (or this one) finds it."""
+    """The 68-point dlib model: face_recognition_models' copy as DeepfakeBench's interpreter finds it, else the
+    one dfprep resolves as `dlib68` (the same file)."""
     code = "import face_recognition_models as m; print(m.pose_predictor_model_location())"
-    for interpreter in (python, sys.executable):
-        done = subprocess.run([interpreter, "-c", code], capture_output=True, text=True)
-        if done.returncode == 0:
-            return Path(done.stdout.strip())
-    raise SystemExit("no face_recognition_models in either interpreter: pass --predictor")
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True)
+    if done.returncode == 0:
+        return Path(done.stdout.strip())
+    from dfprep.vision.models import resolve_model
+
+    return resolve_model("dlib68").path
 
 
 def mirror(ffpp: Path, target: Path) -> int:
