@@ -34,3 +34,16 @@ def test_a_default_run_on_a_few_videos_says_it_ran_in_process(folder_dataset, tm
     report = extract_run(scan("folder", folder_dataset, config.dataset), config, str(tmp_path / "out"), quiet=True)
     assert "in-process: 8 videos" in report.note and report.faces == 12
     assert len(pq.read_table(tmp_path / "out/videos.parquet")) == 8
+
+
+def test_inline_maps_stay_in_process_when_dfprep_chose_in_process(folder_dataset, tmp_path, monkeypatch):
+    import dfprep.runner.run as run
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("a small default run started Ray for its inline maps")
+
+    monkeypatch.setattr(run, "run_on_ray", no_ray)
+    config = load_config(None, {"sampling.frames": 2, "output.maps": ["landmarks"]})  # ray.workers unset
+    report = extract_run(scan("folder", folder_dataset, config.dataset), config, str(tmp_path / "out"), quiet=True)
+    maps = tmp_path / "out" / "maps" / "landmarks"
+    assert "in-process" in report.note and report.maps == [f"landmarks maps: {report.faces} in {maps}"]

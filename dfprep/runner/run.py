@@ -54,19 +54,21 @@ def extract_run(records: Iterable[VideoRecord], config: PipelineConfig, output: 
     job = ExtractJob(storage, list(records), config, overwrite=overwrite, extend=extend,
                      runtime_versions={"ray": ray_version()})
     report = run_job(job, quiet)
-    report.maps = inline_maps(config, output, filesystem, quiet)
+    report.maps = inline_maps(config, output, filesystem, quiet, len(job.records))
     report.seconds = time.monotonic() - started
     return report
 
 
-def inline_maps(config: PipelineConfig, output: str, filesystem: Any, quiet: bool) -> list[str]:
-    """`output.maps`: region maps made in the same command, under the pipeline's own Ray settings."""
+def inline_maps(config: PipelineConfig, output: str, filesystem: Any, quiet: bool, videos: int) -> list[str]:
+    """`output.maps`: region maps made in the same command, under the pipeline's own Ray settings; where dfprep
+    itself chose to extract in-process (a small input, no --workers), the maps stay in-process too."""
+    ray = config.ray if planned_workers(config.ray, videos)[0] else replace(config.ray, workers=0)
     lines = []
     for method in config.output.maps:
         if method == "cam" and not config.cam.zoo:
             lines += cam_next_steps(output, config.cam)  # a recipe cannot ship the zoo: say what to run next
             continue
-        report = maps_run(output, MapRun(inline_settings(method, config.cam), config.ray, quiet=quiet), filesystem)
+        report = maps_run(output, MapRun(inline_settings(method, config.cam), ray, quiet=quiet), filesystem)
         lines.append(f"{method} maps: {report.maps_total} in {report.output}")
     return lines
 
