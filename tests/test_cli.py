@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pyarrow.parquet as pq
 from click.testing import CliRunner
@@ -53,6 +54,27 @@ def test_extract_command_end_to_end(folder_dataset, tmp_path):
     assert again.exit_code == 0 and "nothing to do" in again.output
     dataset = json.loads((out / "dataset.json").read_text())
     assert dataset["complete"] and dataset["models"]["dlib68"] and dataset["config"]["sampling"]["frames"] == 3
+
+
+def test_provenance_the_command_line_in_dataset_json_and_who_made_each_shard(folder_dataset, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from dfprep import __version__
+
+    out = tmp_path / "out"
+    args = ["extract", "folder", str(folder_dataset), "-o", str(out), "--workers", "0", "--frames", "2", "--quiet"]
+    done = subprocess.run([sys.executable, "-m", "dfprep", *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    dataset = json.loads((out / "dataset.json").read_text())
+    assert dataset["command"] == "dfprep " + " ".join(args)
+    markers = [json.loads(p.read_text()) for p in out.glob("*_stats.json")]
+    host = socket.gethostname()
+    assert markers and {m["dfprep_version"] for m in markers} == {__version__}
+    assert {m["config_hash"] for m in markers} == {dataset["config_hash"]}
+    assert all(m["worker"].startswith(f"{host}:") and m["node"]["host"] == host for m in markers)
+    assert f"{host}:{os.getpid()}" not in {m["worker"] for m in markers}  # the dfprep process made them, not pytest
 
 
 def test_demo_builds_and_extracts(tmp_path):

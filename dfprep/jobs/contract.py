@@ -41,7 +41,7 @@ ReportT = TypeVar("ReportT", covariant=True)
 class ItemGuard(Protocol):
     """The runner's guard around one item of a unit (a video): attempt markers, a watchdog, observed deaths."""
 
-    placement: dict[str, Any]  # where the unit runs ("worker": host:pid, "node": Ray node and host): for its marker
+    placement: dict[str, Any]  # where and by what the unit runs (worker host:pid, Ray node, dfprep version): marker
 
     def attempt(self, position: int, label: str, timeout_s: float) -> ContextManager[Skip | None]:
         """Run one item under guard; yields a (status, reason) instead when earlier attempts rule it out."""

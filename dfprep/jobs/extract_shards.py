@@ -6,10 +6,13 @@ needs to run it as a sharded job (see dfprep.jobs.contract).
 
 from __future__ import annotations
 
+import shlex
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -100,6 +103,14 @@ class ExtractUnitWorker:
             return self.extractor.extract(record, original, writer.add)
 
 
+def command_line() -> str | None:
+    """How this run was started, for dataset.json: `dfprep extract …` from the command line; None from Python."""
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    if program.name != "dfprep" and not (program.name == "__main__.py" and program.parent.name == "dfprep"):
+        return None
+    return shlex.join(["dfprep", *sys.argv[1:]])
+
+
 class ExtractJob:
     """`dfprep extract` as a sharded job: units of videos → face shards, then videos.parquet and dataset.json."""
 
@@ -174,7 +185,7 @@ class ExtractJob:
             self.output.write_table(VIDEOS_TABLE, rows_to_table(rows))
         checksums = self.models.checksums() if self.models is not None else {}
         self.output.write_json(DATASET_JSON, {
-            "config": self.config.to_dict(), "config_hash": self.hash,
+            "command": command_line(), "config": self.config.to_dict(), "config_hash": self.hash,
             "versions": {**library_versions(), **self.runtime_versions}, "models": checksums,
             "shards": [u.name for u in units if u.name in committed],
             "complete": all(u.name in committed for u in units),

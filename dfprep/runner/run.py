@@ -18,6 +18,7 @@ from typing import Any, Iterable, Iterator, TypeVar
 
 import cv2
 
+from dfprep import __version__
 from dfprep.catalog.base import VideoRecord
 from dfprep.config import PipelineConfig
 from dfprep.errors import DfprepError
@@ -166,7 +167,8 @@ class ItemGuards:
     def __init__(self, shards: Storage, unit: str, context: RunContext):
         self.shards, self.unit, self.context = shards, unit, context
         self.log: AttemptLog | None = None
-        self.placement = {"worker": f"{socket.gethostname()}:{os.getpid()}", "node": node_identity()}
+        self.placement = {"worker": f"{socket.gethostname()}:{os.getpid()}", "node": node_identity(),
+                          "dfprep_version": __version__}
 
     @contextmanager
     def attempt(self, position: int, label: str, timeout_s: float) -> Iterator[Skip | None]:
