@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from dfprep.io.layout import OK, PARTIAL
+
 if TYPE_CHECKING:  # the command line starts without loading the pipeline
     from dfprep.jobs.maps import MapReport
     from dfprep.runner.run import RunReport
@@ -54,7 +56,7 @@ def format_map_summary(report: MapReport) -> str:
 
 def face_yield(report: RunReport) -> float:
     """The share of this output's videos that gave at least one face (1.0 when there are no videos)."""
-    with_faces = report.statuses.get("ok", 0) + report.statuses.get("partial", 0)
+    with_faces = report.statuses.get(OK, 0) + report.statuses.get(PARTIAL, 0)
     return with_faces / report.videos if report.videos else 1.0
 
 

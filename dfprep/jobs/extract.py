@@ -15,7 +15,7 @@ from dfprep.catalog.base import VideoRecord
 from dfprep.config import PipelineConfig
 from dfprep.errors import ConfigError, one_line
 from dfprep.io.keys import sample_key
-from dfprep.io.layout import INTERNAL_ERROR, MISSING, NO_FACE, OK, PARTIAL, SAMPLE_JSON_STRINGS
+from dfprep.io.layout import FOUND, INTERNAL_ERROR, MISSING, NO_FACE, OK, PARTIAL, SAMPLE_JSON_STRINGS, TIMEOUT
 from dfprep.io.shards import Sample, encode_image, encode_npy
 from dfprep.jobs.pairs import Pairing, family_plan, start_pairing
 from dfprep.vision.align import AlignedFace, align_face
@@ -113,7 +113,7 @@ class VideoExtractor:
         """
         timings: Counter[str] = Counter()
         row = base_row(record)
-        if record.status != "found":
+        if record.status != FOUND:
             return VideoResult({**row, "status": MISSING, "error": record.error or "file not found"}, {})
         self._stage, self._faces = "probe", 0
         if self.identity is not None:
@@ -238,7 +238,7 @@ class VideoExtractor:
                     return
                 yield frame
                 if time.monotonic() > deadline:
-                    raise VideoError("timeout", f"video took longer than {self.config.sampling.video_timeout_s:g}s")
+                    raise VideoError(TIMEOUT, f"video took longer than {self.config.sampling.video_timeout_s:g}s")
 
     def _detect(self, image: np.ndarray, timings: Counter[str]) -> list[Face]:
         """Faces in one frame, with detector and landmark time accounted."""

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from dfprep.config import SamplingConfig
-from dfprep.io.layout import VIDEO_STATUSES
+from dfprep.io.layout import DECODE_ERROR, MISSING, TIMEOUT, UNSUPPORTED, VIDEO_STATUSES
 
 # Codecs whose non-reference frames no other frame is predicted from, so skipping them is exact.
 NONREF_SKIP_CODECS = frozenset({"h264"})
@@ -142,20 +142,20 @@ def open_video(path: str | os.PathLike[str]) -> av.container.InputContainer:
     """Open a video for demuxing; every failure becomes a VideoError with a status."""
     name = os.fspath(path)
     if not os.path.exists(name):
-        raise VideoError("missing", "file not found")
+        raise VideoError(MISSING, "file not found")
     if not os.path.isfile(name):
-        raise VideoError("unsupported", "not a regular file")
+        raise VideoError(UNSUPPORTED, "not a regular file")
     if os.path.getsize(name) == 0:
-        raise VideoError("decode_error", "empty file")
+        raise VideoError(DECODE_ERROR, "empty file")
     try:
         return _open_lean(name)
     except FileNotFoundError:
-        raise VideoError("missing", "file not found") from None
+        raise VideoError(MISSING, "file not found") from None
     except av.FFmpegError as exc:
-        status = "decode_error" if _looks_like_video(name) else "unsupported"
+        status = DECODE_ERROR if _looks_like_video(name) else UNSUPPORTED
         raise VideoError(status, f"cannot open: {_reason(exc)}") from None
     except OSError as exc:
-        raise VideoError("decode_error", f"cannot open: {_reason(exc)}") from None
+        raise VideoError(DECODE_ERROR, f"cannot open: {_reason(exc)}") from None
 
 
 def _open_lean(name: str) -> av.container.InputContainer:
@@ -173,9 +173,9 @@ def video_stream(container: av.container.InputContainer) -> av.video.stream.Vide
     for stream in container.streams.video:
         if not stream.disposition & av.stream.Disposition.attached_pic:
             if stream.codec_context is None:
-                raise VideoError("unsupported", "no decoder for the video codec")
+                raise VideoError(UNSUPPORTED, "no decoder for the video codec")
             return stream
-    raise VideoError("unsupported", "no video stream")
+    raise VideoError(UNSUPPORTED, "no video stream")
 
 
 def scan_packets(path: str | os.PathLike[str], stop_after: int | None = None) -> PacketIndex:
@@ -254,10 +254,10 @@ def _first_frame(container: av.container.InputContainer, stream: av.video.stream
             for frame in stream.codec_context.decode(packet):
                 return frame
     except av.error.DecoderNotFoundError:
-        raise VideoError("unsupported", f"no decoder for codec {stream.codec_context.name}") from None
+        raise VideoError(UNSUPPORTED, f"no decoder for codec {stream.codec_context.name}") from None
     except av.FFmpegError as exc:
-        raise VideoError("decode_error", f"cannot decode: {_reason(exc)}") from None
-    raise VideoError("decode_error", "no decodable frame")
+        raise VideoError(DECODE_ERROR, f"cannot decode: {_reason(exc)}") from None
+    raise VideoError(DECODE_ERROR, "no decodable frame")
 
 
 def _index_keyframes(stream: av.video.stream.VideoStream, frame_count: int) -> list[int] | None:
@@ -292,7 +292,7 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
         frame_count, source, keyframes = packets.frame_count, "packets", list(packets.keyframes)
     if fps <= 0:
         if duration <= 0:
-            raise VideoError("unsupported", "unknown frame rate")
+            raise VideoError(UNSUPPORTED, "unknown frame rate")
         fps = frame_count / duration
     if rotation in (90, 270):
         width, height = height, width
@@ -363,7 +363,7 @@ def _check_deadline(deadline: float | None, index: int) -> None:
     """Raise 'timeout' once the per-video wall-clock budget is spent."""
     if deadline is not None and time.monotonic() > deadline:
         where = f"after frame {index}" if index >= 0 else "before the first frame"
-        raise VideoError("timeout", f"decode deadline passed {where}")
+        raise VideoError(TIMEOUT, f"decode deadline passed {where}")
 
 
 def _frame_index(frame: av.VideoFrame, packets: PacketIndex | None, previous: int) -> int:
@@ -389,13 +389,13 @@ def _run_frames(demuxed: Iterable[av.Packet], codec: av.video.codeccontext.Video
             if index > targets[pending]:
                 if after_seek and pending == 0:
                     raise _LandingMissed()
-                raise VideoError("decode_error", f"planned frame {targets[pending]} did not decode")
+                raise VideoError(DECODE_ERROR, f"planned frame {targets[pending]} did not decode")
             if index == targets[pending]:
                 yield index, frame
                 pending += 1
                 if pending == len(targets):
                     return
-    raise VideoError("decode_error", f"video ended after frame {index}, before planned frame {targets[pending]}")
+    raise VideoError(DECODE_ERROR, f"video ended after frame {index}, before planned frame {targets[pending]}")
 
 
 def _land_on_keyframe(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
@@ -470,7 +470,7 @@ def _decode_planned(path: str | os.PathLike[str], wanted: list[int], info: Video
                     seconds = float(frame.time) if frame.time is not None else index / info.fps
                     yield DecodedFrame(index, seconds, _upright_rgb(frame, info.rotation))
         except av.FFmpegError as exc:
-            raise VideoError("decode_error", f"cannot decode: {_reason(exc)}") from None
+            raise VideoError(DECODE_ERROR, f"cannot decode: {_reason(exc)}") from None
 
 
 def decode_frames(path: str | os.PathLike[str], indices: Sequence[int], info: VideoInfo,
