@@ -302,6 +302,20 @@ def release(markers: list[Path]) -> None:
         release_file(marker).touch()
 
 
+def run_losing_a_node(command: list[str], cluster: RayNodes, markers: list[Path], fault: str, cwd: Path,
+                      log: Path) -> tuple[str, Path, str]:
+    """Run a command that holds its units at the fault points, remove a worker node holding one, let the rest
+    go on; the run must still succeed. Returns the lost node's id, the held unit's marker and the log."""
+    process = start(command, cluster.env, cwd, fault, log)
+    try:
+        reached = wait_markers(markers, len(cluster.working()), process, log)
+        lost, marker = lose_a_worker_node(cluster, reached)
+    finally:
+        release(markers)
+    assert finish(process) == 0, log.read_text()[-3000:]
+    return lost, marker, log.read_text()
+
+
 # ---------------------------------------------------------------- the tests (in this order: nodes get lost)
 
 
@@ -346,15 +360,8 @@ def test_losing_a_node_mid_extract_redoes_its_unit(cluster, dataset, reference, 
     markers = [tmp_path / f"held-{unit}" for unit in units]
     fault = ";".join(f"hold:{unit}:1:{marker}" for unit, marker in zip(units, markers))  # mid-unit: video 1
     out, log = tmp_path / "out", tmp_path / "run.log"
-    process = start(extract(dataset, out, "--address", cluster.address, "--ship-code"), cluster.env, tmp_path,
-                    fault, log)
-    try:
-        reached = wait_markers(markers, len(cluster.working()), process, log)
-        lost, marker = lose_a_worker_node(cluster, reached)
-    finally:
-        release(markers)
-    assert finish(process) == 0, log.read_text()[-3000:]
-    text = log.read_text()
+    lost, marker, text = run_losing_a_node(extract(dataset, out, "--address", cluster.address, "--ship-code"),
+                                           cluster, markers, fault, tmp_path, log)
     held_unit = marker.name.removeprefix("held-")
     assert re.search(rf"node {lost[:12]} \(.+\) was lost; its 1 unit\(s\) were redone on the other nodes: "
                      rf"{held_unit}", text), text[-2000:]
@@ -393,15 +400,8 @@ def test_losing_a_node_mid_maps_redoes_its_unit(cluster, reference, tmp_path):
     markers = [tmp_path / f"held-{unit}" for unit in units]
     fault = ";".join(f"hold:{unit}:-1:{marker}" for unit, marker in zip(units, markers))  # as it takes the unit
     log = tmp_path / "maps.log"
-    process = start([sys.executable, "-m", "dfprep", "maps", str(faces), "--address", cluster.address,
-                     "--ship-code"], cluster.env, tmp_path, fault, log)
-    try:
-        reached = wait_markers(markers, len(cluster.working()), process, log)
-        lost, marker = lose_a_worker_node(cluster, reached)
-    finally:
-        release(markers)
-    assert finish(process) == 0, log.read_text()[-3000:]
-    text = log.read_text()
+    lost, marker, text = run_losing_a_node([sys.executable, "-m", "dfprep", "maps", str(faces), "--address",
+                                            cluster.address, "--ship-code"], cluster, markers, fault, tmp_path, log)
     assert f"node {lost[:12]} (" in text and f"were redone on the other nodes: {marker.name[5:]}" in text, text
     ours, theirs = members(faces / "maps" / "landmarks"), members(expected / "maps" / "landmarks")
     assert sorted(ours) == sorted(theirs) and ours and all(ours[name] == theirs[name] for name in theirs)
