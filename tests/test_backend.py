@@ -8,25 +8,28 @@ import pyarrow.parquet as pq
 
 from dfprep.catalog import scan
 from dfprep.config import load_config
-from dfprep.runner.backend import planned_workers
+from dfprep.runner.backend import Backend, choose_backend
 from dfprep.runner.run import extract_run
 
 
 def test_a_small_input_on_few_cpus_runs_in_process_and_a_large_one_on_ray():
     default = load_config(None, {})
-    assert planned_workers(default.ray, 28, cpus=2)[0] == 0  # ffpp-mini x4 on 2 CPUs: Ray cannot pay off
-    assert "in-process" in planned_workers(default.ray, 28, cpus=2)[1]
-    assert planned_workers(default.ray, 2000, cpus=2) == (2, "")  # many videos: both CPUs as Ray workers
-    assert planned_workers(default.ray, 28, cpus=64) == (64, "")  # a big machine pays Ray's start-up back at once
-    assert planned_workers(default.ray, 3, cpus=1)[0] == 0  # one CPU: nothing to gain
+    small = choose_backend(default.ray, 28, cpus=2)  # ffpp-mini x4 on 2 CPUs: Ray cannot pay off
+    assert (small.workers, small.threads) == (0, 2) and "in-process" in small.note  # one video thread per CPU
+    assert choose_backend(default.ray, 2000, cpus=2) == Backend(2)  # many videos: both CPUs as Ray workers
+    assert choose_backend(default.ray, 28, cpus=64) == Backend(64)  # a big machine pays Ray's start-up back at once
+    assert choose_backend(default.ray, 3, cpus=1) == Backend(0, 1, choose_backend(default.ray, 3, cpus=1).note)
+    assert choose_backend(default.ray, 8, cpus=16).threads == 4  # threads stop paying beyond a few (the GIL)
 
 
 def test_what_the_user_set_is_never_second_guessed(monkeypatch):
-    assert planned_workers(load_config(None, {"ray.workers": 2}).ray, 1, cpus=2) == (2, "")
-    assert planned_workers(load_config(None, {"ray.workers": 0}).ray, 10**6, cpus=64) == (0, "")
-    assert planned_workers(load_config(None, {"ray.address": "auto"}).ray, 1, cpus=2)[0] >= 1  # a cluster: Ray
+    assert choose_backend(load_config(None, {"ray.workers": 2}).ray, 1, cpus=2) == Backend(2)
+    assert choose_backend(load_config(None, {"ray.workers": 0}).ray, 10**6, cpus=64) == Backend(0, 1)  # one thread
+    assert choose_backend(load_config(None, {"ray.workers": 0, "ray.threads": 3}).ray, 5, cpus=2) == Backend(0, 3)
+    assert choose_backend(load_config(None, {"ray.threads": 3}).ray, 5, cpus=2).threads == 3
+    assert choose_backend(load_config(None, {"ray.address": "auto"}).ray, 1, cpus=2).workers >= 1  # a cluster: Ray
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
-    assert planned_workers(load_config(None, {}).ray, 1, cpus=2)[0] >= 1
+    assert choose_backend(load_config(None, {}).ray, 1, cpus=2).workers >= 1
 
 
 def test_a_default_run_on_a_few_videos_says_it_ran_in_process(folder_dataset, tmp_path):

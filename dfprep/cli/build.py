@@ -130,6 +130,9 @@ Examples:
               help="Named recipe from pipelines/ (e.g. caddm-ffpp) or a .yaml path.")
 @click.option("--frames", type=int, help="Frames per video (uniform sampling).")
 @click.option("--workers", type=int, help="Ray workers (0 = in-process; default all CPUs).")
+@click.option("--threads", type=int,
+              help="In-process video threads (default: every CPU up to 4 when dfprep runs in-process; "
+                   "1 with --workers 0).")
 @click.option("--address", help="Join a Ray cluster (auto = the running one).")
 @click.option("--ship-code", is_flag=True, default=None,
               help="Upload this dfprep to the cluster's workers (nodes with the dependencies, not dfprep).")
@@ -145,8 +148,8 @@ Examples:
               help="Exit 1 when fewer than this share of the videos gave a face (default: warn when none did).")
 @_fail_cleanly
 def extract(dataset: str | None, root: str | None, output: str, pipeline: str | None, frames: int | None,
-            workers: int | None, address: str | None, ship_code: bool | None, videos_per_shard: int | None,
-            inline_maps: tuple[str, ...], settings: tuple[str, ...], overwrite: bool, extend: bool, quiet: bool,
+            workers: int | None, threads: int | None, address: str | None, ship_code: bool | None,
+            videos_per_shard: int | None, inline_maps: tuple[str, ...], settings: tuple[str, ...], overwrite: bool, extend: bool, quiet: bool,
             as_json: bool, min_yield: float | None) -> None:
     """Extract aligned faces from DATASET at ROOT into WebDataset shards under OUTPUT."""
     from dfprep.catalog import scan
@@ -155,8 +158,8 @@ def extract(dataset: str | None, root: str | None, output: str, pipeline: str | 
     from dfprep.runner.run import extract_run
 
     overrides = _overrides(settings, **{"dataset.name": dataset, "dataset.root": root, "sampling.frames": frames,
-                                        "ray.workers": workers, "ray.address": address, "ray.ship_code": ship_code,
-                                        "output.videos_per_shard": videos_per_shard,
+                                        "ray.workers": workers, "ray.threads": threads, "ray.address": address,
+                                        "ray.ship_code": ship_code, "output.videos_per_shard": videos_per_shard,
                                         "output.maps": list(inline_maps) or None})
     config = load_config(pipeline, overrides)
     if not config.dataset.name or not config.dataset.root:

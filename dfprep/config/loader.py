@@ -348,6 +348,7 @@ RANGES: dict[tuple[str, str], Range] = {
     ("output", "quality"): Range(1, 100),
     ("output", "videos_per_shard"): Range(1, 100_000),
     ("ray", "workers"): Range(0, 4096),
+    ("ray", "threads"): Range(1, 256),
     ("ray", "in_flight_per_worker"): Range(1, 64),
     ("ray", "decode_threads"): Range(0, 64),
     ("ray", "task_retries"): Range(0, 100),

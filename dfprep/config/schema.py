@@ -165,6 +165,7 @@ class RayConfig:
     """Where and how widely to run."""
 
     workers: int | None = None  # None = all CPUs; 0 = in-process
+    threads: int | None = None  # in-process video threads: None = every CPU up to 4 (1 with workers 0)
     address: str | None = None  # None = local; "auto" joins a running cluster
     in_flight_per_worker: int = 1  # units queued per actor; 1 keeps the tail balanced (ray.wait returns at once)
     decode_threads: int = 1  # decoder threads inside each Ray worker (one CPU each); in-process uses all cores

@@ -117,7 +117,8 @@ class ShardJob(Protocol[UnitT, ReportT]):
 
     kind: the lock's command and the failure message's name; output: the folder the lock covers;
     shards: where the units are committed; ray: the Ray settings the Ray backend honours;
-    guarded: whether items run under attempt markers (the runner keeps them in `shards/_attempts`).
+    guarded: whether items run under attempt markers (the runner keeps them in `shards/_attempts`);
+    threads: whether several of its workers may run side by side in threads of one process.
     """
 
     kind: str
@@ -126,6 +127,7 @@ class ShardJob(Protocol[UnitT, ReportT]):
     ray: RayConfig
     bar: Bar
     guarded: bool
+    threads: bool
     temporaries: Sequence[str]  # the job's index files whose `.tmp` leftovers the runner deletes
 
     def check(self) -> None:

@@ -117,6 +117,7 @@ class ExtractJob:
     kind = "extract"
     bar = Bar("extract", "video", "faces_per_s", faces=True)
     guarded = True
+    threads = True  # each worker thread builds its own detectors (dlib's are not shared between threads)
     temporaries = (*INDEX_FILES, OWNERSHIP_FILE)
 
     def __init__(self, storage: Storage, records: list[VideoRecord], config: PipelineConfig, *, overwrite: bool,

@@ -443,6 +443,7 @@ class MapJob:
     kind = "maps"
     bar = Bar("maps", "map", "maps_per_s", faces=False)
     guarded = False
+    threads = False  # a map worker may hold a torch model: one per process
     temporaries = (MANIFEST,)
 
     def __init__(self, faces: Storage, run: MapRun, cam: CamBackend | None):

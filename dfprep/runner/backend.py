@@ -1,36 +1,53 @@
-"""Where an extraction runs when the user did not say: in this process, or on a local Ray pool.
+"""Where a run goes when the user did not say: video threads in this process, or a local Ray pool.
 
-One process keeps about IN_PROCESS_CORES cores busy (FFmpeg's decode threads and the decode thread run
-beside the face work); a local Ray pool keeps every CPU busy but pays RAY_START_S before its first video
-(ray.init, the actors' imports and model loads, on the same CPUs). Ray is chosen only when the CPUs it
-adds would save more than that start-up: videos × VIDEO_CPU_S × (1/IN_PROCESS_CORES − 1/cpus) > RAY_START_S.
+In-process, `threads` video threads take units from one queue: FFmpeg, dlib's detector and shape predictor
+and OpenCV release the GIL, so each thread keeps about a core busy (THREAD_CORES of one, the rest is Python
+under the GIL), up to IN_PROCESS_THREADS. A local Ray pool keeps every CPU busy with no GIL but pays
+RAY_START_S before its first video (ray.init, the actors' imports and model loads, on the same CPUs). Ray is
+chosen only when the CPUs it adds would save more than that start-up:
+videos × VIDEO_CPU_S × (1/in-process cores − 1/cpus) > RAY_START_S.
 The constants are measured by benchmarks/cli_speed.py on FF++ c23 videos with 32 frames.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from dfprep.config import PipelineConfig
 from dfprep.config.schema import RayConfig
 from dfprep.runner.pool import worker_count
 
-IN_PROCESS_CORES = 1.6  # cores one in-process run keeps busy on 1080p/720p FF++ videos
+IN_PROCESS_THREADS = 4  # beyond this the Python share of each video (under the GIL) stops the gain
+THREAD_CORES = 0.9  # cores one video thread keeps busy (decode threads included), measured on 2 cores
 VIDEO_CPU_S = 1.0  # CPU-seconds one FF++ c23 video takes at 32 frames (decode, faces, encode)
 RAY_START_S = 6.0  # wall seconds before a local Ray pool's first video, on 2 shared cores
 
 
-def planned_workers(ray: RayConfig, videos: int | None, cpus: int | None = None) -> tuple[int, str]:
-    """Workers for this run (0 = in-process) and, when dfprep chose in-process itself, why.
+@dataclass(frozen=True)
+class Backend:
+    """Where a run's units go: `workers` Ray actors, or (workers 0) `threads` video threads in this process."""
+
+    workers: int
+    threads: int = 1
+    note: str = ""  # why dfprep chose in-process itself (empty when the user, a cluster or the job decided)
+
+
+def choose_backend(ray: RayConfig, videos: int | None, cpus: int | None = None) -> Backend:
+    """The backend for this run. `--workers 0` is one thread, one video after another (debuggable, no Ray),
+    unless `ray.threads` says more.
 
     `videos` None: the job leaves the choice to the ray settings (every CPU unless --workers says otherwise).
     """
     config = PipelineConfig(ray=ray)
     if videos is None or ray.workers is not None or ray.address or os.environ.get("RAY_ADDRESS"):
-        return worker_count(config), ""  # the user (or the cluster, or the job) decided
+        workers = worker_count(config)  # the user (or the cluster, or the job) decided
+        return Backend(workers, (ray.threads or 1) if workers == 0 else 1)
     cpus = cpus or os.cpu_count() or 1
-    saved = videos * VIDEO_CPU_S * (1 / IN_PROCESS_CORES - 1 / cpus)
+    threads = ray.threads or max(1, min(cpus, IN_PROCESS_THREADS))
+    saved = videos * VIDEO_CPU_S * (1 / max(1.0, threads * THREAD_CORES) - 1 / cpus)
     if cpus > 1 and saved > RAY_START_S:
-        return cpus, ""
-    return 0, (f"in-process: {videos} videos on {cpus} CPUs finish sooner than a Ray pool could start "
-               "(--workers N to use Ray)")
+        return Backend(cpus)
+    return Backend(0, threads, f"in-process: {videos} videos on {cpus} CPUs ({threads} video thread"
+                               f"{'s' if threads > 1 else ''}) finish sooner than a Ray pool could start "
+                               "(--workers N to use Ray)")

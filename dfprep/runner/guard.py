@@ -14,6 +14,11 @@ died. That is charged to the video only when the death is *observed*, never for 
   run killed by the kernel's OOM killer (SIGKILL, which no process can record) is not charged, so a video
   that exhausts memory in-process stops every rerun at that video; on Ray it is charged like a crash.
 
+In-process video threads (several videos in flight in one process) cannot tell from a crash log alone which
+video crashed: a crash with more than one video in progress charges none of them but marks each a suspect,
+and a suspect (or a video with a death) is retried alone: the process's other threads wait while it runs,
+so a second crash is charged to it and to no other.
+
 After `MAX_ATTEMPTS` deaths the video becomes a `decode_error` row instead of crashing the run forever.
 A decoder stuck inside C cannot be interrupted from Python: a Ray actor records the video as hung and
 ends itself (Ray restarts it, the retry writes `timeout`); an in-process run never ends the caller's
@@ -29,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -81,9 +87,15 @@ class AttemptLog:
         self._write(position, {**marker, "in_progress": in_progress_record(self.context)})
         return None
 
+    def runs_alone(self, position: int) -> bool:
+        """A video suspected of (or charged with) a crash runs with no other video in progress in its process."""
+        marker = self.markers.get(position, {})
+        return bool(marker.get("suspect") or marker.get("deaths"))
+
     def finish(self, position: int) -> None:
-        """The video ended (any outcome, any exception): it was not in progress when anything died later."""
-        marker = {k: v for k, v in self.markers.get(position, {}).items() if k != "in_progress"}
+        """The video ended (any outcome, any exception): it was not in progress when anything died later, and a
+        suspect that ran alone to the end is cleared."""
+        marker = {k: v for k, v in self.markers.get(position, {}).items() if k not in ("in_progress", "suspect")}
         self._write(position, marker)
 
     def mark_hung(self, position: int, seconds: float) -> None:
@@ -119,8 +131,12 @@ def in_progress_record(context: RunContext) -> dict[str, Any]:
             "node": node_identity()["node_id"], "crash_log": context.crash_log, "since": round(time.time(), 3)}
 
 
-def charge_if_died(marker: dict[str, Any], run_id: str) -> dict[str, Any]:
-    """A marker still in progress from an earlier attempt: count an observed death, else just release it."""
+def charge_if_died(marker: dict[str, Any], run_id: str, alone: bool = True) -> dict[str, Any]:
+    """A marker still in progress from an earlier attempt: count an observed death, else just release it.
+
+    `alone` False: other videos were in progress in the same process when it died, so the death is not charged;
+    the video becomes a suspect, retried alone.
+    """
     progress = marker.get("in_progress")
     if not progress:
         return marker
@@ -128,6 +144,8 @@ def charge_if_died(marker: dict[str, Any], run_id: str) -> dict[str, Any]:
     death = observed_death(progress, run_id)
     if death is None:
         return released
+    if not alone:
+        return {**released, "suspect": death}
     return {**released, "deaths": int(marker.get("deaths", 0)) + 1, "last_death": death}
 
 
@@ -161,21 +179,19 @@ def crash_record(progress: dict[str, Any]) -> str | None:
 
 
 def settle_interrupted(storage: Storage, run_id: str) -> list[str]:
-    """Before a run: judge every video left in progress by an earlier run; returns the deaths it charged."""
+    """Before a run: judge every video left in progress by an earlier run; returns the deaths it charged (and the
+    suspects it marked, when several videos were in progress in the process that crashed)."""
+    left = earlier_in_progress(storage, run_id)
+    together = Counter(_process(marker["in_progress"]) for marker in left.values())
     charged, crash_logs = [], set()
-    for name in storage.listdir(ATTEMPTS_DIR):
-        if marker_unit(name) is None or name.endswith(".tmp"):
-            continue  # not an attempt marker: not dfprep's to judge or delete
-        marker = storage.read_marker(f"{ATTEMPTS_DIR}/{name}")
-        if marker is None:
-            storage.delete(f"{ATTEMPTS_DIR}/{name}")  # unreadable (a full disk, say): treated as absent
-            continue
-        progress = marker.get("in_progress") or {}
-        if not progress or progress.get("run") == run_id:
-            continue
-        settled = charge_if_died(marker, run_id)
+    for name, marker in left.items():
+        progress = marker["in_progress"]
+        settled = charge_if_died(marker, run_id, alone=together[_process(progress)] == 1)
         if settled.get("deaths", 0) != marker.get("deaths", 0):
             charged.append(f"{name[:-len('.json')]}: {settled['last_death']}")
+        elif settled.get("suspect"):
+            charged.append(f"{name[:-len('.json')]}: suspect, retried alone ({together[_process(progress)]} "
+                           f"videos were in progress when {settled['suspect']})")
         if settled:
             storage.write_json(f"{ATTEMPTS_DIR}/{name}", settled)
         else:
@@ -185,6 +201,63 @@ def settle_interrupted(storage: Storage, run_id: str) -> list[str]:
     for path in crash_logs:
         _remove_file(path)
     return charged
+
+
+def earlier_in_progress(storage: Storage, run_id: str) -> dict[str, dict[str, Any]]:
+    """Attempt markers an earlier run left in progress, by file name (unreadable ones are deleted as absent)."""
+    left = {}
+    for name in storage.listdir(ATTEMPTS_DIR):
+        if marker_unit(name) is None or name.endswith(".tmp"):
+            continue  # not an attempt marker: not dfprep's to judge or delete
+        marker = storage.read_marker(f"{ATTEMPTS_DIR}/{name}")
+        if marker is None:
+            storage.delete(f"{ATTEMPTS_DIR}/{name}")  # unreadable (a full disk, say): treated as absent
+            continue
+        progress = marker.get("in_progress") or {}
+        if progress and progress.get("run") != run_id:
+            left[name] = marker
+    return left
+
+
+def _process(progress: dict[str, Any]) -> tuple[Any, ...]:
+    """The process a video was in progress in: videos sharing it died together."""
+    return progress.get("run"), progress.get("host"), progress.get("pid")
+
+
+class Isolation:
+    """Lets a suspect video run alone in its process: ordinary videos run side by side; a video that must run
+    alone waits until none is in progress, and none starts until it is done."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._running = 0
+        self._alone = False
+        self._waiting_alone = 0
+
+    @contextmanager
+    def hold(self, alone: bool) -> Iterator[None]:
+        """Hold the process for one video: shared, or (`alone`) to itself."""
+        with self._changed:
+            if alone:
+                self._waiting_alone += 1
+                self._changed.wait_for(lambda: not self._alone and self._running == 0)
+                self._waiting_alone -= 1
+                self._alone = True
+            else:
+                self._changed.wait_for(lambda: not self._alone and self._waiting_alone == 0)
+                self._running += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                if alone:
+                    self._alone = False
+                else:
+                    self._running -= 1
+                self._changed.notify_all()
+
+
+ISOLATION = Isolation()  # one per process: a Ray actor runs one video at a time, in-process threads share it
 
 
 @contextmanager

@@ -10,7 +10,9 @@ report. A job only plans its units, makes the worker that commits one, and write
 from __future__ import annotations
 
 import os
+import queue
 import socket
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import replace
@@ -32,8 +34,9 @@ from dfprep.jobs.contract import Announce, Outcome, ShardJob, Skip, Stats, Unit,
 from dfprep.jobs.extract_shards import ExtractJob, RunReport
 from dfprep.jobs.maps import MapReport, MapRun, cam_next_steps, inline_settings
 from dfprep.runner import faults
-from dfprep.runner.backend import planned_workers
-from dfprep.runner.guard import AttemptLog, RunContext, Watchdog, hard_limit, recording_crashes, settle_interrupted
+from dfprep.runner.backend import choose_backend
+from dfprep.runner.guard import (ISOLATION, AttemptLog, RunContext, Watchdog, hard_limit, recording_crashes,
+                                 settle_interrupted)
 from dfprep.runner.maps import check_inline_maps, map_job
 from dfprep.runner.pool import ActorPool, cluster_gpus, connect, node_identity, ray_version, worker_count
 from dfprep.runner.progress import Progress
@@ -63,7 +66,7 @@ def extract_run(records: Iterable[VideoRecord], config: PipelineConfig, output: 
 def inline_maps(config: PipelineConfig, output: str, filesystem: Any, quiet: bool, videos: int) -> list[str]:
     """`output.maps`: region maps made in the same command, under the pipeline's own Ray settings; where dfprep
     itself chose to extract in-process (a small input, no --workers), the maps stay in-process too."""
-    ray = config.ray if planned_workers(config.ray, videos)[0] else replace(config.ray, workers=0)
+    ray = config.ray if choose_backend(config.ray, videos).workers else replace(config.ray, workers=0)
     lines = []
     for method in config.output.maps:
         if method == "cam" and not config.cam.zoo:
@@ -100,15 +103,16 @@ def _run_locked(job: ShardJob[Any, ReportT], run_id: str, quiet: bool) -> Report
     remove_stale_staging()
     removed = job.claim()
     charged = settle_attempts(job.shards, run_id) if job.guarded else []
-    workers, backend_note = planned_workers(job.ray, job.expected_items())
-    plan = job.plan(workers)
+    backend = choose_backend(job.ray, job.expected_items())
+    threads = backend.threads if job.threads else 1
+    plan = job.plan(backend.workers or threads)
     committed, redone, cleaned = settle_shards(job, plan.units)
     todo = [unit for unit in plan.units if unit.name not in committed]
     progress = Progress(sum(job.size(unit) for unit in todo), quiet, job.bar)
     nodes_lost: list[str] = []
     try:
-        if todo and workers == 0:
-            run_in_process(job, todo, run_id, progress)
+        if todo and backend.workers == 0:
+            run_in_process(job, todo, run_id, progress, threads)
         elif todo:
             nodes_lost = run_on_ray(job, todo, run_id, progress)
     finally:
@@ -118,7 +122,7 @@ def _run_locked(job: ShardJob[Any, ReportT], run_id: str, quiet: bool) -> Report
         job.shards.remove_dir(ATTEMPTS_DIR)
     job.finalize(plan.units, committed)
     return job.report(Outcome(plan, committed, [u.name for u in todo], removed + cleaned, redone, charged,
-                              backend_note, nodes_lost))
+                              backend.note, nodes_lost))
 
 
 def settle_attempts(shards: Storage, run_id: str) -> list[str]:
@@ -167,7 +171,8 @@ class ItemGuards:
     def __init__(self, shards: Storage, unit: str, context: RunContext):
         self.shards, self.unit, self.context = shards, unit, context
         self.log: AttemptLog | None = None
-        self.placement = {"worker": f"{socket.gethostname()}:{os.getpid()}", "node": node_identity(),
+        self.placement = {"worker": f"{socket.gethostname()}:{os.getpid()}",
+                          "thread": threading.current_thread().name, "node": node_identity(),
                           "dfprep_version": __version__}
 
     @contextmanager
@@ -175,16 +180,17 @@ class ItemGuards:
         """Mark the item in progress under its watchdog (released however it ends), or yield why it is skipped."""
         if self.log is None:
             self.log = AttemptLog(self.shards, self.unit, self.context)
-        skip = self.log.begin(position, timeout_s)
-        if skip is not None:
-            yield skip
-            return
-        try:
-            with Watchdog(self.log, position, hard_limit(timeout_s), label, self.context.exit_on_hang):
-                faults.reached(self.unit, position)  # reliability tests only ($DFPREP_FAULT); nothing otherwise
-                yield None
-        finally:
-            self.log.finish(position)
+        with ISOLATION.hold(alone=self.log.runs_alone(position)):  # a suspect of a crash runs alone
+            skip = self.log.begin(position, timeout_s)
+            if skip is not None:
+                yield skip
+                return
+            try:
+                with Watchdog(self.log, position, hard_limit(timeout_s), label, self.context.exit_on_hang):
+                    faults.reached(self.unit, position)  # reliability tests only ($DFPREP_FAULT); nothing otherwise
+                    yield None
+            finally:
+                self.log.finish(position)
 
     def clear(self) -> None:
         """After the unit commits its markers are no longer needed."""
@@ -201,13 +207,67 @@ def commit_unit(worker: UnitWorker[Any], unit: Unit, shards: Storage, context: R
     return stats
 
 
-def run_in_process(job: ShardJob[Any, Any], units: list[Unit], run_id: str, progress: Announce) -> None:
-    """--workers 0: every unit in this process, one after another (debuggable, no Ray), crashes recorded."""
-    worker = job.worker(True)()
+def run_in_process(job: ShardJob[Any, Any], units: list[Unit], run_id: str, progress: Announce,
+                   threads: int = 1) -> None:
+    """No Ray: `threads` video threads take units from one queue (one thread: one unit after another,
+    debuggable); FFmpeg, dlib and OpenCV release the GIL, so threads share the cores. Crashes are recorded."""
     with recording_crashes(run_id) as crash_log:
         context = RunContext(run_id, exit_on_hang=False, crash_log=crash_log)
+        if threads <= 1:
+            worker = job.worker(True)()
+            for unit in units:
+                commit_unit(worker, unit, job.shards, context, progress)
+            return
+        VideoThreads(job, context, progress).run(units, threads)
+
+
+class VideoThreads:
+    """In-process worker threads, each with its own worker (its own detectors), sharing a queue of units."""
+
+    def __init__(self, job: ShardJob[Any, Any], context: RunContext, progress: Announce):
+        self.job, self.context = job, context
+        self.progress = locked(progress)
+        self.units: queue.SimpleQueue[Unit] = queue.SimpleQueue()
+        self.failures: list[BaseException] = []
+        self.stop = threading.Event()  # set by the first failure: the other threads take no further unit
+
+    def run(self, units: list[Unit], threads: int) -> None:
+        """Commit every unit; the first failure (storage, a bug) is raised here once the threads have stopped."""
         for unit in units:
-            commit_unit(worker, unit, job.shards, context, progress)
+            self.units.put(unit)
+        pool = [threading.Thread(target=self._serve, name=f"dfprep-video-{n}", daemon=True)
+                for n in range(min(threads, len(units)))]
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            while thread.is_alive():
+                thread.join(0.5)  # in slices: Ctrl-C reaches the main thread at once
+        if self.failures:
+            raise self.failures[0]
+
+    def _serve(self) -> None:
+        """One thread: build a worker, then commit units until none is left or another thread failed."""
+        try:
+            worker = self.job.worker(True)()
+            while not self.stop.is_set():
+                try:
+                    unit = self.units.get_nowait()
+                except queue.Empty:
+                    return
+                commit_unit(worker, unit, self.job.shards, self.context, self.progress)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
+            self.failures.append(exc)
+            self.stop.set()
+
+
+def locked(announce: Announce) -> Announce:
+    """The progress callback, called from several threads one at a time."""
+    lock = threading.Lock()
+
+    def call(unit: str, done: int, faces: int) -> None:
+        with lock:
+            announce(unit, done, faces)
+    return call
 
 
 class JobActor:

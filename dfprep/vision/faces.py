@@ -13,9 +13,9 @@ rectangle (left, top, right, bottom) is (left, top, right + 1, bottom + 1) and s
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
 
@@ -119,10 +119,15 @@ def shape_to_array(shape: dlib.full_object_detection) -> np.ndarray:
     return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
 
 
-@lru_cache(maxsize=1)
+_per_thread = threading.local()  # dlib does not make one HOG detector safe to share between threads
+
+
 def frontal_detector() -> dlib.fhog_object_detector:
-    """dlib's HOG face detector, built once per process (~0.3 s; it holds no per-frame state)."""
-    return dlib.get_frontal_face_detector()
+    """dlib's HOG face detector, built once per thread (~0.3 s; it keeps no state between frames)."""
+    detector = getattr(_per_thread, "hog", None)
+    if detector is None:
+        detector = _per_thread.hog = dlib.get_frontal_face_detector()
+    return detector
 
 
 def select_faces(candidates: list[T], policy: str, frame_shape: tuple[int, ...]) -> list[T]:
