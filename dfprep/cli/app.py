@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.abc
 import os
 import signal
 import sys
@@ -100,8 +101,28 @@ _add_torch_commands()
 
 def main() -> None:
     """Console-script entry point (the commands register when dfprep.cli is imported)."""
+    without_pandas()
     try:
         cli(prog_name="dfprep")
     except ModuleNotFoundError as exc:  # a command outside _fail_cleanly (train/evaluate) met a missing module
         click.echo(f"dfprep: error: {missing_module_line(exc)}", err=True)
         sys.exit(2)
+
+
+def without_pandas() -> None:
+    """pyarrow imports pandas (~0.5 s) at its first array conversion whenever pandas is installed; no dfprep
+    command uses pandas (it is not a dependency), so a command's own process runs as if it were absent. A
+    library user's process is untouched: only this entry point does it."""
+    if "pandas" not in sys.modules:
+        sys.meta_path.insert(0, _PandasAbsent())
+
+
+class _PandasAbsent(importlib.abc.MetaPathFinder):
+    """Finds no pandas: `import pandas` raises ModuleNotFoundError, which pyarrow takes as "not installed"."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        """Refuse pandas and its submodules; leave every other module to the real finders."""
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError(f"No module named {name!r} (the dfprep command runs without pandas)",
+                                      name=name)
+        return None

@@ -1,0 +1,33 @@
+"""What a `dfprep` command pays before its first video: pandas is never imported by the command (pyarrow would
+import it at its first array conversion, ~0.5 s), while a library user's process keeps it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.helpers.runhelpers import REPO, write_small_dataset
+
+
+def test_the_extract_command_runs_without_importing_pandas(tmp_path):
+    pytest.importorskip("pandas")  # installed here (the test extra): the command must still leave it alone
+    root = write_small_dataset(tmp_path / "in", faces=1)
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "dfprep", "extract", "folder", str(root),
+                           "-o", str(tmp_path / "out"), "--frames", "1", "--quiet"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time")]
+    assert "pyarrow" in imported and not any(name.startswith("pandas.") for name in imported)
+    rows = pq.read_table(tmp_path / "out" / "videos.parquet").to_pylist()
+    assert sorted(r["status"] for r in rows) == ["no_face", "ok"] and sum(r["faces_written"] for r in rows) == 1
+
+
+def test_a_library_user_still_gets_pandas_from_pyarrow(tmp_path):
+    pytest.importorskip("pandas")
+    code = ("import sys, pyarrow as pa, dfprep.cli.app\n"
+            "pa.array([1]); print('pandas' in sys.modules and sys.modules['pandas'] is not None)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "True", done.stderr
