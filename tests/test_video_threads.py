@@ -22,8 +22,9 @@ from dfprep.config import load_config
 from dfprep.io.storage import Storage
 from dfprep.runner.guard import Isolation, settle_interrupted
 from dfprep.runner.run import extract_run
-from tests.helpers.runhelpers import (FRAMES, REPO, check_output, cli, cli_env, good_videos, start, unit_sizes,
-                                      wait_for, write_small_dataset)
+from tests.helpers.runhelpers import (EXIT_CODES, FRAMES, INTERRUPTED_LINE, REPO, check_output, cli, cli_env,
+                                      good_videos, interrupt, staging_left, start, unit_sizes, wait_for,
+                                      write_small_dataset)
 
 INPUTS = 5
 
@@ -142,6 +143,24 @@ def test_a_crash_of_a_threaded_run_with_two_videos_in_flight_loses_nothing_on_th
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert rerun.stdout.count("suspect, retried alone (2 videos were in progress") == 2, rerun.stdout
     check_output(out, INPUTS, good_videos(small))  # every good video ok, each face once, nothing charged
+
+
+@pytest.mark.parametrize("how", ["int", "term", "kill"])
+def test_interrupting_a_threaded_run_with_two_videos_in_flight_charges_nothing(small, tmp_path, tmpdir_short, how):
+    out, log = tmp_path / "out", tmp_path / "run.log"
+    (first, _), (second, _) = unit_sizes(small)[:2]
+    holds = [tmp_path / "held-a", tmp_path / "held-b"]
+    process = start(cli(small, out, 0, "--threads", "2"),
+                    cli_env(tmpdir_short, f"hold:{first}:0:{holds[0]};hold:{second}:0:{holds[1]}"), log)
+    for marker in holds:
+        wait_for(marker, process)
+    assert interrupt(process, how) == EXIT_CODES[how]
+    if how != "kill":
+        assert INTERRUPTED_LINE in log.read_text() and staging_left(tmpdir_short) == []
+    rerun = subprocess.run(cli(small, out, 0, "--threads", "2"), cwd=REPO, env=cli_env(tmpdir_short),
+                           capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0 and "charged to a video" not in rerun.stdout, rerun.stdout + rerun.stderr
+    check_output(out, INPUTS, good_videos(small))
 
 
 def test_a_poison_video_among_threads_is_charged_only_alone_and_every_other_video_keeps_its_faces(

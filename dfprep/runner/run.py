@@ -9,6 +9,7 @@ report. A job only plans its units, makes the worker that commits one, and write
 
 from __future__ import annotations
 
+import ctypes
 import os
 import queue
 import socket
@@ -44,6 +45,7 @@ from dfprep.runner.progress import Progress
 __all__ = ["RunReport", "extract_run", "maps_run", "run_job"]
 
 ReportT = TypeVar("ReportT")
+INTERRUPT_WAIT_S = 10.0  # how long an interrupted run waits for its video threads to unwind
 
 
 # ---------------------------------------------------------------- the commands
@@ -230,6 +232,8 @@ class VideoThreads:
         self.units: queue.SimpleQueue[Unit] = queue.SimpleQueue()
         self.failures: list[BaseException] = []
         self.stop = threading.Event()  # set by the first failure: the other threads take no further unit
+        self.running: set[threading.Thread] = set()  # kept here: an interrupted join() can leave is_alive() wrong
+        self.changed = threading.Condition()
 
     def run(self, units: list[Unit], threads: int) -> None:
         """Commit every unit; the first failure (storage, a bug) is raised here once the threads have stopped."""
@@ -237,11 +241,18 @@ class VideoThreads:
             self.units.put(unit)
         pool = [threading.Thread(target=self._serve, name=f"dfprep-video-{n}", daemon=True)
                 for n in range(min(threads, len(units)))]
+        with self.changed:
+            self.running.update(pool)
         for thread in pool:
             thread.start()
-        for thread in pool:
-            while thread.is_alive():
-                thread.join(0.5)  # in slices: Ctrl-C reaches the main thread at once
+        try:
+            with self.changed:
+                while self.running:
+                    self.changed.wait(0.5)  # in slices: Ctrl-C reaches the main thread at once
+        except BaseException:
+            self.stop.set()  # interrupted: no thread takes another unit
+            self._interrupt()  # and each unwinds its video as one thread would (staging discarded)
+            raise
         if self.failures:
             raise self.failures[0]
 
@@ -258,6 +269,20 @@ class VideoThreads:
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
             self.failures.append(exc)
             self.stop.set()
+        finally:
+            with self.changed:
+                self.running.discard(threading.current_thread())
+                self.changed.notify_all()
+
+    def _interrupt(self, wait_s: float = INTERRUPT_WAIT_S) -> None:
+        """Raise KeyboardInterrupt in each running thread (at its next Python instruction: a frame's decode or
+        a detection finishes first) and give them `wait_s` to unwind; a thread stuck inside C code is left."""
+        with self.changed:
+            for thread in self.running:
+                if thread.ident is not None:
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident),
+                                                               ctypes.py_object(KeyboardInterrupt))
+            self.changed.wait_for(lambda: not self.running, wait_s)
 
 
 def locked(announce: Announce) -> Announce:
