@@ -133,7 +133,7 @@ class LetterWorker:
 class LetterJob:
     """A job of the test's own: each unit's letters become one shard; its index lists the shards."""
 
-    kind, guarded, temporaries = "letters", False, ("letters.json",)
+    kind, guarded, threads, temporaries = "letters", False, False, ("letters.json",)
     bar = Bar("letters", "letter", "letters_per_s", faces=False)
 
     def __init__(self, storage: Storage, units: list[Letters]):
