@@ -1,5 +1,5 @@
-"""What a `dfprep` command pays before its first video: pandas is never imported by the command (pyarrow would
-import it at its first array conversion, ~0.5 s), while a library user's process keeps it."""
+"""What `dfprep extract` pays before its first video: pandas is never imported by the command (pyarrow would
+import it at its first array conversion, ~0.4 s), while torch commands and a library user's process keep it."""
 
 from __future__ import annotations
 

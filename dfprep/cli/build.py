@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from dfprep.cli.app import _fail_cleanly, cli
+from dfprep.cli.app import _fail_cleanly, cli, without_pandas
 from dfprep.errors import DfprepError
 
 
@@ -167,6 +167,8 @@ def extract(dataset: str | None, root: str | None, output: str, pipeline: str | 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         records = list(scan(config.dataset.name, config.dataset.root, config.dataset))
+    if "cam" not in config.output.maps:
+        without_pandas()  # ~0.4 s of start-up; the Grad-CAM maps load torch, which looks for pandas
     report = extract_run(records, config, output, overwrite=overwrite, extend=extend, quiet=quiet)
     if as_json:
         click.echo(json.dumps({**summary_json(report), "catalog_warnings": [str(w.message) for w in caught]},
