@@ -114,7 +114,8 @@ SAMPLE_FIELDS = (("key", pa.string()), ("video_id", pa.string()), ("dataset", pa
                  ("split", pa.string()), ("label", pa.int64()), ("family_id", pa.string()), ("frame", pa.int64()),
                  ("planned_frame", pa.int64()), ("pts", pa.float64()), ("track_id", pa.int64()),
                  ("score", pa.float64()), ("bbox_x0", pa.float64()), ("bbox_y0", pa.float64()),
-                 ("bbox_x1", pa.float64()), ("bbox_y1", pa.float64()), ("pair_key", pa.string()))
+                 ("bbox_x1", pa.float64()), ("bbox_y1", pa.float64()), ("pair_key", pa.string()),
+                 ("detector", pa.string()))  # which detector found the face: hog | cnn (detection.detector cascade)
 # maps/<name>/<unit>.parquet: one row per map, same keys and order as the face shard.
 MAP_INDEX_SCHEMA = pa.schema([("key", pa.string()), ("coverage", pa.float64()), ("peak", pa.float64())])
 # plan.parquet: one row per planned video: its unit, its position there, the record, its original's path.

@@ -49,7 +49,7 @@ class ExtractionModels:
         if config.alignment.preset == "deepfakebench" and points < 68:
             raise ConfigError(f"alignment.preset=deepfakebench needs 68- or 81-point landmarks, but "
                               f"{predictor.name} predicts {points}: use alignment.preset=arcface5")
-        cnn = resolve_model("mmod") if config.detection.detector == "cnn" else None
+        cnn = resolve_model("mmod") if config.detection.detector in ("cnn", "cascade") else None
         descriptor = resolve_model("resnet128") if config.detection.identity else None
         for optional in (cnn, descriptor):
             if optional is not None:
@@ -194,7 +194,19 @@ class VideoExtractor:
         missing = [p for p in plan if not written.get(p)]
         if missing and self.config.sampling.neighbour_retry > 0:
             self._retry_neighbours(record, info, missing, deadline, sink, timings, written)
+            missing = [p for p in plan if not written.get(p)]
+        if missing and self.analyzer.cascades:
+            self._cascade_pass(record, info, missing, deadline, sink, timings, written)
         return written
+
+    def _cascade_pass(self, record: VideoRecord, info: VideoInfo, missing: list[int], deadline: float,
+                      sink: Callable[[Sample], None], timings: Counter[str], written: dict[int, int]) -> None:
+        """Last pass of `detector: cascade`: the planned frames HOG and the neighbour retry left faceless are
+        decoded again and searched with the CNN, so its cost is paid only where HOG found nothing."""
+        self.analyzer.reset()
+        for frame in self._decode(record.path, missing, info, deadline, timings):
+            faces = self._detect(frame.image, timings, fallback=True)
+            written[frame.index] = self._write_faces(record, frame, frame.index, faces, sink, timings)
 
     def _retry_neighbours(self, record: VideoRecord, info: VideoInfo, missing: list[int], deadline: float,
                           sink: Callable[[Sample], None], timings: Counter[str], written: dict[int, int]) -> None:
@@ -240,11 +252,11 @@ class VideoExtractor:
                 if time.monotonic() > deadline:
                     raise VideoError(TIMEOUT, f"video took longer than {self.config.sampling.video_timeout_s:g}s")
 
-    def _detect(self, image: np.ndarray, timings: Counter[str]) -> list[Face]:
-        """Faces in one frame, with detector and landmark time accounted."""
+    def _detect(self, image: np.ndarray, timings: Counter[str], fallback: bool = False) -> list[Face]:
+        """Faces in one frame (by the cascade's CNN when `fallback`), with detector and landmark time accounted."""
         before = dict(self.analyzer.timings)
         self._stage = "detect"
-        faces = self.analyzer.analyze(image)
+        faces = self.analyzer.analyze_fallback(image) if fallback else self.analyzer.analyze(image)
         for stage in ("detect", "landmarks"):
             timings[stage] += self.analyzer.timings.get(stage, 0.0) - before.get(stage, 0.0)
         return faces
@@ -343,7 +355,7 @@ def sample_meta(record: VideoRecord, frame: DecodedFrame, planned: int, face: Fa
         "frame": frame.index, "planned_frame": planned, "pts": round(frame.pts_seconds, 6),
         "bbox": [round(float(v), 2) for v in face.box], "score": round(float(face.score), 4),
         "landmarks": np.round(face.landmarks, 2).tolist(), "matrix": np.round(aligned.matrix, 6).tolist(),
-        "track_id": face.track_id,
+        "track_id": face.track_id, "detector": face.detector,
         **dict.fromkeys(SAMPLE_JSON_STRINGS, ""),  # in every sample, so readers infer one schema; a fake's pair fills it
     }
     if aligned.context_matrix is not None:
@@ -361,4 +373,5 @@ def index_row(record: VideoRecord, frame: DecodedFrame, planned: int, face: Face
         "frame": frame.index, "planned_frame": planned, "pts": float(frame.pts_seconds),
         "track_id": int(face.track_id), "score": float(face.score),
         "bbox_x0": x0, "bbox_y0": y0, "bbox_x1": x1, "bbox_y1": y1, "pair_key": meta.get("pair_key") or None,
+        "detector": face.detector,
     }

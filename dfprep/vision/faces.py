@@ -37,6 +37,14 @@ TRACK_FACE_SIZE = 80.0
 MATCH_DISTANCE = 1.0
 # Two candidates whose IoU exceeds this are the same face found from two overlapping windows.
 DUPLICATE_IOU = 0.5
+# The cascade's CNN pass: dlib's mmod detector on a copy whose longer side is this, without upsampling. Measured
+# on 14 ffpp-mini frames (640x480 to 1920x1080) rotated by 0/40/50/60 degrees, 2 cores: mmod at 640 px found
+# 14/14 at every angle (HOG with its 640 px ladder: 14, 14, 5 and 0) for ~2.2 CPU-s a frame; at 480 px 10/14
+# (1.2 s), at 320 px 0/14 (0.5 s: the faces fall under mmod's ~80 px window); 320 px upsampled once found 14/14
+# for the same 2.2 s as 640 px. HOG costs ~12 ms on the same 640 px frame (~150x less), so the CNN runs only
+# where HOG and the neighbour retry found nothing, and only once per such frame (no upsample ladder).
+CASCADE_CNN_SIZE = 640
+CASCADE_CNN_UPSAMPLE = 0
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,7 @@ class Face:
     score: float
     landmarks: np.ndarray  # float32 (N, 2), (x, y)
     track_id: int
+    detector: str = "hog"  # which detector found it: hog | cnn (the sample json's `detector`)
 
 
 def box_side(box: Box) -> float:
@@ -119,6 +128,33 @@ def shape_to_array(shape: dlib.full_object_detection) -> np.ndarray:
     return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
 
 
+def rect_box(rect: dlib.rectangle) -> Box:
+    """A dlib rectangle (inclusive right/bottom) as a box with exclusive edges."""
+    return float(rect.left()), float(rect.top()), float(rect.right() + 1), float(rect.bottom() + 1)
+
+
+class CascadeFallback:
+    """The cascade's CNN: dlib's mmod detector, loaded by the first frame that needs it (a video where HOG finds
+    every face never loads it) and owned by one analyzer (a dlib detector is not safe to share between threads)."""
+
+    def __init__(self, cnn_path: Path | None) -> None:
+        if cnn_path is None:
+            raise ValueError("detector 'cascade' needs the path of the mmod model (cnn_path)")
+        self.path = cnn_path
+        self.calls = 0  # frames searched by the CNN
+        self._detector: dlib.cnn_face_detection_model_v1 | None = None
+
+    def detect(self, image: np.ndarray, min_score: float) -> list[Candidate]:
+        """mmod detections on the frame scaled to CASCADE_CNN_SIZE, boxes in frame pixels."""
+        if self._detector is None:
+            self._detector = dlib.cnn_face_detection_model_v1(str(self.path))
+        self.calls += 1
+        scaled = resize_for_detector(image, working_factor(image.shape, CASCADE_CNN_SIZE))
+        scale_x, scale_y = scaled.shape[1] / image.shape[1], scaled.shape[0] / image.shape[0]
+        return [(map_back(rect_box(d.rect), scale_x, scale_y, (0, 0)), float(d.confidence))
+                for d in self._detector(scaled, CASCADE_CNN_UPSAMPLE) if d.confidence >= min_score]
+
+
 @lru_cache(maxsize=1)
 def frontal_detector() -> dlib.fhog_object_detector:
     """dlib's HOG face detector, built once per process (~0.3 s; it holds no per-frame state)."""
@@ -149,11 +185,11 @@ class FaceAnalyzer:
                 raise ValueError("detector 'cnn' needs the path of the mmod model (cnn_path)")
             self._cnn = load_dlib("cnn_detector", cnn_path)
             self._hog = None
-        elif detection.detector == "hog":
+        elif detection.detector in ("hog", "cascade"):
             self._hog = frontal_detector()
             self._cnn = None
         else:
-            raise ValueError(f"unknown detector {detection.detector!r} (expected hog or cnn)")
+            raise ValueError(f"unknown detector {detection.detector!r} (expected cascade, hog or cnn)")
         self._predictor = load_dlib("shape_predictor", predictor_path)
         self.timings: dict[str, float] = {"detect": 0.0, "landmarks": 0.0}
         self.full_detections = 0  # frames that needed a full-frame detection
@@ -161,6 +197,7 @@ class FaceAnalyzer:
         self._tracks: list[tuple[Box, int]] = []
         self._next_id = 0
         self.stage = "detect"  # detect | landmarks: which half of `analyze` runs (named in internal errors)
+        self._cascade = CascadeFallback(cnn_path) if detection.detector == "cascade" else None
 
     def reset(self) -> None:
         """Start a new video: previous faces say nothing about where faces are now."""
@@ -181,10 +218,38 @@ class FaceAnalyzer:
             chosen = self._assign_ids(select_faces(self._detect_full(image), self.config.select, image.shape))
         middle = time.perf_counter()
         self.stage = "landmarks"
-        faces = [Face(box, score, self.landmarks(image, box), track_id) for box, score, track_id in chosen]
+        name = "cnn" if self._cnn is not None else "hog"
+        faces = [Face(box, score, self.landmarks(image, box), track_id, name) for box, score, track_id in chosen]
         self.timings["detect"] += middle - start
         self.timings["landmarks"] += time.perf_counter() - middle
         self._tracks = [(face.box, face.track_id) for face in faces]
+        return faces
+
+    @property
+    def cascades(self) -> bool:
+        """Whether frames left faceless get the CNN's second look (detector: cascade)."""
+        return self._cascade is not None
+
+    @property
+    def cnn_calls(self) -> int:
+        """Frames the cascade's CNN searched so far (0 without a cascade)."""
+        return self._cascade.calls if self._cascade is not None else 0
+
+    def analyze_fallback(self, image: np.ndarray) -> list[Face]:
+        """The cascade's second look at a frame HOG left faceless: mmod on the whole frame, no tracking, the
+        `select` policy, then landmarks as for any face; the faces are marked `cnn`."""
+        if self._cascade is None:
+            raise ValueError("analyze_fallback needs detector 'cascade'")
+        image = np.ascontiguousarray(image)
+        start = time.perf_counter()
+        self.stage = "detect"
+        found = self._cascade.detect(image, self.config.min_score)
+        chosen = self._assign_ids(select_faces(found, self.config.select, image.shape))
+        middle = time.perf_counter()
+        self.stage = "landmarks"
+        faces = [Face(box, score, self.landmarks(image, box), track_id, "cnn") for box, score, track_id in chosen]
+        self.timings["detect"] += middle - start
+        self.timings["landmarks"] += time.perf_counter() - middle
         return faces
 
     def landmarks(self, image: np.ndarray, box: Box) -> np.ndarray:
