@@ -20,10 +20,12 @@ from dfprep.cli import cli
 from dfprep.config import load_config
 from dfprep.config.loader import available_recipes
 from dfprep.errors import ModelError
-from dfprep.jobs.extract import ExtractionModels, VideoExtractor
+from dfprep.config.schema import DetectionConfig
+from dfprep.jobs.extract import ExtractionModels, VideoExtractor, nearest_boxes
 from dfprep.io.shards import Sample
-from dfprep.vision.faces import CascadeFallback
-from tests.helpers.synthetic import FacePlacement, face_box_in_frame, linear_motion, write_clip
+from dfprep.vision.faces import CASCADE_HINT_FACE, CascadeFallback, FaceAnalyzer, hint_windows
+from dfprep.vision.models import resolve_model
+from tests.helpers.synthetic import FacePlacement, face_box_in_frame, linear_motion, render_frame, write_clip
 
 WIDTH, HEIGHT, FRAMES, ROLL = 320, 240, 16, 60.0
 ROLLED = range(5, 12)  # frames shown rolled; with 8 uniform frames and a reach of 1, planned 6, 8, 10 stay faceless
@@ -55,14 +57,17 @@ def rolled_clip(tmp_path_factory) -> VideoRecord:
     return VideoRecord("t/real/raw/rolled", str(path), "t", "real", "raw", "train", 0, "t/real/raw/rolled")
 
 
-def _extract(record: VideoRecord, detector: str, **changes: object) -> tuple[dict, dict[int, Sample], int]:
-    """One video through the engine: its row, its samples by frame and how many frames the CNN searched."""
+def _extract(record: VideoRecord, detector: str, **changes: object) -> tuple[dict, dict[int, Sample], tuple[int, int]]:
+    """One video through the engine: its row, its samples by frame, and how many frames the CNN searched, of
+    them on the whole frame (the others only around HOG's faces on the nearest frames)."""
     config = load_config(None, {"sampling.frames": 8, "sampling.neighbour_retry": 1,
                                 "detection.detector": detector, **changes})
     extractor = VideoExtractor(config, ExtractionModels.resolve(config))
     samples: list[Sample] = []
     row = extractor.extract(record, None, samples.append).row
-    return row, {json.loads(s.members["json"])["frame"]: s for s in samples}, extractor.analyzer.cnn_calls
+    cascade = extractor.analyzer.cascade
+    calls = (cascade.calls, cascade.full_frames) if cascade is not None else (0, 0)
+    return row, {json.loads(s.members["json"])["frame"]: s for s in samples}, calls
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +77,10 @@ def hog_and_cascade(rolled_clip):
 
 def test_cascade_finds_the_faces_hog_misses_and_marks_them_cnn(hog_and_cascade):
     (hog_row, hog, hog_calls), (row, cascade, calls) = hog_and_cascade
-    assert sorted(hog) == [0, 2, 4, 12, 15] and hog_row["status"] == "partial" and hog_calls == 0
+    assert sorted(hog) == [0, 2, 4, 12, 15] and hog_row["status"] == "partial" and hog_calls == (0, 0)
     assert sorted(cascade) == [0, 2, 4, 6, 8, 10, 12, 15] and row["status"] == "ok" and row["faces_written"] == 8
-    assert calls == 3  # only the three planned frames still faceless after HOG and the neighbour retry
+    assert calls == (3, 0)  # only the three planned frames still faceless after HOG and the neighbour retry, each
+    # searched around the faces HOG found on the frames nearest to it (never on the whole frame)
     for frame, sample in cascade.items():
         meta = json.loads(sample.members["json"])
         assert meta["detector"] == sample.row["detector"] == ("cnn" if frame in (6, 8, 10) else "hog")
@@ -94,10 +100,37 @@ def test_without_faceless_frames_the_cascade_is_hog_and_never_loads_the_cnn(clip
     record = VideoRecord("t/real/raw/clip", str(clips["face"]), "t", "real", "raw", "train", 0, "t/real/raw/clip")
     _, hog, _ = _extract(record, "hog")
     row, cascade, calls = _extract(record, "cascade")
-    assert row["status"] == "ok" and calls == 0 and loaded == []
+    assert row["status"] == "ok" and calls == (0, 0) and loaded == []
     assert sorted(cascade) == sorted(hog) and len(hog) == 8
     assert all(cascade[f].members == hog[f].members for f in hog)
     assert {json.loads(s.members["json"])["detector"] for s in cascade.values()} == {"hog"}
+
+
+def test_the_cnn_looks_around_the_hints_first_and_on_the_whole_frame_when_that_finds_nothing():
+    place = FacePlacement(150, 50, 0.8)
+    frame = render_frame(WIDTH + 160, HEIGHT + 80, [place])
+    x0, y0, x1, y1 = face_box_in_frame(place)
+    matrix = cv2.getRotationMatrix2D(((x0 + x1) / 2, (y0 + y1) / 2), -ROLL, 1.0)  # the head tilts in place
+    rolled = cv2.warpAffine(frame, matrix, frame.shape[1::-1], borderMode=cv2.BORDER_REFLECT)
+    analyzer = FaceAnalyzer(DetectionConfig(), resolve_model("dlib68").path, resolve_model("mmod").path)
+    assert analyzer.analyze(rolled) == []  # HOG misses the tilted face
+    cascade = analyzer.cascade
+    for hints, full_frames in (([(x0 + 6, y0 - 4, x1 + 6, y1 - 4)], 0), ([], 1), ([(10, 10, 80, 80)], 2)):
+        faces = analyzer.analyze_fallback(rolled, hints)
+        assert len(faces) == 1 and faces[0].detector == "cnn" and cascade.full_frames == full_frames
+        centre = np.add(faces[0].box[:2], faces[0].box[2:]) / 2
+        assert np.abs(centre - ((x0 + x1) / 2, (y0 + y1) / 2)).max() < 12
+        assert faces[0].landmarks.shape == (68, 2)
+    assert cascade.calls == 3
+
+
+def test_hints_are_the_faces_of_the_nearest_frames_and_one_face_makes_one_window():
+    boxes = {2: [(10.0, 10.0, 50.0, 50.0)], 4: [], 9: [(14.0, 10.0, 54.0, 50.0)], 12: [(200.0, 0.0, 240.0, 40.0)]}
+    assert nearest_boxes(boxes, 6) == [(10.0, 10.0, 50.0, 50.0), (14.0, 10.0, 54.0, 50.0)]  # 4 had none
+    assert nearest_boxes(boxes, 1) == [(10.0, 10.0, 50.0, 50.0)] and nearest_boxes({}, 3) == []
+    windows = hint_windows(nearest_boxes(boxes, 6) + boxes[12], (240, 320, 3))
+    assert [w for w, _ in windows] == [(0, 0, 84, 80), (170, 0, 270, 70)]  # 1.5 sides beyond each face
+    assert [f for _, f in windows] == [CASCADE_HINT_FACE / 40] * 2
 
 
 def test_a_cascade_analyzer_needs_the_mmod_path():

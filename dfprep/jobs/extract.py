@@ -19,7 +19,7 @@ from dfprep.io.layout import FOUND, INTERNAL_ERROR, MISSING, NO_FACE, OK, PARTIA
 from dfprep.io.shards import Sample, encode_image, encode_npy
 from dfprep.jobs.pairs import Pairing, family_plan, start_pairing
 from dfprep.vision.align import AlignedFace, align_face
-from dfprep.vision.faces import Face, FaceAnalyzer
+from dfprep.vision.faces import Box, Face, FaceAnalyzer
 from dfprep.vision.identity import IdentityCollector
 from dfprep.vision.models import ResolvedModel, load_check, locate, resolve_model
 from dfprep.vision.video import DecodedFrame, VideoError, VideoInfo, decode_frames, prefetched, probe
@@ -99,6 +99,7 @@ class VideoExtractor:
         self.probe_cache: dict[str, VideoInfo] = {}
         self._stage = "probe"  # where the current video is, for an internal_error row's reason
         self._faces = 0  # faces of the current video handed to the sink
+        self._boxes: dict[int, list[Box]] = {}  # frame → boxes of the current video's faces (the cascade's hints)
         self.pairing: Pairing | None = None  # the current video's pair state (pair_key, registered originals)
 
     def extract(self, record: VideoRecord, original_path: str | None,
@@ -186,6 +187,7 @@ class VideoExtractor:
                   sink: Callable[[Sample], None], timings: Counter[str]) -> dict[int, int]:
         """Planned frames first, then neighbours of faceless ones; returns planned frame → faces written."""
         self.analyzer.reset()
+        self._boxes = {}
         if self.identity is not None:
             self.identity.reset(len(plan))
         written: dict[int, int] = {}
@@ -195,7 +197,7 @@ class VideoExtractor:
         if missing and self.config.sampling.neighbour_retry > 0:
             self._retry_neighbours(record, info, missing, deadline, sink, timings, written)
             missing = [p for p in plan if not written.get(p)]
-        if missing and self.analyzer.cascades:
+        if missing and self.analyzer.cascade is not None:
             self._cascade_pass(record, info, missing, deadline, sink, timings, written)
         return written
 
@@ -205,7 +207,7 @@ class VideoExtractor:
         decoded again and searched with the CNN, so its cost is paid only where HOG found nothing."""
         self.analyzer.reset()
         for frame in self._decode(record.path, missing, info, deadline, timings):
-            faces = self._detect(frame.image, timings, fallback=True)
+            faces = self._detect(frame.image, timings, hints=nearest_boxes(self._boxes, frame.index))
             written[frame.index] = self._write_faces(record, frame, frame.index, faces, sink, timings)
 
     def _retry_neighbours(self, record: VideoRecord, info: VideoInfo, missing: list[int], deadline: float,
@@ -252,11 +254,11 @@ class VideoExtractor:
                 if time.monotonic() > deadline:
                     raise VideoError(TIMEOUT, f"video took longer than {self.config.sampling.video_timeout_s:g}s")
 
-    def _detect(self, image: np.ndarray, timings: Counter[str], fallback: bool = False) -> list[Face]:
-        """Faces in one frame (by the cascade's CNN when `fallback`), with detector and landmark time accounted."""
+    def _detect(self, image: np.ndarray, timings: Counter[str], hints: list[Box] | None = None) -> list[Face]:
+        """Faces in one frame (by the cascade's CNN when given `hints`), with detector and landmark time accounted."""
         before = dict(self.analyzer.timings)
         self._stage = "detect"
-        faces = self.analyzer.analyze_fallback(image) if fallback else self.analyzer.analyze(image)
+        faces = self.analyzer.analyze(image) if hints is None else self.analyzer.analyze_fallback(image, hints)
         for stage in ("detect", "landmarks"):
             timings[stage] += self.analyzer.timings.get(stage, 0.0) - before.get(stage, 0.0)
         return faces
@@ -269,6 +271,7 @@ class VideoExtractor:
     def _write_faces(self, record: VideoRecord, frame: DecodedFrame, planned: int, faces: list[Face],
                      sink: Callable[[Sample], None], timings: Counter[str]) -> int:
         """Align, encode and hand each face of a frame to the sink."""
+        self._boxes.setdefault(frame.index, []).extend(face.box for face in faces)
         for face in faces:
             started = time.monotonic()
             self._stage = "align"
@@ -321,6 +324,14 @@ def _first_with_face(options: list[int], seen: set[int], with_faces: dict[int, A
         if option not in seen:
             return _UNDECIDED
     return None
+
+
+def nearest_boxes(boxes: dict[int, list[Box]], index: int) -> list[Box]:
+    """The face boxes of the nearest frames with faces before and after `index`: where the cascade's CNN looks
+    first (a face HOG lost for a few frames is still near where it was seen)."""
+    before = max((i for i in boxes if i < index and boxes[i]), default=None)
+    after = min((i for i in boxes if i > index and boxes[i]), default=None)
+    return [box for i in (before, after) if i is not None for box in boxes[i]]
 
 
 def internal_reason(stage: str, exc: BaseException) -> str:

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TypeVar
+from typing import Sequence, TypeVar
 
 import cv2
 import dlib
@@ -45,6 +45,14 @@ DUPLICATE_IOU = 0.5
 # where HOG and the neighbour retry found nothing, and only once per such frame (no upsample ladder).
 CASCADE_CNN_SIZE = 640
 CASCADE_CNN_UPSAMPLE = 0
+# A faceless frame near frames where HOG found a face is first searched around those faces: a window of
+# CASCADE_HINT_WINDOW face sides, scaled so the face is CASCADE_HINT_FACE px (mmod's own window is 80 px), and
+# on the whole frame only when that finds nothing. Measured on the same 14 frames rolled by +55/-60 degrees about
+# the face, hinted with HOG's box from the unrolled frame: whole frame 2.45 CPU-s/frame; windows of 2.5 sides at
+# 100 px 0.57 s, at 80 px 0.36 s, 2 sides at 80 px 0.22 s, each 28/28 found. 2.5 sides at 80 px keeps room for a
+# head that moved between the hint's frame and this one, at ~1/7 of the whole frame's cost.
+CASCADE_HINT_WINDOW = 2.5
+CASCADE_HINT_FACE = 80.0
 
 
 @dataclass(frozen=True)
@@ -133,6 +141,31 @@ def rect_box(rect: dlib.rectangle) -> Box:
     return float(rect.left()), float(rect.top()), float(rect.right() + 1), float(rect.bottom() + 1)
 
 
+def hint_windows(hints: Sequence[Box], frame_shape: tuple[int, ...]) -> list[tuple[tuple[int, int, int, int], float]]:
+    """Where the cascade's CNN looks first, and at what scale: overlapping hints (one face seen before and after
+    the frame) merge into one box; each box grown to CASCADE_HINT_WINDOW face sides, its face scaled to
+    CASCADE_HINT_FACE px."""
+    groups: list[tuple[Box, list[float]]] = []
+    for hint in hints:
+        for number, (box, sides) in enumerate(groups):
+            if box_iou(box, hint) > 0:
+                merged = (min(box[0], hint[0]), min(box[1], hint[1]), max(box[2], hint[2]), max(box[3], hint[3]))
+                groups[number] = (merged, [*sides, box_side(hint)])
+                break
+        else:
+            groups.append((hint, [box_side(hint)]))
+    height, width = frame_shape[:2]
+    windows = []
+    for box, sides in groups:
+        side = max(float(np.mean(sides)), 1.0)
+        margin = 0.5 * (CASCADE_HINT_WINDOW - 1.0) * side
+        x0, y0 = max(0, int(np.floor(box[0] - margin))), max(0, int(np.floor(box[1] - margin)))
+        x1, y1 = min(width, int(np.ceil(box[2] + margin))), min(height, int(np.ceil(box[3] + margin)))
+        if x1 - x0 >= 2 and y1 - y0 >= 2:
+            windows.append(((x0, y0, x1, y1), CASCADE_HINT_FACE / side))
+    return windows
+
+
 class CascadeFallback:
     """The cascade's CNN: dlib's mmod detector, loaded by the first frame that needs it (a video where HOG finds
     every face never loads it) and owned by one analyzer (a dlib detector is not safe to share between threads)."""
@@ -142,16 +175,32 @@ class CascadeFallback:
             raise ValueError("detector 'cascade' needs the path of the mmod model (cnn_path)")
         self.path = cnn_path
         self.calls = 0  # frames searched by the CNN
+        self.full_frames = 0  # of those, searched on the whole frame (no hint, or nothing near the hints)
         self._detector: dlib.cnn_face_detection_model_v1 | None = None
 
-    def detect(self, image: np.ndarray, min_score: float) -> list[Candidate]:
-        """mmod detections on the frame scaled to CASCADE_CNN_SIZE, boxes in frame pixels."""
+    def detect(self, image: np.ndarray, hints: Sequence[Box], min_score: float) -> list[Candidate]:
+        """mmod detections near the hints (faces HOG found on nearby frames), else on the whole frame."""
         if self._detector is None:
             self._detector = dlib.cnn_face_detection_model_v1(str(self.path))
         self.calls += 1
-        scaled = resize_for_detector(image, working_factor(image.shape, CASCADE_CNN_SIZE))
+        full = working_factor(image.shape, CASCADE_CNN_SIZE)
+        windows = hint_windows(hints, image.shape)
+        found: list[Candidate] = []
+        if sum((w[2] - w[0]) * (w[3] - w[1]) * f * f for w, f in windows) < image.shape[0] * image.shape[1] * full ** 2:
+            for (x0, y0, x1, y1), factor in windows:  # cheaper than the whole frame: look there first
+                for candidate in self._scaled(image[y0:y1, x0:x1], factor, (x0, y0), min_score):
+                    if all(box_iou(candidate[0], other[0]) < DUPLICATE_IOU for other in found):
+                        found.append(candidate)
+        if found:
+            return found
+        self.full_frames += 1
+        return self._scaled(image, full, (0, 0), min_score)
+
+    def _scaled(self, image: np.ndarray, factor: float, offset: tuple[int, int], min_score: float) -> list[Candidate]:
+        """mmod on `image` scaled by `factor`, boxes mapped back to frame pixels via `offset`."""
+        scaled = resize_for_detector(image, factor)
         scale_x, scale_y = scaled.shape[1] / image.shape[1], scaled.shape[0] / image.shape[0]
-        return [(map_back(rect_box(d.rect), scale_x, scale_y, (0, 0)), float(d.confidence))
+        return [(map_back(rect_box(d.rect), scale_x, scale_y, offset), float(d.confidence))
                 for d in self._detector(scaled, CASCADE_CNN_UPSAMPLE) if d.confidence >= min_score]
 
 
@@ -197,7 +246,7 @@ class FaceAnalyzer:
         self._tracks: list[tuple[Box, int]] = []
         self._next_id = 0
         self.stage = "detect"  # detect | landmarks: which half of `analyze` runs (named in internal errors)
-        self._cascade = CascadeFallback(cnn_path) if detection.detector == "cascade" else None
+        self.cascade = CascadeFallback(cnn_path) if detection.detector == "cascade" else None
 
     def reset(self) -> None:
         """Start a new video: previous faces say nothing about where faces are now."""
@@ -225,25 +274,15 @@ class FaceAnalyzer:
         self._tracks = [(face.box, face.track_id) for face in faces]
         return faces
 
-    @property
-    def cascades(self) -> bool:
-        """Whether frames left faceless get the CNN's second look (detector: cascade)."""
-        return self._cascade is not None
-
-    @property
-    def cnn_calls(self) -> int:
-        """Frames the cascade's CNN searched so far (0 without a cascade)."""
-        return self._cascade.calls if self._cascade is not None else 0
-
-    def analyze_fallback(self, image: np.ndarray) -> list[Face]:
-        """The cascade's second look at a frame HOG left faceless: mmod on the whole frame, no tracking, the
-        `select` policy, then landmarks as for any face; the faces are marked `cnn`."""
-        if self._cascade is None:
+    def analyze_fallback(self, image: np.ndarray, hints: Sequence[Box] = ()) -> list[Face]:
+        """The cascade's second look at a frame HOG left faceless: mmod around the hints (boxes HOG found on the
+        nearest frames), else on the whole frame; the `select` policy, landmarks as for any face, marked `cnn`."""
+        if self.cascade is None:
             raise ValueError("analyze_fallback needs detector 'cascade'")
         image = np.ascontiguousarray(image)
         start = time.perf_counter()
         self.stage = "detect"
-        found = self._cascade.detect(image, self.config.min_score)
+        found = self.cascade.detect(image, hints, self.config.min_score)
         chosen = self._assign_ids(select_faces(found, self.config.select, image.shape))
         middle = time.perf_counter()
         self.stage = "landmarks"
