@@ -79,6 +79,7 @@ def test_cascade_finds_the_faces_hog_misses_and_marks_them_cnn(hog_and_cascade):
     (hog_row, hog, hog_calls), (row, cascade, calls) = hog_and_cascade
     assert sorted(hog) == [0, 2, 4, 12, 15] and hog_row["status"] == "partial" and hog_calls == (0, 0)
     assert sorted(cascade) == [0, 2, 4, 6, 8, 10, 12, 15] and row["status"] == "ok" and row["faces_written"] == 8
+    assert (row["faces_cnn"], hog_row["faces_cnn"]) == (3, 0)  # videos.parquet: faces the CNN found
     assert calls == (3, 0)  # only the three planned frames still faceless after HOG and the neighbour retry, each
     # searched around the faces HOG found on the frames nearest to it (never on the whole frame)
     for frame, sample in cascade.items():

@@ -192,7 +192,7 @@ def test_cnn_detector_finds_the_face() -> None:
                                model_path("mmod_human_face_detector.dat"))
     place = FacePlacement(100, 60, 1.0)
     faces = face_finder.analyze(render_frame(640, 480, [place]))
-    assert len(faces) == 1
+    assert len(faces) == 1 and faces[0].detector == "cnn"  # the sample json's `detector`
     assert_box_near(faces[0], place)
     assert_face_layout(faces[0])
 

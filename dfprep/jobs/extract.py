@@ -99,6 +99,7 @@ class VideoExtractor:
         self.probe_cache: dict[str, VideoInfo] = {}
         self._stage = "probe"  # where the current video is, for an internal_error row's reason
         self._faces = 0  # faces of the current video handed to the sink
+        self._cnn_faces = 0  # of those, found by the CNN (videos.parquet faces_cnn)
         self._boxes: dict[int, list[Box]] = {}  # frame → boxes of the current video's faces (the cascade's hints)
         self.pairing: Pairing | None = None  # the current video's pair state (pair_key, registered originals)
 
@@ -116,7 +117,7 @@ class VideoExtractor:
         row = base_row(record)
         if record.status != FOUND:
             return VideoResult({**row, "status": MISSING, "error": record.error or "file not found"}, {})
-        self._stage, self._faces = "probe", 0
+        self._stage, self._faces, self._cnn_faces = "probe", 0, 0
         if self.identity is not None:
             self.identity.reset(0)  # a video that fails before its plan must not report the previous one's identity
         try:
@@ -135,7 +136,7 @@ class VideoExtractor:
             row["pair"] = pairing.summary(self._faces)
         if self.identity is not None:
             status, error = self._identity_columns(row, status, error)
-        row.update(status=status, error=error, faces_written=self._faces)
+        row.update(status=status, error=error, faces_written=self._faces, faces_cnn=self._cnn_faces)
         return VideoResult(row, dict(timings))
 
     def _identity_columns(self, row: dict[str, Any], status: str, error: str) -> tuple[str, str]:
@@ -283,6 +284,7 @@ class VideoExtractor:
             self._stage = "write"
             sink(sample)
             self._faces += 1
+            self._cnn_faces += int(face.detector == "cnn")
             timings["encode"] += time.monotonic() - started
             if self.identity is not None:
                 started = time.monotonic()
@@ -353,7 +355,7 @@ def outcome(written: dict[int, int], plan: list[int]) -> tuple[str, str]:
 
 def base_row(record: VideoRecord) -> dict[str, Any]:
     """The videos.parquet row before extraction fills in the outcome."""
-    return {**record.to_row(), "status": "", "error": "", "frames_planned": 0, "faces_written": 0,
+    return {**record.to_row(), "status": "", "error": "", "frames_planned": 0, "faces_written": 0, "faces_cnn": 0,
             "plan": "", "frame_count": 0, "fps": 0.0, "shard": ""}
 
 
