@@ -134,6 +134,13 @@ def test_hints_are_the_faces_of_the_nearest_frames_and_one_face_makes_one_window
     assert [f for _, f in windows] == [CASCADE_HINT_FACE / 40] * 2
 
 
+def test_a_faceless_video_pays_at_most_three_whole_frame_cnn_searches(clips):
+    record = VideoRecord("t/real/raw/none", str(clips["noface"]), "t", "real", "raw", "train", 0, "t/real/raw/none")
+    row, samples, calls = _extract(record, "cascade")
+    assert row["status"] == "no_face" and samples == {} and row["faces_cnn"] == 0
+    assert calls == (8, 3)  # every planned frame reached the CNN; the whole frame was searched 3 times, then never
+
+
 def test_a_cascade_analyzer_needs_the_mmod_path():
     with pytest.raises(ValueError, match="cascade.*cnn_path"):
         CascadeFallback(None)

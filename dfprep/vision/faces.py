@@ -53,6 +53,9 @@ CASCADE_CNN_UPSAMPLE = 0
 # head that moved between the hint's frame and this one, at ~1/7 of the whole frame's cost.
 CASCADE_HINT_WINDOW = 2.5
 CASCADE_HINT_FACE = 80.0
+# Whole-frame CNN searches that may find nothing per video: a faceless video (or a faceless stretch) costs at most
+# this many (~2.5 CPU-s each) instead of one per planned frame; searches around hints go on regardless.
+CASCADE_WHOLE_FRAME_MISSES = 3
 
 
 @dataclass(frozen=True)
@@ -176,10 +179,12 @@ class CascadeFallback:
         self.path = cnn_path
         self.calls = 0  # frames searched by the CNN
         self.full_frames = 0  # of those, searched on the whole frame (no hint, or nothing near the hints)
+        self.misses = 0  # whole-frame searches of the current video that found nothing
         self._detector: dlib.cnn_face_detection_model_v1 | None = None
 
     def detect(self, image: np.ndarray, hints: Sequence[Box], min_score: float) -> list[Candidate]:
-        """mmod detections near the hints (faces HOG found on nearby frames), else on the whole frame."""
+        """mmod detections near the hints (faces HOG found on nearby frames), else on the whole frame while the
+        video's whole-frame searches have found nothing fewer than CASCADE_WHOLE_FRAME_MISSES times."""
         if self._detector is None:
             self._detector = dlib.cnn_face_detection_model_v1(str(self.path))
         self.calls += 1
@@ -191,10 +196,12 @@ class CascadeFallback:
                 for candidate in self._scaled(image[y0:y1, x0:x1], factor, (x0, y0), min_score):
                     if all(box_iou(candidate[0], other[0]) < DUPLICATE_IOU for other in found):
                         found.append(candidate)
-        if found:
+        if found or self.misses >= CASCADE_WHOLE_FRAME_MISSES:
             return found
         self.full_frames += 1
-        return self._scaled(image, full, (0, 0), min_score)
+        found = self._scaled(image, full, (0, 0), min_score)
+        self.misses += int(not found)
+        return found
 
     def _scaled(self, image: np.ndarray, factor: float, offset: tuple[int, int], min_score: float) -> list[Candidate]:
         """mmod on `image` scaled by `factor`, boxes mapped back to frame pixels via `offset`."""
@@ -252,6 +259,8 @@ class FaceAnalyzer:
         """Start a new video: previous faces say nothing about where faces are now."""
         self._tracks = []
         self._next_id = 0
+        if self.cascade is not None:
+            self.cascade.misses = 0
 
     def analyze(self, image: np.ndarray) -> list[Face]:
         """Faces of one RGB uint8 frame per the `select` policy, with landmarks and track ids."""
