@@ -190,17 +190,25 @@ class CascadeFallback:
         self.calls += 1
         full = working_factor(image.shape, CASCADE_CNN_SIZE)
         windows = hint_windows(hints, image.shape)
+        window_pixels = sum((x1 - x0) * (y1 - y0) * factor ** 2 for (x0, y0, x1, y1), factor in windows)
         found: list[Candidate] = []
-        if sum((w[2] - w[0]) * (w[3] - w[1]) * f * f for w, f in windows) < image.shape[0] * image.shape[1] * full ** 2:
-            for (x0, y0, x1, y1), factor in windows:  # cheaper than the whole frame: look there first
-                for candidate in self._scaled(image[y0:y1, x0:x1], factor, (x0, y0), min_score):
-                    if all(box_iou(candidate[0], other[0]) < DUPLICATE_IOU for other in found):
-                        found.append(candidate)
+        if window_pixels < image.shape[0] * image.shape[1] * full ** 2:  # cheaper than the whole frame: look there
+            found = self._in_windows(image, windows, min_score)
         if found or self.misses >= CASCADE_WHOLE_FRAME_MISSES:
             return found
         self.full_frames += 1
         found = self._scaled(image, full, (0, 0), min_score)
         self.misses += int(not found)
+        return found
+
+    def _in_windows(self, image: np.ndarray, windows: list[tuple[tuple[int, int, int, int], float]],
+                    min_score: float) -> list[Candidate]:
+        """mmod in each window at its scale; a face found from two overlapping windows counts once."""
+        found: list[Candidate] = []
+        for (x0, y0, x1, y1), factor in windows:
+            for candidate in self._scaled(image[y0:y1, x0:x1], factor, (x0, y0), min_score):
+                if all(box_iou(candidate[0], other[0]) < DUPLICATE_IOU for other in found):
+                    found.append(candidate)
         return found
 
     def _scaled(self, image: np.ndarray, factor: float, offset: tuple[int, int], min_score: float) -> list[Candidate]:
