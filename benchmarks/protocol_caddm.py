@@ -163,7 +163,7 @@ def test_crop_agreement(samples: dict[str, Stored], frames: dict[str, np.ndarray
     """dfprep's stored crops vs CADDM's crop of the same frames with CADDM's own detection and formula."""
     predictor = str(resolve_model("dlib68").path)
     detector, shape_predictor = dlib.get_frontal_face_detector(), dlib.shape_predictor(predictor)
-    fast = FaceAnalyzer(DetectionConfig(), resolve_model("dlib68").path)  # dfprep's default detector
+    fast = FaceAnalyzer(DetectionConfig(detector="hog"), resolve_model("dlib68").path)  # the default cascade's HOG
     figures: dict[str, list[float]] = defaultdict(list)
     previous_video = None
     for key in sorted(frames, key=lambda k: (samples[k].meta["video_id"], samples[k].meta["frame"])):

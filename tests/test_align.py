@@ -172,7 +172,7 @@ def test_crop_pixels_come_from_the_mapped_frame_positions() -> None:
 @pytest.fixture(scope="module")
 def analyzer() -> FaceAnalyzer:
     """A HOG analyzer with the 68-point predictor."""
-    return FaceAnalyzer(DetectionConfig(), model_path("shape_predictor_68_face_landmarks.dat"))
+    return FaceAnalyzer(DetectionConfig(detector="hog"), model_path("shape_predictor_68_face_landmarks.dat"))
 
 
 def detect_one(analyzer: FaceAnalyzer, frame: np.ndarray) -> Face:
@@ -261,7 +261,8 @@ def test_context_scale_below_one_is_refused() -> None:
 def test_five_point_predictor_shapes_align_close_to_68_point_ones(analyzer: FaceAnalyzer) -> None:
     frame = render_frame(640, 480, [FacePlacement(200, 120, 1.0)])
     face = detect_one(analyzer, frame)
-    dlib5 = FaceAnalyzer(DetectionConfig(), model_path("shape_predictor_5_face_landmarks.dat")).analyze(frame)[0]
+    dlib5_model = model_path("shape_predictor_5_face_landmarks.dat")
+    dlib5 = FaceAnalyzer(DetectionConfig(detector="hog"), dlib5_model).analyze(frame)[0]
     five = five_points(dlib5.landmarks)
     assert np.abs(five[:3] - five_points(face.landmarks)[:3]).max() < 3  # eyes and nose tip
     config = AlignmentConfig(preset="arcface5")

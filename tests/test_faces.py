@@ -25,7 +25,7 @@ PREDICTOR_68 = model_path("shape_predictor_68_face_landmarks.dat")
 
 def analyzer(**changes) -> FaceAnalyzer:
     """A HOG analyzer with the default config changed by `changes`."""
-    return FaceAnalyzer(DetectionConfig(**changes), PREDICTOR_68)
+    return FaceAnalyzer(DetectionConfig(**{"detector": "hog", **changes}), PREDICTOR_68)
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +177,7 @@ def test_select_largest_and_centre() -> None:
 
 
 def test_five_point_predictor() -> None:
-    face_finder = FaceAnalyzer(DetectionConfig(), model_path("shape_predictor_5_face_landmarks.dat"))
+    face_finder = FaceAnalyzer(DetectionConfig(detector="hog"), model_path("shape_predictor_5_face_landmarks.dat"))
     place = FacePlacement(100, 60, 1.0)
     faces = face_finder.analyze(render_frame(640, 480, [place]))
     points = faces[0].landmarks
@@ -192,7 +192,7 @@ def test_cnn_detector_finds_the_face() -> None:
                                model_path("mmod_human_face_detector.dat"))
     place = FacePlacement(100, 60, 1.0)
     faces = face_finder.analyze(render_frame(640, 480, [place]))
-    assert len(faces) == 1
+    assert len(faces) == 1 and faces[0].detector == "cnn"  # the sample json's `detector`
     assert_box_near(faces[0], place)
     assert_face_layout(faces[0])
 

@@ -15,7 +15,7 @@ Target = Literal["predicted", "label", "fake"]  # whose score Grad-CAM explains 
 Split = Literal["train", "val", "test"]
 FolderSplit = Literal["train", "val", "test", "unassigned"]
 SamplingMode = Literal["uniform", "stride", "fps", "all", "keyframes"]
-Detector = Literal["hog", "cnn"]
+Detector = Literal["cascade", "hog", "cnn"]
 FaceSelection = Literal["largest", "all", "centre"]
 AlignmentPreset = Literal["deepfakebench", "arcface5", "caddm", "box"]
 ImageFormat = Literal["jpg", "png", "webp"]
@@ -111,7 +111,7 @@ class SamplingConfig:
 class DetectionConfig:
     """Face detection, tracking, selection and landmarks."""
 
-    detector: Detector = "hog"  # hog | cnn
+    detector: Detector = "cascade"  # cascade (hog, then cnn on frames hog left faceless) | hog | cnn
     working_size: int = 640  # longer side of the frame the detector sees (0 = full size)
     upsample: int = 1
     upsample_ladder: bool = True  # largest: try upsample 0..upsample, stop at the first that finds a face

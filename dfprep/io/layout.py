@@ -106,15 +106,18 @@ RECORD_FIELDS = (("video_id", pa.string()), ("path", pa.string()), ("dataset", p
                  ("mask_path", pa.string()), ("fold", pa.string()), ("status", pa.string()), ("error", pa.string()))
 # videos.parquet: one row per input video (failures included); `pair` only with output.registered_original,
 # `identity` and `identity_faces` only with detection.identity.
-VIDEO_FIELDS = (*RECORD_FIELDS, ("frames_planned", pa.int64()), ("faces_written", pa.int64()), ("plan", pa.string()),
-                ("frame_count", pa.int64()), ("fps", pa.float64()), ("shard", pa.string()))
+# `faces_cnn`: how many of faces_written dlib's CNN found (detection.detector cascade or cnn; 0 with hog).
+VIDEO_FIELDS = (*RECORD_FIELDS, ("frames_planned", pa.int64()), ("faces_written", pa.int64()),
+                ("faces_cnn", pa.int64()), ("plan", pa.string()), ("frame_count", pa.int64()), ("fps", pa.float64()),
+                ("shard", pa.string()))
 OPTIONAL_VIDEO_FIELDS = (("pair", pa.string()), ("identity", pa.list_(pa.float64())), ("identity_faces", pa.int64()))
 # <unit>.parquet of a face shard: one row per sample, in tar order; `has_original` only with registered originals.
 SAMPLE_FIELDS = (("key", pa.string()), ("video_id", pa.string()), ("dataset", pa.string()), ("method", pa.string()),
                  ("split", pa.string()), ("label", pa.int64()), ("family_id", pa.string()), ("frame", pa.int64()),
                  ("planned_frame", pa.int64()), ("pts", pa.float64()), ("track_id", pa.int64()),
                  ("score", pa.float64()), ("bbox_x0", pa.float64()), ("bbox_y0", pa.float64()),
-                 ("bbox_x1", pa.float64()), ("bbox_y1", pa.float64()), ("pair_key", pa.string()))
+                 ("bbox_x1", pa.float64()), ("bbox_y1", pa.float64()), ("pair_key", pa.string()),
+                 ("detector", pa.string()))  # which detector found the face: hog | cnn (detection.detector cascade)
 # maps/<name>/<unit>.parquet: one row per map, same keys and order as the face shard.
 MAP_INDEX_SCHEMA = pa.schema([("key", pa.string()), ("coverage", pa.float64()), ("peak", pa.float64())])
 # plan.parquet: one row per planned video: its unit, its position there, the record, its original's path.

@@ -19,7 +19,7 @@ from dfprep.io.layout import FOUND, INTERNAL_ERROR, MISSING, NO_FACE, OK, PARTIA
 from dfprep.io.shards import Sample, encode_image, encode_npy
 from dfprep.jobs.pairs import Pairing, family_plan, start_pairing
 from dfprep.vision.align import AlignedFace, align_face
-from dfprep.vision.faces import Face, FaceAnalyzer
+from dfprep.vision.faces import Box, Face, FaceAnalyzer
 from dfprep.vision.identity import IdentityCollector
 from dfprep.vision.models import ResolvedModel, load_check, locate, resolve_model
 from dfprep.vision.video import DecodedFrame, VideoError, VideoInfo, decode_frames, prefetched, probe
@@ -49,7 +49,7 @@ class ExtractionModels:
         if config.alignment.preset == "deepfakebench" and points < 68:
             raise ConfigError(f"alignment.preset=deepfakebench needs 68- or 81-point landmarks, but "
                               f"{predictor.name} predicts {points}: use alignment.preset=arcface5")
-        cnn = resolve_model("mmod") if config.detection.detector == "cnn" else None
+        cnn = resolve_model("mmod") if config.detection.detector in ("cnn", "cascade") else None
         descriptor = resolve_model("resnet128") if config.detection.identity else None
         for optional in (cnn, descriptor):
             if optional is not None:
@@ -99,6 +99,8 @@ class VideoExtractor:
         self.probe_cache: dict[str, VideoInfo] = {}
         self._stage = "probe"  # where the current video is, for an internal_error row's reason
         self._faces = 0  # faces of the current video handed to the sink
+        self._cnn_faces = 0  # of those, found by the CNN (videos.parquet faces_cnn)
+        self._boxes: dict[int, list[Box]] = {}  # frame → boxes of the current video's faces (the cascade's hints)
         self.pairing: Pairing | None = None  # the current video's pair state (pair_key, registered originals)
 
     def extract(self, record: VideoRecord, original_path: str | None,
@@ -115,7 +117,7 @@ class VideoExtractor:
         row = base_row(record)
         if record.status != FOUND:
             return VideoResult({**row, "status": MISSING, "error": record.error or "file not found"}, {})
-        self._stage, self._faces = "probe", 0
+        self._stage, self._faces, self._cnn_faces = "probe", 0, 0
         if self.identity is not None:
             self.identity.reset(0)  # a video that fails before its plan must not report the previous one's identity
         try:
@@ -134,7 +136,7 @@ class VideoExtractor:
             row["pair"] = pairing.summary(self._faces)
         if self.identity is not None:
             status, error = self._identity_columns(row, status, error)
-        row.update(status=status, error=error, faces_written=self._faces)
+        row.update(status=status, error=error, faces_written=self._faces, faces_cnn=self._cnn_faces)
         return VideoResult(row, dict(timings))
 
     def _identity_columns(self, row: dict[str, Any], status: str, error: str) -> tuple[str, str]:
@@ -186,6 +188,7 @@ class VideoExtractor:
                   sink: Callable[[Sample], None], timings: Counter[str]) -> dict[int, int]:
         """Planned frames first, then neighbours of faceless ones; returns planned frame → faces written."""
         self.analyzer.reset()
+        self._boxes = {}
         if self.identity is not None:
             self.identity.reset(len(plan))
         written: dict[int, int] = {}
@@ -194,7 +197,19 @@ class VideoExtractor:
         missing = [p for p in plan if not written.get(p)]
         if missing and self.config.sampling.neighbour_retry > 0:
             self._retry_neighbours(record, info, missing, deadline, sink, timings, written)
+            missing = [p for p in plan if not written.get(p)]
+        if missing and self.analyzer.cascade is not None:
+            self._cascade_pass(record, info, missing, deadline, sink, timings, written)
         return written
+
+    def _cascade_pass(self, record: VideoRecord, info: VideoInfo, missing: list[int], deadline: float,
+                      sink: Callable[[Sample], None], timings: Counter[str], written: dict[int, int]) -> None:
+        """Last pass of `detector: cascade`: the planned frames HOG and the neighbour retry left faceless are
+        decoded again and searched with the CNN, so its cost is paid only where HOG found nothing."""
+        self.analyzer.reset()
+        for frame in self._decode(record.path, missing, info, deadline, timings):
+            faces = self._detect(frame.image, timings, hints=nearest_boxes(self._boxes, frame.index))
+            written[frame.index] = self._write_faces(record, frame, frame.index, faces, sink, timings)
 
     def _retry_neighbours(self, record: VideoRecord, info: VideoInfo, missing: list[int], deadline: float,
                           sink: Callable[[Sample], None], timings: Counter[str], written: dict[int, int]) -> None:
@@ -240,11 +255,11 @@ class VideoExtractor:
                 if time.monotonic() > deadline:
                     raise VideoError(TIMEOUT, f"video took longer than {self.config.sampling.video_timeout_s:g}s")
 
-    def _detect(self, image: np.ndarray, timings: Counter[str]) -> list[Face]:
-        """Faces in one frame, with detector and landmark time accounted."""
+    def _detect(self, image: np.ndarray, timings: Counter[str], hints: list[Box] | None = None) -> list[Face]:
+        """Faces in one frame (by the cascade's CNN when given `hints`), with detector and landmark time accounted."""
         before = dict(self.analyzer.timings)
         self._stage = "detect"
-        faces = self.analyzer.analyze(image)
+        faces = self.analyzer.analyze(image) if hints is None else self.analyzer.analyze_fallback(image, hints)
         for stage in ("detect", "landmarks"):
             timings[stage] += self.analyzer.timings.get(stage, 0.0) - before.get(stage, 0.0)
         return faces
@@ -257,6 +272,7 @@ class VideoExtractor:
     def _write_faces(self, record: VideoRecord, frame: DecodedFrame, planned: int, faces: list[Face],
                      sink: Callable[[Sample], None], timings: Counter[str]) -> int:
         """Align, encode and hand each face of a frame to the sink."""
+        self._boxes.setdefault(frame.index, []).extend(face.box for face in faces)
         for face in faces:
             started = time.monotonic()
             self._stage = "align"
@@ -268,6 +284,7 @@ class VideoExtractor:
             self._stage = "write"
             sink(sample)
             self._faces += 1
+            self._cnn_faces += int(face.detector == "cnn")
             timings["encode"] += time.monotonic() - started
             if self.identity is not None:
                 started = time.monotonic()
@@ -311,6 +328,14 @@ def _first_with_face(options: list[int], seen: set[int], with_faces: dict[int, A
     return None
 
 
+def nearest_boxes(boxes: dict[int, list[Box]], index: int) -> list[Box]:
+    """The face boxes of the nearest frames with faces before and after `index`: where the cascade's CNN looks
+    first (a face HOG lost for a few frames is still near where it was seen)."""
+    before = max((i for i in boxes if i < index and boxes[i]), default=None)
+    after = min((i for i in boxes if i > index and boxes[i]), default=None)
+    return [box for i in (before, after) if i is not None for box in boxes[i]]
+
+
 def internal_reason(stage: str, exc: BaseException) -> str:
     """One line for an internal_error row: stage, exception type and its first line (`align: ValueError: …`)."""
     return f"internal error in {stage}: {type(exc).__name__}: {one_line(exc, limit=160, fallback='(no message)')}"
@@ -330,7 +355,7 @@ def outcome(written: dict[int, int], plan: list[int]) -> tuple[str, str]:
 
 def base_row(record: VideoRecord) -> dict[str, Any]:
     """The videos.parquet row before extraction fills in the outcome."""
-    return {**record.to_row(), "status": "", "error": "", "frames_planned": 0, "faces_written": 0,
+    return {**record.to_row(), "status": "", "error": "", "frames_planned": 0, "faces_written": 0, "faces_cnn": 0,
             "plan": "", "frame_count": 0, "fps": 0.0, "shard": ""}
 
 
@@ -343,7 +368,7 @@ def sample_meta(record: VideoRecord, frame: DecodedFrame, planned: int, face: Fa
         "frame": frame.index, "planned_frame": planned, "pts": round(frame.pts_seconds, 6),
         "bbox": [round(float(v), 2) for v in face.box], "score": round(float(face.score), 4),
         "landmarks": np.round(face.landmarks, 2).tolist(), "matrix": np.round(aligned.matrix, 6).tolist(),
-        "track_id": face.track_id,
+        "track_id": face.track_id, "detector": face.detector,
         **dict.fromkeys(SAMPLE_JSON_STRINGS, ""),  # in every sample, so readers infer one schema; a fake's pair fills it
     }
     if aligned.context_matrix is not None:
@@ -361,4 +386,5 @@ def index_row(record: VideoRecord, frame: DecodedFrame, planned: int, face: Face
         "frame": frame.index, "planned_frame": planned, "pts": float(frame.pts_seconds),
         "track_id": int(face.track_id), "score": float(face.score),
         "bbox_x0": x0, "bbox_y0": y0, "bbox_x1": x1, "bbox_y1": y1, "pair_key": meta.get("pair_key") or None,
+        "detector": face.detector,
     }

@@ -241,7 +241,7 @@ def test_flip_matches_landmarks_found_on_the_mirrored_face():
     frame = render_frame(480, 360, [FacePlacement(120, 60, 1.0)])
     mirrored = np.ascontiguousarray(frame[:, ::-1])
     for model in ("dlib68", "dlib5"):
-        analyzer = FaceAnalyzer(DetectionConfig(tracking=False), resolve_model(model).path)
+        analyzer = FaceAnalyzer(DetectionConfig(detector="hog", tracking=False), resolve_model(model).path)
         found = torch.from_numpy(analyzer.analyze(frame)[0].landmarks)
         on_mirror = torch.from_numpy(analyzer.analyze(mirrored)[0].landmarks)
         sample = {"image": torch.zeros(3, 360, 480), "landmarks": found}
