@@ -25,6 +25,21 @@ def test_the_extract_command_runs_without_importing_pandas(tmp_path):
     assert sorted(r["status"] for r in rows) == ["no_face", "ok"] and sum(r["faces_written"] for r in rows) == 1
 
 
+def test_the_extract_command_called_from_python_leaves_pandas_alone(tmp_path):
+    pytest.importorskip("pandas")
+    from click.testing import CliRunner
+
+    from dfprep.cli.app import cli
+
+    root = write_small_dataset(tmp_path / "in", faces=1)
+    result = CliRunner().invoke(cli, ["extract", "folder", str(root), "-o", str(tmp_path / "out"), "--frames", "1",
+                                      "--quiet", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    import pandas  # noqa: F401 - the test runner's own process can still import it
+
+    assert pq.read_table(tmp_path / "out" / "videos.parquet").to_pandas().shape[0] == 2
+
+
 def test_a_library_user_still_gets_pandas_from_pyarrow(tmp_path):
     pytest.importorskip("pandas")
     code = ("import sys, pyarrow as pa, dfprep.cli.app\n"

@@ -7,7 +7,8 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import click
 
@@ -26,6 +27,8 @@ class Interrupted(KeyboardInterrupt):
 
 _RECEIVED: list[int] = []  # the signal that interrupted the command (libraries may re-raise a plain Ctrl-C)
 
+
+_COMMAND_PROCESS = False  # set by main(): the process is the `dfprep` command, not a library user's
 
 def _on_signal(signum: int, frame: Any) -> None:
     """First SIGINT/SIGTERM: unwind cleanly (markers released, staging removed); a second one: stop at once."""
@@ -101,6 +104,8 @@ _add_torch_commands()
 
 def main() -> None:
     """Console-script entry point (the commands register when dfprep.cli is imported)."""
+    global _COMMAND_PROCESS
+    _COMMAND_PROCESS = True  # this process is the `dfprep` command (see without_pandas)
     try:
         cli(prog_name="dfprep")
     except ModuleNotFoundError as exc:  # a command outside _fail_cleanly (train/evaluate) met a missing module
@@ -108,12 +113,20 @@ def main() -> None:
         sys.exit(2)
 
 
-def without_pandas() -> None:
+@contextmanager
+def without_pandas() -> Iterator[None]:
     """pyarrow imports pandas (~0.4 s) at its first array conversion whenever pandas is installed; `extract`
-    never uses pandas (it is not a dependency), so its process runs as if it were absent. Only for commands
-    that never load torch (torch asks whether pandas exists); a library user's process is untouched."""
-    if "pandas" not in sys.modules:
-        sys.meta_path.insert(0, _PandasAbsent())
+    never uses pandas (it is not a dependency), so while it runs in its own `dfprep` process pandas is as if
+    absent. Not for commands that load torch (torch asks whether pandas exists), nor in anybody else's process
+    (the click command called from Python, a test runner): there it does nothing."""
+    finder = _PandasAbsent() if _COMMAND_PROCESS and "pandas" not in sys.modules else None
+    if finder is not None:
+        sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        if finder is not None:
+            sys.meta_path.remove(finder)
 
 
 class _PandasAbsent(importlib.abc.MetaPathFinder):

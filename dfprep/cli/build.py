@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -167,9 +168,8 @@ def extract(dataset: str | None, root: str | None, output: str, pipeline: str | 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         records = list(scan(config.dataset.name, config.dataset.root, config.dataset))
-    if "cam" not in config.output.maps:
-        without_pandas()  # ~0.4 s of start-up; the Grad-CAM maps load torch, which looks for pandas
-    report = extract_run(records, config, output, overwrite=overwrite, extend=extend, quiet=quiet)
+    with without_pandas() if "cam" not in config.output.maps else nullcontext():  # Grad-CAM loads torch
+        report = extract_run(records, config, output, overwrite=overwrite, extend=extend, quiet=quiet)
     if as_json:
         click.echo(json.dumps({**summary_json(report), "catalog_warnings": [str(w.message) for w in caught]},
                               indent=1))
