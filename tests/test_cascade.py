@@ -95,13 +95,11 @@ def test_cascade_finds_the_faces_hog_misses_and_marks_them_cnn(hog_and_cascade):
     assert len(keys) == 1  # HOG's and the CNN's samples carry the same fields: readers infer one schema
 
 
-def test_without_faceless_frames_the_cascade_is_hog_and_never_loads_the_cnn(clips, monkeypatch):
-    loaded = []
-    monkeypatch.setattr("dfprep.vision.faces.dlib.cnn_face_detection_model_v1", lambda path: loaded.append(path))
+def test_without_faceless_frames_the_cascade_is_hog_and_never_runs_the_cnn(clips):
     record = VideoRecord("t/real/raw/clip", str(clips["face"]), "t", "real", "raw", "train", 0, "t/real/raw/clip")
     _, hog, _ = _extract(record, "hog")
     row, cascade, calls = _extract(record, "cascade")
-    assert row["status"] == "ok" and calls == (0, 0) and loaded == []
+    assert row["status"] == "ok" and calls == (0, 0)  # the CNN was never asked (so its detector never built)
     assert sorted(cascade) == sorted(hog) and len(hog) == 8
     assert all(cascade[f].members == hog[f].members for f in hog)
     assert {json.loads(s.members["json"])["detector"] for s in cascade.values()} == {"hog"}
@@ -134,11 +132,11 @@ def test_hints_are_the_faces_of_the_nearest_frames_and_one_face_makes_one_window
     assert [f for _, f in windows] == [CASCADE_HINT_FACE / 40] * 2
 
 
-def test_a_faceless_video_pays_at_most_three_whole_frame_cnn_searches(clips):
+def test_a_faceless_video_pays_one_whole_frame_cnn_search(clips):
     record = VideoRecord("t/real/raw/none", str(clips["noface"]), "t", "real", "raw", "train", 0, "t/real/raw/none")
     row, samples, calls = _extract(record, "cascade")
     assert row["status"] == "no_face" and samples == {} and row["faces_cnn"] == 0
-    assert calls == (8, 3)  # every planned frame reached the CNN; the whole frame was searched 3 times, then never
+    assert calls == (8, 1)  # every planned frame reached the CNN; the whole frame was searched once, then never
 
 
 def test_a_cascade_analyzer_needs_the_mmod_path():

@@ -53,9 +53,10 @@ CASCADE_CNN_UPSAMPLE = 0
 # head that moved between the hint's frame and this one, at ~1/7 of the whole frame's cost.
 CASCADE_HINT_WINDOW = 2.5
 CASCADE_HINT_FACE = 80.0
-# Whole-frame CNN searches that may find nothing per video: a faceless video (or a faceless stretch) costs at most
-# this many (~2.5 CPU-s each) instead of one per planned frame; searches around hints go on regardless.
-CASCADE_WHOLE_FRAME_MISSES = 3
+# Whole-frame CNN searches that may find nothing per video: whole-frame searches go on while they find faces
+# (a video of turned heads HOG never sees), the first that finds nothing ends them for the video (searches around
+# hints go on). A faceless video thus costs one search (~2.5 CPU-s at 640 px) instead of one per planned frame.
+CASCADE_WHOLE_FRAME_MISSES = 1
 
 
 @dataclass(frozen=True)
