@@ -150,8 +150,8 @@ Examples:
 @_fail_cleanly
 def extract(dataset: str | None, root: str | None, output: str, pipeline: str | None, frames: int | None,
             workers: int | None, threads: int | None, address: str | None, ship_code: bool | None,
-            videos_per_shard: int | None, inline_maps: tuple[str, ...], settings: tuple[str, ...], overwrite: bool, extend: bool, quiet: bool,
-            as_json: bool, min_yield: float | None) -> None:
+            videos_per_shard: int | None, inline_maps: tuple[str, ...], settings: tuple[str, ...],
+            overwrite: bool, extend: bool, quiet: bool, as_json: bool, min_yield: float | None) -> None:
     """Extract aligned faces from DATASET at ROOT into WebDataset shards under OUTPUT."""
     from dfprep.catalog import scan
     from dfprep.cli.summary import format_summary, summary_json
