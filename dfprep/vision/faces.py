@@ -172,7 +172,7 @@ def hint_windows(hints: Sequence[Box], frame_shape: tuple[int, ...]) -> list[tup
 
 class CascadeFallback:
     """The cascade's CNN: dlib's mmod detector, loaded by the first frame that needs it (a video where HOG finds
-    every face never loads it) and owned by one analyzer (a dlib detector is not safe to share between threads)."""
+    every face never loads it); `load_dlib` keeps one per thread (a dlib net is not safe to share)."""
 
     def __init__(self, cnn_path: Path | None) -> None:
         if cnn_path is None:
@@ -187,7 +187,7 @@ class CascadeFallback:
         """mmod detections near the hints (faces HOG found on nearby frames), else on the whole frame while the
         video's whole-frame searches have found nothing fewer than CASCADE_WHOLE_FRAME_MISSES times."""
         if self._detector is None:
-            self._detector = dlib.cnn_face_detection_model_v1(str(self.path))
+            self._detector = load_dlib("cnn_detector", self.path)  # a copy per thread
         self.calls += 1
         full = working_factor(image.shape, CASCADE_CNN_SIZE)
         windows = hint_windows(hints, image.shape)
@@ -288,12 +288,7 @@ class FaceAnalyzer:
         else:
             self.full_detections += 1
             chosen = self._assign_ids(select_faces(self._detect_full(image), self.config.select, image.shape))
-        middle = time.perf_counter()
-        self.stage = "landmarks"
-        name = "cnn" if self._cnn is not None else "hog"
-        faces = [Face(box, score, self.landmarks(image, box), track_id, name) for box, score, track_id in chosen]
-        self.timings["detect"] += middle - start
-        self.timings["landmarks"] += time.perf_counter() - middle
+        faces = self._landmarked(image, chosen, "cnn" if self._cnn is not None else "hog", start)
         self._tracks = [(face.box, face.track_id) for face in faces]
         return faces
 
@@ -306,10 +301,15 @@ class FaceAnalyzer:
         start = time.perf_counter()
         self.stage = "detect"
         found = self.cascade.detect(image, hints, self.config.min_score)
-        chosen = self._assign_ids(select_faces(found, self.config.select, image.shape))
+        return self._landmarked(image, self._assign_ids(select_faces(found, self.config.select, image.shape)),
+                                "cnn", start)
+
+    def _landmarked(self, image: np.ndarray, chosen: list[tuple[Box, float, int]], detector: str,
+                    start: float) -> list[Face]:
+        """The chosen detections as faces with landmarks; detection time (since `start`) and landmark time kept."""
         middle = time.perf_counter()
         self.stage = "landmarks"
-        faces = [Face(box, score, self.landmarks(image, box), track_id, "cnn") for box, score, track_id in chosen]
+        faces = [Face(box, score, self.landmarks(image, box), track_id, detector) for box, score, track_id in chosen]
         self.timings["detect"] += middle - start
         self.timings["landmarks"] += time.perf_counter() - middle
         return faces
@@ -326,8 +326,7 @@ class FaceAnalyzer:
         else:
             rects, scores, _ = self._hog.run(image, upsample, threshold)
             found = list(zip(rects, (float(s) for s in scores)))
-        return [((float(r.left()), float(r.top()), float(r.right() + 1), float(r.bottom() + 1)), score)
-                for r, score in found if score >= threshold]
+        return [(rect_box(r), score) for r, score in found if score >= threshold]
 
     def _detect_scaled(self, image: np.ndarray, factor: float, offset: tuple[int, int],
                        upsample: int) -> list[Candidate]:
