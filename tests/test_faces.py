@@ -200,3 +200,39 @@ def test_cnn_detector_finds_the_face() -> None:
 def test_cnn_needs_its_model_path() -> None:
     with pytest.raises(ValueError, match="cnn_path"):
         FaceAnalyzer(DetectionConfig(detector="cnn"), PREDICTOR_68)
+
+
+def test_each_thread_gets_its_own_hog_detector_copied_from_one_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    """dlib's model is built once per process (it costs ~0.4 s under the GIL); every other thread gets a copy
+    that finds exactly what a freshly built detector finds."""
+    import threading
+
+    import dlib
+
+    from dfprep.vision import faces
+
+    builds: list[int] = []
+    real_build = dlib.get_frontal_face_detector
+
+    def counted_build():
+        builds.append(1)
+        return real_build()
+
+    monkeypatch.setattr(faces, "_hog_template", [])
+    monkeypatch.setattr(faces, "_per_thread", threading.local())
+    monkeypatch.setattr(faces.dlib, "get_frontal_face_detector", counted_build)
+    detectors: list[object] = []
+    threads = [threading.Thread(target=lambda: detectors.extend([faces.frontal_detector()] * 2)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(builds) == 1
+    assert len({id(d) for d in detectors}) == 3 and all(detectors[i] is detectors[i + 1] for i in (0, 2, 4))
+    image = render_frame(640, 480, [FacePlacement(200, 100, 1.2)], seed=3)
+    expected = real_build().run(image, 0, -0.5)
+    for detector in detectors[::2]:
+        rects, scores, kinds = detector.run(image, 0, -0.5)
+        assert [(r.left(), r.top(), r.right(), r.bottom()) for r in rects] == \
+            [(r.left(), r.top(), r.right(), r.bottom()) for r in expected[0]] and len(rects) >= 1
+        assert scores == expected[1] and kinds == expected[2]
