@@ -81,3 +81,17 @@ def test_a_new_plan_gives_each_worker_four_units_and_a_resumed_plan_keeps_its_un
     extended, _ = load_or_create_plan(storage, more, config, extend=True, workers=2)
     assert [u.records for u in extended[:len(units)]] == [u.records for u in units]
     assert len(extended) - len(units) == 8  # the 16 new videos, sized for 2 workers: 2 per unit
+
+
+def test_an_extract_unit_costs_its_bytes_of_video_so_the_biggest_go_first(tmp_path):
+    from dfprep.jobs.extract_shards import ExtractJob
+    from dfprep.jobs.plan import WorkUnit
+
+    (tmp_path / "big.mp4").write_bytes(b"x" * 5000)
+    (tmp_path / "small.mp4").write_bytes(b"x" * 70)
+    records = [VideoRecord(f"folder/real/raw/{stem}", str(tmp_path / f"{stem}.mp4"), "folder", "real", "raw",
+                           "unassigned", 0, f"folder/real/raw/{stem}") for stem in ("big", "small", "gone")]
+    job = ExtractJob(Storage(str(tmp_path / "out")), records, load_config(None, {}), overwrite=False, extend=False,
+                     runtime_versions={})
+    assert job.cost(WorkUnit("unassigned-000000", tuple(records), (None,) * 3)) == 5070.0  # a missing file: 0
+    assert job.cost(WorkUnit("unassigned-000001", tuple(records[1:]), (None,) * 2)) == 70.0

@@ -122,7 +122,10 @@ class LetterWorker:
     def __init__(self, storage: Storage):
         self.storage = storage
 
+    ran: list[str] = []  # units in the order any LetterWorker ran them
+
     def run_unit(self, unit: Letters, guard: Any, announce: Any) -> dict[str, Any]:
+        LetterWorker.ran.append(unit.name)
         writer = ShardWriter(self.storage, unit.name)
         for position, letter in enumerate(unit.letters):
             writer.add(Sample(f"{unit.name}-{position}", {"txt": letter.encode()}, {}))
@@ -164,6 +167,9 @@ class LetterJob:
     def size(self, unit: Letters) -> int:
         return len(unit.letters)
 
+    def cost(self, unit: Letters) -> float:
+        return float(len(unit.letters))
+
     def worker(self, in_process: bool) -> Any:
         return partial(LetterWorker, self.shards)
 
@@ -203,6 +209,18 @@ def test_a_third_job_gets_skipping_cleanup_and_finalize_from_the_runner(tmp_path
     assert (tmp_path / "notes.txt").read_text() == "the user's own file"
     assert second.committed["train-000000"]["samples"] == 4
     assert not list(tmp_path.glob("*.tmp")) and not (tmp_path / "_dfprep.lock").exists()
+
+
+def test_the_runner_hands_out_the_costliest_units_first_and_keeps_the_plans_names(tmp_path, monkeypatch):
+    monkeypatch.setattr(LetterWorker, "ran", [])
+    storage = Storage(str(tmp_path))
+    units = [Letters("train-000000", "a"), Letters("train-000001", "abcd"), Letters("train-000002", "xy"),
+             Letters("val-000000", "pq")]
+    outcome = run_job(LetterJob(storage, units), quiet=True)
+    assert LetterWorker.ran == ["train-000001", "train-000002", "val-000000", "train-000000"]  # ties: plan order
+    assert json.loads((tmp_path / "letters.json").read_text()) == {"shards": sorted(u.name for u in units)}
+    assert {name: stats["samples"] for name, stats in outcome.committed.items()} == \
+        {"train-000000": 1, "train-000001": 4, "train-000002": 2, "val-000000": 2}
 
 
 # ---------------------------------------------------------------- the output contract's schemas and statuses
@@ -269,3 +287,20 @@ def test_only_the_checked_reader_opens_tars():
                    if any(isinstance(node, ast.Import) and any(a.name == "tarfile" for a in node.names)
                           for node in ast.walk(ast.parse(path.read_text()))))
     assert users == ["io/shards.py"]
+
+
+def test_a_ray_actors_progress_is_throttled_but_its_last_totals_always_reach_the_driver():
+    from dfprep.runner.run import Throttled
+
+    sent: list[tuple[str, int, int]] = []
+    slow = Throttled(lambda unit, done, faces: sent.append((unit, done, faces)), interval_s=3600.0)
+    for done in range(1, 6):
+        slow("train-000003", done, 2 * done)
+    assert sent == [("train-000003", 1, 2)]  # the first at once, the next ones held back
+    slow.flush()
+    slow.flush()  # nothing new: nothing sent twice
+    assert sent == [("train-000003", 1, 2), ("train-000003", 5, 10)]
+    every = Throttled(lambda unit, done, faces: sent.append((unit, done, faces)), interval_s=0.0)
+    every("val-000000", 1, 1)
+    every("val-000000", 2, 1)
+    assert sent[2:] == [("val-000000", 1, 1), ("val-000000", 2, 1)]

@@ -152,6 +152,10 @@ class ShardJob(Protocol[UnitT, ReportT]):
     def size(self, unit: UnitT) -> int:
         """Items in a unit (the progress bar's total)."""
 
+    def cost(self, unit: UnitT) -> float:
+        """A unit's expected work, in any unit: the runner hands out the costliest first, so the last unit to
+        finish is a small one and no worker idles while another ends a big one alone."""
+
     def worker(self, in_process: bool) -> WorkerFactory:
         """A factory of the worker that commits units (in this process, or inside each Ray actor)."""
 

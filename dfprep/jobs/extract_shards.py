@@ -6,6 +6,7 @@ needs to run it as a sharded job (see dfprep.jobs.contract).
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import time
@@ -162,6 +163,10 @@ class ExtractJob:
         """Videos in the unit."""
         return len(unit.records)
 
+    def cost(self, unit: WorkUnit) -> float:
+        """The unit's bytes of video (decoding dominates and grows with them); a file that is gone costs nothing."""
+        return float(sum(file_bytes(record.path) for record in unit.records))
+
     def worker(self, in_process: bool) -> WorkerFactory:
         """In-process the decoder takes every core; a Ray actor takes `ray.decode_threads`."""
         assert self.models is not None, "check() resolves the models first"
@@ -245,6 +250,14 @@ def is_earlier_output(storage: Storage) -> bool:
     """A folder written by a dfprep that predates the ownership file: its plan says so."""
     meta = storage.read_marker(PLAN_META) if storage.exists(PLAN_TABLE) else None
     return meta is not None and "config_hash" in meta
+
+
+def file_bytes(path: str) -> int:
+    """A file's size, 0 when it cannot be read (a missing video still gets its row, at no cost)."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 
 
 def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
