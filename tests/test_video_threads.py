@@ -190,3 +190,22 @@ def tmpdir_short():
     folder = Path(tempfile.mkdtemp(prefix="dvt-", dir="/tmp"))
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_one_watch_thread_times_every_video_in_flight_and_fires_only_for_the_one_past_its_limit(capfd):
+    from dfprep.runner.guard import Watchdog
+
+    fired: list[tuple[int, float]] = []
+
+    class Log:
+        def mark_hung(self, position: int, seconds: float) -> None:
+            fired.append((position, seconds))
+
+    with Watchdog(Log(), 1, 0.2, "video one", False), Watchdog(Log(), 2, 30.0, "video two", False):
+        time.sleep(0.6)  # two videos in flight: only the first passes its limit
+    with Watchdog(Log(), 3, 0.2, "video three", False):
+        pass  # ended in time: never fires, even once its deadline has passed
+    time.sleep(0.5)
+    assert fired == [(1, 0.2)]
+    assert "video one has run for more than 0.2s" in capfd.readouterr().err
+    assert [t.name for t in threading.enumerate()].count("dfprep-watchdog") == 1

@@ -294,26 +294,24 @@ def _remove_file(path: str) -> None:
 
 
 class Watchdog:
-    """Records a video that runs past its hard limit as hung; a Ray actor then ends itself, nothing else does."""
+    """Records a video that runs past its hard limit as hung; a Ray actor then ends itself, nothing else does.
+
+    Every watched video of the process is timed by one shared thread (`_WATCH`): starting a thread per video
+    cost ~1 ms of a tiny clip's budget."""
 
     def __init__(self, log: AttemptLog, position: int, limit_s: float, label: str, exit_on_hang: bool):
         self.log, self.position, self.limit_s, self.label = log, position, limit_s, label
         self.exit_on_hang = exit_on_hang
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True, name="dfprep-watchdog")
 
     def __enter__(self) -> "Watchdog":
-        self._thread.start()
+        _WATCH.add(self, time.monotonic() + self.limit_s)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._done.set()
-        self._thread.join()
+        _WATCH.discard(self)
 
-    def _watch(self) -> None:
-        """Wait for the video to finish; past the limit, record it as hung (and end an actor: C cannot be stopped)."""
-        if self._done.wait(self.limit_s):
-            return
+    def expired(self) -> None:
+        """The limit passed with the video still running: record it as hung (and end an actor: C cannot be stopped)."""
         try:
             self.log.mark_hung(self.position, self.limit_s)
         finally:
@@ -324,6 +322,47 @@ class Watchdog:
             print(f"dfprep: {self.label} has run for more than {self.limit_s:g}s (a decoder stuck in C code?); it "
                   "is recorded as timeout. An in-process run cannot stop it: if it does not finish, stop this "
                   "process (Ctrl-C, or kill it) and rerun the same command", file=sys.stderr, flush=True)
+
+
+class _WatchThread:
+    """One daemon thread per process that sleeps until the nearest watchdog's deadline and fires the expired."""
+
+    def __init__(self) -> None:
+        self._deadlines: dict[Watchdog, float] = {}
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, watchdog: Watchdog, deadline: float) -> None:
+        """Start timing a video (the thread starts with the first one, or again after a fork)."""
+        with self._changed:
+            self._deadlines[watchdog] = deadline
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._watch, daemon=True, name="dfprep-watchdog")
+                self._thread.start()
+            self._changed.notify()
+
+    def discard(self, watchdog: Watchdog) -> None:
+        """The video ended: it can no longer expire."""
+        with self._changed:
+            self._deadlines.pop(watchdog, None)
+
+    def _watch(self) -> None:
+        """Fire each watchdog whose deadline passes while it is still registered (outside the lock)."""
+        while True:
+            with self._changed:
+                now = time.monotonic()
+                due = [w for w, deadline in self._deadlines.items() if deadline <= now]
+                for watchdog in due:
+                    del self._deadlines[watchdog]
+                if not due:
+                    nearest = min(self._deadlines.values(), default=now + 60.0)
+                    self._changed.wait(max(0.0, nearest - now))
+                    continue
+            for watchdog in due:
+                watchdog.expired()
+
+
+_WATCH = _WatchThread()
 
 
 def hard_limit(timeout_s: float) -> float:
