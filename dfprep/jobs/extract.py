@@ -22,6 +22,7 @@ from dfprep.vision.align import AlignedFace, align_face
 from dfprep.vision.faces import Box, Face, FaceAnalyzer
 from dfprep.vision.identity import IdentityCollector
 from dfprep.vision.models import ResolvedModel, load_check, locate, resolve_model
+from dfprep.vision.pixels import Picture
 from dfprep.vision.video import DecodedFrame, VideoError, VideoInfo, decode_frames, prefetched, probe
 
 
@@ -208,7 +209,7 @@ class VideoExtractor:
         decoded again and searched with the CNN, so its cost is paid only where HOG found nothing."""
         self.analyzer.reset()
         for frame in self._decode(record.path, missing, info, deadline, timings):
-            faces = self._detect(frame.image, timings, hints=nearest_boxes(self._boxes, frame.index))
+            faces = self._detect(frame.pixels, timings, hints=nearest_boxes(self._boxes, frame.index))
             written[frame.index] = self._write_faces(record, frame, frame.index, faces, sink, timings)
 
     def _retry_neighbours(self, record: VideoRecord, info: VideoInfo, missing: list[int], deadline: float,
@@ -223,7 +224,7 @@ class VideoExtractor:
         self.analyzer.reset()
         for frame in self._decode(record.path, needed, info, deadline, timings):
             seen.add(frame.index)
-            faces = self._detect(frame.image, timings)
+            faces = self._detect(frame.pixels, timings)
             if faces:
                 with_faces[frame.index] = (frame, faces)
             for target in list(wanted):
@@ -255,7 +256,7 @@ class VideoExtractor:
                 if time.monotonic() > deadline:
                     raise VideoError(TIMEOUT, f"video took longer than {self.config.sampling.video_timeout_s:g}s")
 
-    def _detect(self, image: np.ndarray, timings: Counter[str], hints: list[Box] | None = None) -> list[Face]:
+    def _detect(self, image: Picture, timings: Counter[str], hints: list[Box] | None = None) -> list[Face]:
         """Faces in one frame (by the cascade's CNN when given `hints`), with detector and landmark time accounted."""
         before = dict(self.analyzer.timings)
         self._stage = "detect"
@@ -267,7 +268,7 @@ class VideoExtractor:
     def _emit(self, record: VideoRecord, frame: DecodedFrame, planned: int, sink: Callable[[Sample], None],
               timings: Counter[str]) -> int:
         """Detect on a planned frame and write its faces; returns how many were written."""
-        return self._write_faces(record, frame, planned, self._detect(frame.image, timings), sink, timings)
+        return self._write_faces(record, frame, planned, self._detect(frame.pixels, timings), sink, timings)
 
     def _write_faces(self, record: VideoRecord, frame: DecodedFrame, planned: int, faces: list[Face],
                      sink: Callable[[Sample], None], timings: Counter[str]) -> int:
@@ -276,7 +277,7 @@ class VideoExtractor:
         for face in faces:
             started = time.monotonic()
             self._stage = "align"
-            aligned = align_face(frame.image, face.landmarks, face.box, self.config.alignment)
+            aligned = align_face(frame.pixels, face.landmarks, face.box, self.config.alignment)
             timings["align"] += time.monotonic() - started
             started = time.monotonic()
             self._stage = "encode"
@@ -307,7 +308,7 @@ class VideoExtractor:
                                                                      output.quality)
         if self.pairing is not None:
             self.pairing.annotate(meta, frame.index, planned, track)
-            members.update(self.pairing.original_members(frame.index, frame.image.shape, aligned, output, meta))
+            members.update(self.pairing.original_members(frame.index, frame.shape, aligned, output, meta))
         members["json"] = json.dumps(meta, separators=(",", ":")).encode()
         row = index_row(record, frame, planned, face, meta)
         if output.registered_original:

@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import cv2
-import numpy as np
 
 from dfprep.vision.align import AlignedFace, warp
 from dfprep.catalog.base import VideoRecord
 from dfprep.config import OutputConfig, SamplingConfig
 from dfprep.io.keys import sample_key
 from dfprep.io.shards import encode_image
+from dfprep.vision.pixels import Picture, pixels_in
 from dfprep.vision.video import DecodedFrame, VideoError, VideoInfo, decode_frames, frame_plan, probe
 
 PAIRED = "paired"
@@ -95,14 +95,14 @@ class OriginalFrames:
         self._run: frozenset[int] = frozenset()  # the frames the running decoder will deliver
         self.failure = ""  # set when the original stopped decoding: every later request gets it
 
-    def at(self, index: int) -> tuple[np.ndarray | None, str]:
-        """The original's RGB frame at `index`, or None and why it is not there."""
+    def at(self, index: int) -> tuple[Picture | None, str]:
+        """The original's RGB frame at `index` (converted where it is read), or None and why it is not there."""
         if index >= self.info.frame_count:
             return None, f"original has {self.info.frame_count} frames"
         if self.failure:
             return None, self.failure
         if self._current is not None and self._current.index == index:
-            return self._current.image, ""  # a second face on the same frame
+            return self._current.pixels, ""  # a second face on the same frame
         if self._frames is None or index not in self._run or (self._current and index < self._current.index):
             self._restart(index)
         try:
@@ -117,7 +117,7 @@ class OriginalFrames:
             return None, self.failure
         if self._current.index != index:
             return None, f"original frame {index} could not be decoded"
-        return self._current.image, ""
+        return self._current.pixels, ""
 
     def _restart(self, index: int) -> None:
         """(Re)start decoding at `index`, then on to the later wanted frames."""
@@ -181,7 +181,7 @@ class Pairing:
                 warp(image, aligned.context_matrix, aligned.context.shape[0]), output.image_format, output.quality)
         return members
 
-    def _original_image(self, frame_index: int, frame_shape: tuple[int, ...]) -> tuple[np.ndarray | None, str]:
+    def _original_image(self, frame_index: int, frame_shape: tuple[int, ...]) -> tuple[Picture | None, str]:
         """The original's frame at this index, at the fake's frame size (resized as CADDM does when they differ)."""
         if self.record.label == 0:
             return None, "a real video is its own original"
@@ -194,7 +194,7 @@ class Pairing:
         if image is None or image.shape == frame_shape:
             return image, problem
         self.resized_from = (image.shape[1], image.shape[0])
-        return cv2.resize(image, (frame_shape[1], frame_shape[0]), interpolation=cv2.INTER_LINEAR), ""
+        return cv2.resize(pixels_in(image), (frame_shape[1], frame_shape[0]), interpolation=cv2.INTER_LINEAR), ""
 
     def summary(self, faces_written: int) -> str:
         """The videos.parquet `pair` note: how many faces got a registered original, and why not the rest."""

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from dfprep.config import AlignmentConfig
+from dfprep.vision.pixels import Picture, Region, pixels_in
 
 # The 5-point face template of ArcFace-style alignment, in a 112x112 crop (x, y): eye centres,
 # nose tip, mouth corners. DeepfakeBench aligns to it (its 96-px-wide copy shifted by x + 8).
@@ -205,13 +206,23 @@ def context_matrix(matrix: np.ndarray, size: int, context_scale: float) -> tuple
     return matrix + np.array([[0.0, 0.0, margin], [0.0, 0.0, margin]]), side
 
 
-def warp(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
-    """One bilinear warp of the frame into a `size`-px crop, black outside the frame."""
-    return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+def warp(image: Picture, matrix: np.ndarray, size: int) -> np.ndarray:
+    """One bilinear warp of the frame into a `size`-px crop, black outside the frame (of a decoded frame's
+    pixels, only the region the crop reads is converted)."""
+    return cv2.warpAffine(pixels_in(image, source_region(matrix, size)), matrix, (size, size),
+                          flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
-def align_face(image: np.ndarray, landmarks: np.ndarray, box: Sequence[float],
+def source_region(matrix: np.ndarray, size: int) -> Region:
+    """The frame pixels a `size`-px crop by `matrix` reads: its corners mapped back, plus bilinear's neighbour."""
+    corners = np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float64)
+    inverse = cv2.invertAffineTransform(matrix.astype(np.float64))
+    source = corners @ inverse[:, :2].T + inverse[:, 2]
+    (x0, y0), (x1, y1) = np.floor(source.min(axis=0)) - 2, np.ceil(source.max(axis=0)) + 2
+    return int(x0), int(y0), int(x1), int(y1)
+
+
+def align_face(image: Picture, landmarks: np.ndarray, box: Sequence[float],
                config: AlignmentConfig) -> AlignedFace:
     """Crop one face from a full RGB frame per the alignment preset, carrying its landmarks along."""
     matrix = alignment_matrix(landmarks, box, config)

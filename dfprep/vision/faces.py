@@ -26,6 +26,7 @@ import numpy as np
 
 from dfprep.config import DetectionConfig
 from dfprep.vision.models import load_dlib
+from dfprep.vision.pixels import Picture, Region, pixels_in
 
 Box = tuple[float, float, float, float]
 Candidate = tuple[Box, float]  # a detection before selection: box, score
@@ -58,6 +59,11 @@ CASCADE_HINT_FACE = 80.0
 # (a video of turned heads HOG never sees), the first that finds nothing ends them for the video (searches around
 # hints go on). A faceless video thus costs one search (~2.5 CPU-s at 640 px) instead of one per planned frame.
 CASCADE_WHOLE_FRAME_MISSES = 1
+# Face sides around a box whose pixels the shape predictor may read: it samples pixels at offsets from its current
+# landmarks within about the mean face's extent. Measured on every ffpp-mini video (tests/test_pixels.py): a reach
+# of 0.25 changes landmarks, 0.5 gives those of whole frames; 1.0 keeps twice that. Only this region of a tracked
+# frame is converted to RGB (the tracking window, `track_window` = 2 face sides, lies inside it).
+LANDMARK_REACH = 1.0
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,13 @@ def working_factor(shape: tuple[int, ...], working_size: int) -> float:
     """Scale that brings the frame's longer side down to `working_size` (never up; 0 = full size)."""
     longer = max(shape[0], shape[1])
     return 1.0 if working_size <= 0 or longer <= working_size else working_size / longer
+
+
+def around(box: Box, sides: float) -> Region:
+    """`box` grown by `sides` × its side on every side (not clipped: FramePixels clips)."""
+    grow = sides * box_side(box)
+    return (int(np.floor(box[0] - grow)), int(np.floor(box[1] - grow)), int(np.ceil(box[2] + grow)),
+            int(np.ceil(box[3] + grow)))
 
 
 def search_window(box: Box, frame_shape: tuple[int, ...], track_window: float) -> tuple[int, int, int, int]:
@@ -251,6 +264,11 @@ def select_faces(candidates: list[T], policy: str, frame_shape: tuple[int, ...])
     raise ValueError(f"unknown face selection policy {policy!r} (expected largest, centre or all)")
 
 
+def contiguous(image: Picture) -> Picture:
+    """dlib rejects strided arrays: a view becomes a contiguous copy (a frame's pixels always are contiguous)."""
+    return np.ascontiguousarray(image) if isinstance(image, np.ndarray) else image
+
+
 class FaceAnalyzer:
     """Finds, tracks and landmarks faces frame by frame; one instance per worker, reused across videos."""
 
@@ -283,9 +301,10 @@ class FaceAnalyzer:
         if self.cascade is not None:
             self.cascade.misses = 0
 
-    def analyze(self, image: np.ndarray) -> list[Face]:
-        """Faces of one RGB uint8 frame per the `select` policy, with landmarks and track ids."""
-        image = np.ascontiguousarray(image)
+    def analyze(self, image: Picture) -> list[Face]:
+        """Faces of one RGB uint8 frame (an array, or a decoded frame's pixels) per the `select` policy, with
+        landmarks and track ids; a tracked frame's pixels are converted only around its faces."""
+        image = contiguous(image)
         start = time.perf_counter()
         self.stage = "detect"
         tracked = self._track(image) if self.config.tracking and self._tracks else []
@@ -294,24 +313,25 @@ class FaceAnalyzer:
             chosen = select_faces(tracked, self.config.select, image.shape)
         else:
             self.full_detections += 1
-            chosen = self._assign_ids(select_faces(self._detect_full(image), self.config.select, image.shape))
+            chosen = self._assign_ids(select_faces(self._detect_full(pixels_in(image)), self.config.select,
+                                                   image.shape))
         faces = self._landmarked(image, chosen, "cnn" if self._cnn is not None else "hog", start)
         self._tracks = [(face.box, face.track_id) for face in faces]
         return faces
 
-    def analyze_fallback(self, image: np.ndarray, hints: Sequence[Box] = ()) -> list[Face]:
+    def analyze_fallback(self, image: Picture, hints: Sequence[Box] = ()) -> list[Face]:
         """The cascade's second look at a frame HOG left faceless: mmod around the hints (boxes HOG found on the
         nearest frames), else on the whole frame; the `select` policy, landmarks as for any face, marked `cnn`."""
         if self.cascade is None:
             raise ValueError("analyze_fallback needs detector 'cascade'")
-        image = np.ascontiguousarray(image)
+        image = contiguous(image)
         start = time.perf_counter()
         self.stage = "detect"
-        found = self.cascade.detect(image, hints, self.config.min_score)
+        found = self.cascade.detect(pixels_in(image), hints, self.config.min_score)
         return self._landmarked(image, self._assign_ids(select_faces(found, self.config.select, image.shape)),
                                 "cnn", start)
 
-    def _landmarked(self, image: np.ndarray, chosen: list[tuple[Box, float, int]], detector: str,
+    def _landmarked(self, image: Picture, chosen: list[tuple[Box, float, int]], detector: str,
                     start: float) -> list[Face]:
         """The chosen detections as faces with landmarks; detection time (since `start`) and landmark time kept."""
         middle = time.perf_counter()
@@ -321,9 +341,9 @@ class FaceAnalyzer:
         self.timings["landmarks"] += time.perf_counter() - middle
         return faces
 
-    def landmarks(self, image: np.ndarray, box: Box) -> np.ndarray:
+    def landmarks(self, image: Picture, box: Box) -> np.ndarray:
         """Shape-predictor landmarks on the full-resolution frame for a frame box, float32 (N, 2)."""
-        return shape_to_array(self._predictor(image, to_dlib_rect(box)))
+        return shape_to_array(self._predictor(pixels_in(image, around(box, LANDMARK_REACH)), to_dlib_rect(box)))
 
     def _run_detector(self, image: np.ndarray, upsample: int) -> list[Candidate]:
         """Raw detections (box in `image` pixels, score) at or above `min_score`."""
@@ -362,15 +382,18 @@ class FaceAnalyzer:
                 break
         return found
 
-    def _detect_near(self, image: np.ndarray, previous: Box) -> list[Candidate]:
-        """Detections inside the search window around a previous box (upsample 0, face ~80 px)."""
+    def _detect_near(self, image: Picture, previous: Box) -> list[Candidate]:
+        """Detections inside the search window around a previous box (upsample 0, face ~80 px); the pixels
+        converted are those the landmarks of a face found there will read too."""
         x0, y0, x1, y1 = search_window(previous, image.shape, self.config.track_window)
         if x1 - x0 < 2 or y1 - y0 < 2:
             return []
         factor = TRACK_FACE_SIZE / max(box_side(previous), 1.0)
-        return self._detect_scaled(image[y0:y1, x0:x1], factor, (x0, y0), 0)
+        reach = max(LANDMARK_REACH, 0.5 * (self.config.track_window - 1.0))
+        window = pixels_in(image, around(previous, reach))[y0:y1, x0:x1]
+        return self._detect_scaled(window, factor, (x0, y0), 0)
 
-    def _track(self, image: np.ndarray) -> list[tuple[Box, float, int]]:
+    def _track(self, image: Picture) -> list[tuple[Box, float, int]]:
         """Re-find each previous face near where it was; faces not found there are dropped."""
         found: list[tuple[Box, float, int]] = []
         for previous, track_id in self._tracks:

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from typing import Callable, Generator, Iterable, Iterator, Sequence, TypeVar
 
 import av
-import cv2
 import numpy as np
 
 from dfprep.config import SamplingConfig
 from dfprep.io.layout import DECODE_ERROR, MISSING, TIMEOUT, UNSUPPORTED, VIDEO_STATUSES
+from dfprep.vision.pixels import FramePixels
 
 # Codecs whose non-reference frames no other frame is predicted from, so skipping them is exact.
 NONREF_SKIP_CODECS = frozenset({"h264"})
@@ -46,14 +46,11 @@ _CONTAINER_SIGNATURES: tuple[tuple[int, bytes], ...] = (
     (0, b"\x47"),  # mpeg transport stream sync byte
 )
 # Decoded frames a decode thread may hold ahead of the face work: enough to cover a slow face, bounded so
-# memory stays flat (a 1080p RGB frame is 6 MB).
+# memory stays flat (a 1080p frame is 3-6 MB).
 PREFETCH_FRAMES = 3
 # How long a stopped consumer waits for its decode thread (it stops between frames; a frame takes ms).
 _PREFETCH_JOIN_S = 10.0
 T = TypeVar("T")
-
-# cv2.rotate code turning a decoded frame upright, by counterclockwise display rotation.
-_UPRIGHT = {90: cv2.ROTATE_90_COUNTERCLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_CLOCKWISE}
 
 
 class VideoError(Exception):
@@ -88,11 +85,21 @@ class VideoInfo:
 
 @dataclass(frozen=True)
 class DecodedFrame:
-    """One planned frame, upright RGB, with where it sits in the video."""
+    """One planned frame, upright RGB (converted where it is read), with where it sits in the video."""
 
     index: int
     pts_seconds: float
-    image: np.ndarray  # RGB uint8, H x W x 3
+    pixels: FramePixels
+
+    @property
+    def image(self) -> np.ndarray:
+        """The whole frame, RGB uint8, H x W x 3."""
+        return self.pixels.full()
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(height, width, 3) of the upright frame, without converting it."""
+        return self.pixels.shape
 
 
 @dataclass(frozen=True)
@@ -448,12 +455,6 @@ def _prime_decoder(container: av.container.InputContainer, stream: av.video.stre
     codec.skip_frame = "DEFAULT"
 
 
-def _upright_rgb(frame: av.VideoFrame, rotation: int) -> np.ndarray:
-    """RGB pixels the way a player shows them (display rotation applied)."""
-    image = frame.to_ndarray(format="rgb24", threads=1)  # one swscale thread: pools cost more than they save
-    return cv2.rotate(image, _UPRIGHT[rotation]) if rotation in _UPRIGHT else image
-
-
 def _decode_planned(path: str | os.PathLike[str], wanted: list[int], info: VideoInfo, packets: PacketIndex | None,
                     deadline: float | None, threads: int, skip_nonref: bool,
                     seek: bool) -> Iterator[DecodedFrame]:
@@ -469,7 +470,7 @@ def _decode_planned(path: str | os.PathLike[str], wanted: list[int], info: Video
             for key, targets in runs:
                 for index, frame in _seek_run(container, stream, packets, key, targets, deadline, skip_nonref):
                     seconds = float(frame.time) if frame.time is not None else index / info.fps
-                    yield DecodedFrame(index, seconds, _upright_rgb(frame, info.rotation))
+                    yield DecodedFrame(index, seconds, FramePixels(frame, info.rotation))
         except av.FFmpegError as exc:
             raise VideoError(DECODE_ERROR, f"cannot decode: {_reason(exc)}") from None
 
