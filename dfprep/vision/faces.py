@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 import cv2
 import dlib
@@ -149,6 +149,14 @@ def map_back(box: Box, scale_x: float, scale_y: float, offset: tuple[int, int]) 
             box[2] / scale_x + offset[0], box[3] / scale_y + offset[1])
 
 
+def detect_scaled(image: np.ndarray, factor: float, offset: tuple[int, int],
+                  detect: Callable[[np.ndarray], list[Candidate]]) -> list[Candidate]:
+    """`detect` on `image` scaled by `factor`, its boxes mapped back to frame pixels via `offset`."""
+    scaled = resize_for_detector(image, factor)
+    scale_x, scale_y = scaled.shape[1] / image.shape[1], scaled.shape[0] / image.shape[0]
+    return [(map_back(box, scale_x, scale_y, offset), score) for box, score in detect(scaled)]
+
+
 def shape_to_array(shape: dlib.full_object_detection) -> np.ndarray:
     """dlib landmarks as float32 (N, 2) (x, y)."""
     return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
@@ -228,10 +236,9 @@ class CascadeFallback:
 
     def _scaled(self, image: np.ndarray, factor: float, offset: tuple[int, int], min_score: float) -> list[Candidate]:
         """mmod on `image` scaled by `factor`, boxes mapped back to frame pixels via `offset`."""
-        scaled = resize_for_detector(image, factor)
-        scale_x, scale_y = scaled.shape[1] / image.shape[1], scaled.shape[0] / image.shape[0]
-        return [(map_back(rect_box(d.rect), scale_x, scale_y, offset), float(d.confidence))
-                for d in self._detector(scaled, CASCADE_CNN_UPSAMPLE) if d.confidence >= min_score]
+        return detect_scaled(image, factor, offset, lambda scaled: [
+            (rect_box(d.rect), float(d.confidence)) for d in self._detector(scaled, CASCADE_CNN_UPSAMPLE)
+            if d.confidence >= min_score])
 
 
 _per_thread = threading.local()  # dlib does not make one HOG detector safe to share between threads
@@ -358,11 +365,7 @@ class FaceAnalyzer:
     def _detect_scaled(self, image: np.ndarray, factor: float, offset: tuple[int, int],
                        upsample: int) -> list[Candidate]:
         """Detect on `image` scaled by `factor`, boxes mapped back to frame pixels via `offset`."""
-        scaled = resize_for_detector(image, factor)
-        scale_x = scaled.shape[1] / image.shape[1]
-        scale_y = scaled.shape[0] / image.shape[0]
-        return [(map_back(box, scale_x, scale_y, offset), score)
-                for box, score in self._run_detector(scaled, upsample)]
+        return detect_scaled(image, factor, offset, lambda scaled: self._run_detector(scaled, upsample))
 
     def _detect_full(self, image: np.ndarray) -> list[Candidate]:
         """Full-frame detection at the working size.
