@@ -20,9 +20,11 @@ FFPP_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "ffpp-mini
 
 @pytest.fixture(scope="session", autouse=True)
 def no_user_config(tmp_path_factory):
-    """The suite never reads the developer's ~/.config/dfprep, $DFPREP_HOME or $DFPREP_LANDMARKS."""
+    """The suite never reads the developer's ~/.config/dfprep, $DFPREP_HOME or $DFPREP_LANDMARKS, nor writes to
+    their ~/.cache/dfprep (every test and every dfprep it starts shares one temporary cache folder)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg_config")))
+        patch.setenv("DFPREP_CACHE_DIR", str(tmp_path_factory.mktemp("dfprep_cache")))
         patch.delenv("DFPREP_HOME", raising=False)
         patch.delenv("DFPREP_LANDMARKS", raising=False)
         yield

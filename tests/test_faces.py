@@ -218,6 +218,7 @@ def test_each_thread_gets_its_own_hog_detector_copied_from_one_build(monkeypatch
         builds.append(1)
         return real_build()
 
+    monkeypatch.setenv("DFPREP_CACHE_DIR", "none")  # every process build counted (tests/test_hog.py: the cache)
     monkeypatch.setattr(faces, "_hog_template", [])
     monkeypatch.setattr(faces, "_per_thread", threading.local())
     monkeypatch.setattr(faces.dlib, "get_frontal_face_detector", counted_build)

@@ -60,3 +60,16 @@ def landmark_dirs() -> list[Path]:
 def shown_dirs(folders: list[Traversable] | list[Path]) -> str:
     """The search path as one line for error messages."""
     return ", ".join(str(folder) for folder in folders)
+
+
+CACHE_OFF = "none"  # $DFPREP_CACHE_DIR=none: no user cache at all
+
+
+def cache_dir() -> Path | None:
+    """The user's cache folder for things dfprep can rebuild (`$DFPREP_CACHE_DIR`, else `$XDG_CACHE_HOME/dfprep`,
+    else ~/.cache/dfprep); None when switched off or when there is no home folder."""
+    chosen = os.environ.get("DFPREP_CACHE_DIR")
+    if chosen is not None:
+        return None if chosen.strip().lower() in (CACHE_OFF, "") else Path(chosen).expanduser()
+    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return None if cache_home.startswith("~") else Path(cache_home) / "dfprep"
