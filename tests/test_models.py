@@ -52,3 +52,60 @@ def test_corrupt_drop_in_is_refused_before_work(tmp_path):
 def test_unknown_name_is_an_error(tmp_path):
     with pytest.raises(ModelError, match="neither a known name"):
         resolve_model("dlib999", _registry_copy(tmp_path))
+
+
+def test_a_file_hashed_by_two_threads_at_once_is_read_once_and_a_failure_is_not_remembered(tmp_path, monkeypatch):
+    import hashlib
+    import threading
+    import time
+
+    from dfprep.vision import models
+
+    big = tmp_path / "model.dat"
+    big.write_bytes(bytes(range(256)) * 40_000)
+    reads: list[str] = []
+    real = models._sha256
+
+    def slow_sha256(path: str) -> str:
+        reads.append(path)
+        time.sleep(0.2)  # the second caller arrives while the first is hashing
+        return real(path)
+
+    monkeypatch.setattr(models, "_sha256", slow_sha256)
+    results: list[str] = []
+    threads = [threading.Thread(target=lambda: results.append(models.file_sha256(big))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert reads == [str(big)] and results == [hashlib.sha256(big.read_bytes()).hexdigest()] * 2
+    big.write_bytes(b"changed")  # another size: hashed afresh
+    assert models.file_sha256(big) == hashlib.sha256(b"changed").hexdigest() and len(reads) == 2
+    gone = tmp_path / "vanishing.dat"
+    gone.write_bytes(b"x")
+    monkeypatch.setattr(models, "_sha256", lambda path: (_ for _ in ()).throw(OSError("disk went away")))
+    with pytest.raises(OSError, match="disk went away"):
+        models.file_sha256(gone)
+    monkeypatch.setattr(models, "_sha256", real)
+    assert models.file_sha256(gone) == hashlib.sha256(b"x").hexdigest()  # the failure was not kept
+
+
+def test_checksum_ahead_leaves_errors_to_resolve_model_and_warms_its_result(tmp_path, monkeypatch):
+    import time
+
+    from dfprep.vision import models
+
+    folder = _registry_copy(tmp_path)
+    monkeypatch.setenv("DFPREP_LANDMARKS", str(folder))
+    models.checksum_ahead("no-such-model")  # the background thread swallows it; the caller's resolve reports it
+    with pytest.raises(ModelError, match="'no-such-model' is neither a known name"):
+        resolve_model("no-such-model")
+    shutil.copy(resolve_model("dlib5").path, folder / "fresh.dat")
+    hashed: list[str] = []
+    real = models._sha256
+    monkeypatch.setattr(models, "_sha256", lambda path: hashed.append(path) or real(path))
+    models.checksum_ahead(str(folder / "fresh.dat"))
+    deadline = time.monotonic() + 30
+    while not hashed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert resolve_model(str(folder / "fresh.dat")).name == "dlib5" and hashed == [str(folder / "fresh.dat")]

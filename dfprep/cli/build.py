@@ -153,10 +153,8 @@ def extract(dataset: str | None, root: str | None, output: str, pipeline: str | 
             videos_per_shard: int | None, inline_maps: tuple[str, ...], settings: tuple[str, ...],
             overwrite: bool, extend: bool, quiet: bool, as_json: bool, min_yield: float | None) -> None:
     """Extract aligned faces from DATASET at ROOT into WebDataset shards under OUTPUT."""
-    from dfprep.catalog import scan
-    from dfprep.cli.summary import format_summary, summary_json
     from dfprep.config import load_config
-    from dfprep.runner.run import extract_run
+    from dfprep.vision.models import checksum_ahead
 
     overrides = _overrides(settings, **{"dataset.name": dataset, "dataset.root": root, "sampling.frames": frames,
                                         "ray.workers": workers, "ray.threads": threads, "ray.address": address,
@@ -165,6 +163,11 @@ def extract(dataset: str | None, root: str | None, output: str, pipeline: str | 
     config = load_config(pipeline, overrides)
     if not config.dataset.name or not config.dataset.root:
         raise DfprepError("extract needs a DATASET and a ROOT (arguments, or dataset.name/root in the recipe)")
+    checksum_ahead(config.detection.landmarks)  # hashed while the run's modules load and the videos are catalogued
+    from dfprep.catalog import scan
+    from dfprep.cli.summary import format_summary, summary_json
+    from dfprep.runner.run import extract_run
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         records = list(scan(config.dataset.name, config.dataset.root, config.dataset))

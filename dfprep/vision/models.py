@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import os
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -69,9 +70,12 @@ def _entries(path: Path) -> list[ModelEntry]:
         raise ModelError(f"{path}: malformed model entry ({exc})") from None
 
 
-@lru_cache(maxsize=64)
-def _sha256_cached(path: str, size: int, mtime: float) -> str:
-    """sha256 of a file, cached per (path, size, mtime) because predictors are ~100 MB."""
+_checksums: dict[tuple[str, int, float], Future[str]] = {}  # (path, size, mtime) → its sha256, done or in flight
+_checksums_lock = threading.Lock()
+
+
+def _sha256(path: str) -> str:
+    """sha256 of a file, read 1 MB at a time (reads and hashing release the GIL)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -80,9 +84,35 @@ def _sha256_cached(path: str, size: int, mtime: float) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a model file (cached while the file is unchanged)."""
+    """sha256 of a model file, computed once while the file is unchanged (predictors are ~100 MB): a caller that
+    asks while another thread is hashing the same file waits for that result instead of hashing it again."""
     stat = path.stat()
-    return _sha256_cached(str(path), stat.st_size, stat.st_mtime)
+    key = (str(path), stat.st_size, stat.st_mtime)
+    with _checksums_lock:
+        pending = _checksums.get(key)
+        mine = pending is None
+        if mine:
+            pending = _checksums[key] = Future()
+    if mine:
+        try:
+            pending.set_result(_sha256(str(path)))
+        except BaseException as exc:  # the waiters see the same error; a later call tries afresh
+            with _checksums_lock:
+                _checksums.pop(key, None)
+            pending.set_exception(exc)
+    return pending.result()
+
+
+def checksum_ahead(name_or_path: str) -> None:
+    """Start hashing a model's file in the background (~60 ms for a 68-point predictor, GIL released) while the
+    caller catalogues videos; `resolve_model` then finds the result. Any failure is left for it to report."""
+    def resolve_quietly() -> None:
+        try:
+            resolve_model(name_or_path)
+        except Exception:  # noqa: BLE001 - the caller's own resolve_model raises it with its message
+            pass
+
+    threading.Thread(target=resolve_quietly, name="dfprep-checksum", daemon=True).start()
 
 
 def package_models_dir(package: str) -> Path | None:
