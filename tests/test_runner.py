@@ -170,7 +170,7 @@ class LetterJob:
     def cost(self, unit: Letters) -> float:
         return float(len(unit.letters))
 
-    def worker(self, in_process: bool) -> Any:
+    def worker(self, in_process: bool, threads: int = 1) -> Any:
         return partial(LetterWorker, self.shards)
 
     def actors(self, workers: int, gpus: float) -> tuple[int, None]:

@@ -53,17 +53,32 @@ def video_rows(out: Path) -> dict[str, dict]:
 
 def test_a_default_run_on_two_cpus_uses_two_video_threads_and_writes_what_one_thread_writes(
         folder_dataset, tmp_path, monkeypatch):
+    from dfprep.jobs.extract import VideoExtractor
+
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    decoders: list[int] = []  # FFmpeg threads of each video thread's decoder
+    built = VideoExtractor.__init__
+    monkeypatch.setattr(VideoExtractor, "__init__",
+                        lambda self, *a, **k: built(self, *a, **k) or decoders.append(self.decode_threads))
     default = load_config(None, {"sampling.frames": 3})  # ray.workers unset, as a user runs it
     report = extract_run(scan("folder", folder_dataset, default.dataset), default, str(tmp_path / "two"), quiet=True)
     assert "2 video threads" in report.note
+    assert decoders == [1, 1]  # each decoder gets its video thread's share of the 2 cores, not all of them
     threads = {json.loads(p.read_text())["thread"] for p in (tmp_path / "two").glob("*_stats.json")}
     assert threads == {"dfprep-video-0", "dfprep-video-1"}  # both threads committed units
     one = load_config(None, {"sampling.frames": 3, "ray.workers": 0})
     extract_run(scan("folder", folder_dataset, one.dataset), one, str(tmp_path / "one"), quiet=True)
+    assert decoders == [1, 1, 0]  # one video thread: FFmpeg's own choice (every core)
     two_members, one_members = members(tmp_path / "two"), members(tmp_path / "one")
     assert len(two_members) > 20 and two_members == one_members  # byte for byte, member for member
     assert video_rows(tmp_path / "two") == video_rows(tmp_path / "one")
+
+
+def test_each_video_threads_decoder_gets_its_share_of_the_cores():
+    from dfprep.jobs.extract_shards import decoder_threads
+
+    assert [decoder_threads(threads, cpus=2) for threads in (1, 2, 3)] == [0, 1, 1]
+    assert [decoder_threads(threads, cpus=16) for threads in (1, 2, 4)] == [0, 8, 4]
 
 
 def test_a_video_that_must_run_alone_waits_for_the_others_and_holds_them_back():

@@ -156,8 +156,9 @@ class ShardJob(Protocol[UnitT, ReportT]):
         """A unit's expected work, in any unit: the runner hands out the costliest first, so the last unit to
         finish is a small one and no worker idles while another ends a big one alone."""
 
-    def worker(self, in_process: bool) -> WorkerFactory:
-        """A factory of the worker that commits units (in this process, or inside each Ray actor)."""
+    def worker(self, in_process: bool, threads: int = 1) -> WorkerFactory:
+        """A factory of the worker that commits units (in this process, where `threads` video threads share the
+        cores, or inside each Ray actor)."""
 
     def actors(self, workers: int, gpus: float) -> tuple[int, dict[str, Any] | None]:
         """How many Ray actors and what each asks for (None: one CPU)."""

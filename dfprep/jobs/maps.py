@@ -500,7 +500,7 @@ class MapJob:
         """Faces in the unit: every map costs about the same."""
         return float(unit.samples)
 
-    def worker(self, in_process: bool) -> WorkerFactory:
+    def worker(self, in_process: bool, threads: int = 1) -> WorkerFactory:
         """In-process over the checkpoints read here; a Ray actor re-reads them and checks their sha256."""
         common = (self.cam, self.output, self.shards, self.manifest["settings_hash"])
         if in_process:
