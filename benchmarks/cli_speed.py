@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/cli_speed.py floor     [--runs 3]   # 7 videos in-process vs the decode floor
     .venv/bin/python benchmarks/cli_speed.py default28 [--runs 3] [--dfb DIR --dfb-python PY [--dfb-runs 1]]
-    .venv/bin/python benchmarks/cli_speed.py workers   [--runs 3]   # 28 videos: 1 vs 2 threads, 1 vs 2 Ray workers
+    .venv/bin/python benchmarks/cli_speed.py workers   [--runs 3]   # 28 videos: 1 vs 2 threads/Ray workers (1 on 1 core)
     .venv/bin/python benchmarks/cli_speed.py small     [--count 2000] [--runs 1]  # per-video overhead, tiny clips
     .venv/bin/python benchmarks/cli_speed.py memory    [--counts 2000 20000]     # driver memory vs catalog size
 
@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
+
+import av
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -54,13 +56,13 @@ def timed_command(command: Sequence[str], cwd: str | None = None,
             "load_after": os.getloadavg()[0], "stdout": done.stdout}
 
 
-def repeat_cli(label: str, args: Sequence[str], runs: int, out: Path,
-               env: dict[str, str] | None = None) -> dict[str, float]:
-    """Run `dfprep args -o out` `runs` times on a fresh output; print each; return the worst run."""
+def repeat_cli(label: str, args: Sequence[str], runs: int, out: Path, env: dict[str, str] | None = None,
+               prefix: Sequence[str] = ()) -> dict[str, float]:
+    """Run `[prefix] dfprep args -o out` `runs` times on a fresh output; print each; return the worst run."""
     results = []
     for number in range(runs):
         shutil.rmtree(out, ignore_errors=True)
-        result = timed_command([*DFPREP, *args, "-o", str(out), "--quiet"], cwd=str(out.parent), env=env)
+        result = timed_command([*prefix, *DFPREP, *args, "-o", str(out), "--quiet"], cwd=str(out.parent), env=env)
         results.append(result)
         print(f"  {label} run {number + 1}: wall {result['wall']:6.2f} s  cpu {result['cpu']:6.2f} s  "
               f"load {result['load']:.1f}->{result['load_after']:.1f}", flush=True)
@@ -146,33 +148,98 @@ def default_vs_deepfakebench(root: Path, runs: int, work: Path, dfb: Path | None
           f"{min(r['wall_s'] for r in reference) / worst['wall']:.1f}x (DeepfakeBench best vs dfprep worst)")
 
 
-SCALING = {"in-process, 1 thread": ["--workers", "0", "--threads", "1"],
-           "in-process, 2 threads": ["--workers", "0", "--threads", "2"],
-           "default flags": [],
-           "Ray, 1 worker": ["--workers", "1"], "Ray, 2 workers": ["--workers", "2"]}
+# label → (flags, CPUs the whole command may use: None = all). "on 1 core" pins the command and everything it
+# starts (FFmpeg's frame threads, Ray's daemons and actors) to CPU 0 with taskset: one worker with one core,
+# against two workers with two, is what "2 workers vs 1" means where one worker would otherwise borrow the
+# second core through FFmpeg's frame threads.
+SCALING: dict[str, tuple[list[str], str | None]] = {
+    "in-process, 1 thread": (["--workers", "0", "--threads", "1"], None),
+    "in-process, 1 thread on 1 core": (["--workers", "0", "--threads", "1"], "0"),
+    "in-process, 2 threads": (["--workers", "0", "--threads", "2"], None),
+    "default flags": ([], None),
+    "Ray, 1 worker": (["--workers", "1"], None),
+    "Ray, 1 worker on 1 core": (["--workers", "1"], "0"),
+    "Ray, 2 workers": (["--workers", "2"], None)}
+RATIOS = (("in-process, 1 thread", "in-process, 2 threads"), ("in-process, 1 thread on 1 core", "in-process, 2 threads"),
+          ("Ray, 1 worker", "Ray, 2 workers"), ("Ray, 1 worker on 1 core", "Ray, 2 workers"))
+
+
+def _decode_pinned(cpu: int, plans: list[tuple[str, list[int]]]) -> None:
+    """One process's share of the machine ceiling: decode its videos (one FFmpeg thread) on CPU `cpu` only."""
+    os.sched_setaffinity(0, {cpu})
+    for path, plan in plans:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = 1
+            for index, _ in enumerate(container.decode(stream)):
+                if index >= max(plan):
+                    break
+
+
+def machine_ceiling(folder: Path, runs: int) -> float:
+    """What this machine gives a second core: the decode floor of the 28 videos in one process on one CPU vs two
+    processes, each on its own CPU with half the videos (no GIL, no shared state: only the hardware's own
+    scaling, e.g. shared cache and memory bandwidth). Worst of `runs` pairs, interleaved."""
+    import multiprocessing
+
+    from dfprep.catalog import scan
+    from dfprep.config import load_config
+    from dfprep.vision.video import frame_plan, probe
+
+    config = load_config(None, {})
+    plans = [(str(r.path), frame_plan(probe(r.path), config.sampling)) for r in scan("folder", folder, config.dataset)]
+    ratios = []
+    for _ in range(runs):
+        walls = []
+        for shares in ([plans], [plans[0::2], plans[1::2]]):
+            started = time.perf_counter()
+            workers = [multiprocessing.Process(target=_decode_pinned, args=(cpu, share))
+                       for cpu, share in enumerate(shares)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+            walls.append(time.perf_counter() - started)
+        ratios.append(walls[0] / walls[1])
+        print(f"  decode floor, 1 process on 1 core {walls[0]:6.2f} s, 2 processes on 2 cores {walls[1]:6.2f} s "
+              f"-> {ratios[-1]:.2f}x", flush=True)
+    return min(ratios)
 
 
 def workers_scaling(root: Path, runs: int, work: Path) -> None:
     """28 videos: in-process with 1 and 2 video threads, default flags, Ray with 1 and 2 workers (the flags are
-    always obeyed); interleaved run by run so that load from other jobs falls on all alike."""
+    always obeyed), the single ones also pinned to one core; interleaved run by run so that load from other jobs
+    falls on all alike."""
     folder, _ = build_inputs(root, work / "inputs")
-    results: dict[str, list[dict[str, float]]] = {label: [] for label in SCALING}
+    pinning = shutil.which("taskset") is not None and (os.cpu_count() or 1) > 1
+    chosen = {label: spec for label, spec in SCALING.items() if spec[1] is None or pinning}
+    results: dict[str, list[dict[str, float]]] = {label: [] for label in chosen}
     for _ in range(runs):
-        for number, (label, flags) in enumerate(SCALING.items()):
+        for number, (label, (flags, cpus)) in enumerate(chosen.items()):
+            prefix = ["taskset", "-c", cpus] if cpus else []
             results[label].append(repeat_cli(label, ["extract", "folder", str(folder), *flags], 1,
-                                             work / f"scaling{number}"))
+                                             work / f"scaling{number}", prefix=prefix))
     worst = {label: max(r["wall"] for r in rs) for label, rs in results.items()}
     best = {label: min(r["wall"] for r in rs) for label, rs in results.items()}
     cpu = {label: max(r["cpu"] for r in rs) for label, rs in results.items()}
-    print("\n== 28 videos x 32 frames: 1 vs 2 video threads in-process, 1 vs 2 Ray workers ==")
-    for label in SCALING:
-        print(f"  {label:22s} {worst[label]:7.2f} s wall (worst of {runs}, best {best[label]:.2f} s), "
+    print(f"\n== 28 videos x 32 frames on {os.cpu_count()} CPUs: 1 vs 2 video threads in-process, 1 vs 2 Ray "
+          "workers ==")
+    for label in chosen:
+        print(f"  {label:31s} {worst[label]:7.2f} s wall (worst of {runs}, best {best[label]:.2f} s), "
               f"{cpu[label]:6.2f} s cpu (worst)")
-    for one, two in (("in-process, 1 thread", "in-process, 2 threads"), ("Ray, 1 worker", "Ray, 2 workers")):
-        print(f"  {two} vs {one}: {worst[one] / worst[two]:.2f}x (worst vs worst), {best[one] / best[two]:.2f}x "
-              "(best vs best)")
+    for one, two in RATIOS:
+        if one in chosen:
+            print(f"  {two} vs {one}: {worst[one] / worst[two]:.2f}x (worst vs worst), "
+                  f"{best[one] / best[two]:.2f}x (best vs best)")
     print(f"  default flags vs Ray 2 workers: {worst['Ray, 2 workers'] / worst['default flags']:.2f}x "
           "(worst vs worst; > 1: the default is faster)")
+    if not pinning:
+        print("  (no taskset or one CPU: the runs on 1 core were left out)")
+        return
+    ceiling = machine_ceiling(folder, runs)
+    print(f"  this machine's own 2-core scaling (decode floor, 2 pinned processes vs 1): {ceiling:.2f}x (worst of "
+          f"{runs}); dfprep's 2 threads vs 1 thread on 1 core reach "
+          f"{worst['in-process, 1 thread on 1 core'] / worst['in-process, 2 threads'] / ceiling:.0%} of it")
 
 
 def small_clips(target: Path, count: int, distinct: int = 50) -> Path:
