@@ -85,6 +85,37 @@ def test_interrupting_in_process_three_times_never_charges_a_video(small, tmp_pa
     assert staging_left(tmpdir_short) == []  # a killed run's staging folder and crash log are gone too
 
 
+def test_a_staging_folder_whose_process_dies_during_the_rerun_is_gone_when_the_rerun_ends(
+        small, tmp_path, monkeypatch):
+    """A killed run's Ray worker can outlive its driver for a moment: its staging folder is still owned by a live
+    process when the rerun starts, so the rerun removes it once that process is gone, at its end."""
+    import tempfile
+    import time
+
+    from dfprep.runner import run
+
+    dying = subprocess.Popen(["sleep", "600"])  # stands in for the killed run's lingering worker
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    leftover = tmp_path / f"dfprep-{dying.pid}-lingering"
+    (leftover / "unit").mkdir(parents=True)
+    ours = tmp_path / "dfprep-notes-by-someone"  # not a dfprep-<pid>- name: never touched
+    ours.mkdir()
+    real = run.run_in_process
+
+    def worker_dies_meanwhile(*args, **kwargs):
+        assert leftover.exists()  # the start of the run left it: its owner still ran
+        dying.kill()
+        dying.wait()
+        time.sleep(0.05)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run, "run_in_process", worker_dies_meanwhile)
+    config = library_config(small)
+    extract_run(scan("folder", small, config.dataset), config, str(tmp_path / "out"), quiet=True)
+    assert not leftover.exists() and ours.is_dir()
+    check_output(tmp_path / "out", INPUTS, good_videos(small))
+
+
 def _interrupt_self(kind: str, actor_pid: int) -> None:
     """What the watcher thread does: signal this (driver) process, or SIGKILL the paused Ray actor."""
     if kind == "actor":

@@ -124,6 +124,7 @@ def _run_locked(job: ShardJob[Any, ReportT], run_id: str, quiet: bool) -> Report
     if job.guarded and not job.shards.listdir(ATTEMPTS_DIR):
         job.shards.remove_dir(ATTEMPTS_DIR)
     job.finalize(plan.units, committed)
+    remove_stale_staging()  # again: a killed run's Ray worker may still have been dying when this run began
     return job.report(Outcome(plan, committed, [u.name for u in todo], removed + cleaned, redone, charged,
                               backend.note, nodes_lost))
 
