@@ -1,10 +1,10 @@
 """Where a run goes when the user did not say: video threads in this process, or a local Ray pool.
 
-In-process, `threads` video threads take units from one queue: FFmpeg, dlib's detector and shape predictor
-and OpenCV release the GIL, so each thread keeps about a core busy (THREAD_CORES of one, the rest is Python
-under the GIL), up to IN_PROCESS_THREADS. A local Ray pool keeps every CPU busy with no GIL but pays
-RAY_START_S before its first video (ray.init, the actors' imports and model loads, on the same CPUs). Ray is
-chosen only when the CPUs it adds would save more than that start-up:
+In-process, `threads` video threads take units from one queue: FFmpeg, dlib's HOG detector and OpenCV
+release the GIL (dlib's shape predictor holds it, ~0.4 ms a face), so each thread keeps about a core busy
+(THREAD_CORES of one, the rest is Python under the GIL), up to IN_PROCESS_THREADS. A local Ray pool keeps
+every CPU busy with no GIL but pays RAY_START_S before its first video (ray.init, the actors' imports and model
+loads, on the same CPUs). Ray is chosen only when the CPUs it adds would save more than that start-up:
 videos × VIDEO_CPU_S × (1/in-process cores − 1/cpus) > RAY_START_S.
 The constants are measured by benchmarks/cli_speed.py on FF++ c23 videos with 32 frames.
 """

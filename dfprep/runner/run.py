@@ -221,7 +221,7 @@ def commit_unit(worker: UnitWorker[Any], unit: Unit, shards: Storage, context: R
 def run_in_process(job: ShardJob[Any, Any], units: list[Unit], run_id: str, progress: Announce,
                    threads: int = 1) -> None:
     """No Ray: `threads` video threads take units from one queue (one thread: one unit after another,
-    debuggable); FFmpeg, dlib and OpenCV release the GIL, so threads share the cores. Crashes are recorded."""
+    debuggable); FFmpeg, dlib's HOG and OpenCV release the GIL, so threads share the cores. Crashes are recorded."""
     with recording_crashes(run_id) as crash_log:
         context = RunContext(run_id, exit_on_hang=False, crash_log=crash_log)
         if threads <= 1:
