@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -157,3 +158,25 @@ def test_the_cache_folder_follows_the_user_settings(monkeypatch):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", "/home/someone")
     assert cache_dir() == Path("/home/someone/.cache/dfprep")
+
+
+def test_processes_building_the_cache_at_once_all_get_the_detector_and_leave_one_verified_copy(tmp_path):
+    """Four commands started together on a machine with no cache: each builds and saves; the renames leave one
+    whole file and its sha256, no temporary, and every later process loads it."""
+    code = ("import sys\n"
+            "from dfprep.vision import hog\n"
+            "from tests.test_hog import detections\n"
+            "from tests.helpers.synthetic import FacePlacement, render_frame\n"
+            "image = render_frame(640, 480, [FacePlacement(200, 100, 1.2)], seed=3)\n"
+            "print(detections(hog.frontal_hog(), image, 0))\n")
+    env = {**os.environ, "DFPREP_CACHE_DIR": str(tmp_path)}
+    racing = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO.parent, env=env, stdout=subprocess.PIPE,
+                               text=True) for _ in range(4)]
+    printed = [process.communicate(timeout=120)[0] for process in racing]
+    assert all(process.returncode == 0 for process in racing)
+    image = render_frame(640, 480, [FacePlacement(200, 100, 1.2)], seed=3)
+    expected = str(detections(dlib.get_frontal_face_detector(), image, 0))
+    assert [line.strip() for line in printed] == [expected] * 4
+    cached = hog.cache_file(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([cached.name, hog.digest_file(cached).name])
+    assert hog._load_verified(cached) is not None
