@@ -26,8 +26,6 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import av
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from decode_floor import DEFAULT_ROOT, decode_floor  # noqa: E402
@@ -165,15 +163,9 @@ RATIOS = (("in-process, 1 thread", "in-process, 2 threads"), ("in-process, 1 thr
 
 
 def _decode_pinned(cpu: int, plans: list[tuple[str, list[int]]]) -> None:
-    """One process's share of the machine ceiling: decode its videos (one FFmpeg thread) on CPU `cpu` only."""
+    """One process's share of the machine ceiling: the decode floor of its videos (one FFmpeg thread) on CPU `cpu`."""
     os.sched_setaffinity(0, {cpu})
-    for path, plan in plans:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            stream.codec_context.thread_count = 1
-            for index, _ in enumerate(container.decode(stream)):
-                if index >= max(plan):
-                    break
+    decode_floor(plans, threads=1)
 
 
 def machine_ceiling(folder: Path, runs: int) -> float:

@@ -24,8 +24,9 @@ VARIANTS = {"skip+seek": (True, True), "skip only": (True, False), "seek only": 
             "plain": (False, False)}
 
 
-def decode_floor(paths_and_plans: Iterable[tuple[str | Path, Sequence[int]]]) -> float:
-    """Seconds plain threaded PyAV takes to decode each video up to its last planned frame, converting nothing."""
+def decode_floor(paths_and_plans: Iterable[tuple[str | Path, Sequence[int]]], threads: int = 0) -> float:
+    """Seconds plain threaded PyAV takes to decode each video up to its last planned frame, converting nothing
+    (`threads` FFmpeg threads per video; 0: FFmpeg's choice)."""
     started = time.perf_counter()
     for path, plan in paths_and_plans:
         if not plan:
@@ -34,6 +35,7 @@ def decode_floor(paths_and_plans: Iterable[tuple[str | Path, Sequence[int]]]) ->
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.codec_context.thread_type = "AUTO"
+            stream.codec_context.thread_count = threads
             for index, _ in enumerate(container.decode(stream)):
                 if index >= last:
                     break
