@@ -243,15 +243,14 @@ class VideoThreads:
         self.stop = threading.Event()  # set by the first failure: the other threads take no further unit
         self.running: set[threading.Thread] = set()  # kept here: an interrupted join() can leave is_alive() wrong
         self.changed = threading.Condition()
-        self.threads = 1  # video threads serving the queue (run() sets it): the job sizes its decoders by it
 
     def run(self, units: list[Unit], threads: int) -> None:
         """Commit every unit; the first failure (storage, a bug) is raised here once the threads have stopped."""
         for unit in units:
             self.units.put(unit)
-        self.threads = min(threads, len(units))
-        pool = [threading.Thread(target=self._serve, name=f"dfprep-video-{n}", daemon=True)
-                for n in range(self.threads)]
+        count = min(threads, len(units))
+        pool = [threading.Thread(target=self._serve, args=(count,), name=f"dfprep-video-{n}", daemon=True)
+                for n in range(count)]
         with self.changed:
             self.running.update(pool)
         for thread in pool:
@@ -267,10 +266,11 @@ class VideoThreads:
         if self.failures:
             raise self.failures[0]
 
-    def _serve(self) -> None:
-        """One thread: build a worker, then commit units until none is left or another thread failed."""
+    def _serve(self, threads: int) -> None:
+        """One of `threads` threads: build a worker (its decoder sized by their number), then commit units until
+        none is left or another thread failed."""
         try:
-            worker = self.job.worker(True, self.threads)()
+            worker = self.job.worker(True, threads)()
             while not self.stop.is_set():
                 try:
                     unit = self.units.get_nowait()
