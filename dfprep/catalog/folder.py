@@ -7,7 +7,7 @@ import os
 import warnings
 from collections import Counter
 from dataclasses import replace
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Iterable, Iterator
 
 from dfprep.catalog.base import (
@@ -55,20 +55,28 @@ def label_folders(root: Path) -> list[tuple[str | None, Path]]:
     return found
 
 
-def videos_below(folder: Path, skipped: Counter[str] | None = None) -> list[Path]:
+def videos_below(folder: Path, skipped: Counter[str] | None = None) -> Iterator[Path]:
     """Video files anywhere below `folder`, hidden files and folders skipped, sorted by relative path.
 
-    Other files are counted in `skipped` by extension, so the catalog can say what it left out.
+    Gathered as relative path strings and yielded as paths one at a time: a folder of 100k videos costs 100k
+    short strings while it is catalogued, not 100k Path objects. Other files are counted in `skipped` by
+    extension, so the catalog can say what it left out.
     """
-    videos = []
-    for path in folder.rglob("*"):
-        if any(part.startswith(".") for part in path.relative_to(folder).parts) or not path.is_file():
-            continue
-        if path.suffix.lower() in VIDEO_EXTENSIONS:
-            videos.append(path)
-        elif skipped is not None:
-            skipped[path.suffix.lower() or "(none)"] += 1
-    return sorted(videos, key=lambda p: p.relative_to(folder).parts)
+    found: list[str] = []
+    for directory, folders, files in os.walk(folder):  # symlinked folders are listed, not entered (as rglob)
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        below = os.path.relpath(directory, folder)
+        for name in files:
+            if name.startswith(".") or not os.path.isfile(os.path.join(directory, name)):
+                continue
+            extension = PurePath(name).suffix.lower()
+            if extension in VIDEO_EXTENSIONS:
+                found.append(name if below == os.curdir else os.path.join(below, name))
+            elif skipped is not None:
+                skipped[extension or "(none)"] += 1
+    found.sort(key=lambda relative: relative.split(os.sep))
+    for relative in found:
+        yield folder / relative
 
 
 def skipped_warning(skipped: Counter[str]) -> str:
