@@ -7,7 +7,7 @@ import sys
 from collections import deque
 from pathlib import Path
 
-from dfprep.jobs.plan import WorkUnit
+from dfprep.jobs.plan import PlannedUnit
 from dfprep.runner.pool import ActorPool
 from tests.helpers.synthetic import FacePlacement, linear_motion, write_clip
 
@@ -53,11 +53,13 @@ def test_the_pool_keeps_at_most_k_units_in_flight_per_actor():
     log: list = []
     pool = object.__new__(ActorPool)  # the submission logic alone, without starting Ray
     pool.actors, pool.in_flight, pool.queue = [_Actor(log, 0), _Actor(log, 1)], 2, type("Q", (), {"actor": None})
-    todo = deque(WorkUnit(f"train-{i:06d}", (), ()) for i in range(100))
+    todo = deque(PlannedUnit(f"train-{i:06d}", i, 1) for i in range(100))
     pending: dict = {}
     load = {0: 0, 1: 0}
-    pool._submit(todo, pending, load, (None,))
+    built: list[str] = []
+    pool._submit(todo, pending, load, (None,), lambda unit: built.append(unit.name) or unit)
     assert len(pending) == 4 and len(todo) == 96 and load == {0: 2, 1: 2}
+    assert built == ["train-000000", "train-000001", "train-000002", "train-000003"]  # only what is sent is built
     load[1] -= 1  # one unit of actor 1 finished
     pending.pop("ref-train-000002", None)
     pool._submit(todo, pending, load, (None,))

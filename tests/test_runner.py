@@ -50,10 +50,10 @@ class RecordingPool:
     def __exit__(self, *exc: Any) -> None:
         pass
 
-    def run(self, units: list[Any], task_args: tuple[Any, ...], on_message: Any) -> dict[str, str]:
+    def run(self, units: list[Any], task_args: tuple[Any, ...], on_message: Any, build: Any) -> dict[str, str]:
         queue = SimpleNamespace(put_nowait=SimpleNamespace(remote=on_message))
         for unit in units:
-            self.actor.run_unit(unit, *task_args, queue)
+            self.actor.run_unit(build(unit), *task_args, queue)
         return {}
 
 
@@ -136,7 +136,7 @@ class LetterWorker:
 class LetterJob:
     """A job of the test's own: each unit's letters become one shard; its index lists the shards."""
 
-    kind, guarded, threads, temporaries = "letters", False, False, ("letters.json",)
+    kind, guarded, threads, temporaries, marker_rows = "letters", False, False, ("letters.json",), ()
     bar = Bar("letters", "letter", "letters_per_s", faces=False)
 
     def __init__(self, storage: Storage, units: list[Letters]):
@@ -169,6 +169,9 @@ class LetterJob:
 
     def cost(self, unit: Letters) -> float:
         return float(len(unit.letters))
+
+    def load(self, unit: Letters) -> Letters:
+        return unit
 
     def worker(self, in_process: bool, threads: int = 1) -> Any:
         return partial(LetterWorker, self.shards)

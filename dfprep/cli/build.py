@@ -165,14 +165,15 @@ def extract(dataset: str | None, root: str | None, output: str, pipeline: str | 
         raise DfprepError("extract needs a DATASET and a ROOT (arguments, or dataset.name/root in the recipe)")
     checksum_ahead(config.detection.landmarks)  # hashed while the run's modules load and the videos are catalogued
     from dfprep.catalog import scan
+    from dfprep.catalog.table import catalog_table
     from dfprep.cli.summary import format_summary, summary_json
     from dfprep.runner.run import extract_run
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        records = list(scan(config.dataset.name, config.dataset.root, config.dataset))
     with without_pandas() if "cam" not in config.output.maps else nullcontext():  # Grad-CAM loads torch
-        report = extract_run(records, config, output, overwrite=overwrite, extend=extend, quiet=quiet)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            catalog = catalog_table(scan(config.dataset.name, config.dataset.root, config.dataset))  # as columns
+        report = extract_run(catalog, config, output, overwrite=overwrite, extend=extend, quiet=quiet)
     if as_json:
         click.echo(json.dumps({**summary_json(report), "catalog_warnings": [str(w.message) for w in caught]},
                               indent=1))

@@ -373,13 +373,16 @@ def _check_end(tar_name: str, handle: IO[bytes], end: int, members: list[tarfile
                          "re-run the command that wrote it")
 
 
-def committed_units(storage: Storage, prefix: str = "") -> dict[str, dict[str, Any]]:
-    """Shard name → its stats for every unit whose commit marker exists (an unreadable marker counts as absent)."""
+def committed_units(storage: Storage, prefix: str = "", without: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+    """Shard name → its stats for every unit whose commit marker exists (an unreadable marker counts as absent);
+    the keys `without` are dropped as each marker is read (per-item rows a caller does not need)."""
     done = {}
     for name in storage.listdir(prefix):
         if name.endswith(STATS_SUFFIX):
             stats = storage.read_marker(f"{prefix}/{name}" if prefix else name)
             if stats is not None:
+                for key in without:
+                    stats.pop(key, None)
                 done[name[: -len(STATS_SUFFIX)]] = stats
     return done
 

@@ -118,7 +118,9 @@ class ShardJob(Protocol[UnitT, ReportT]):
     kind: the lock's command and the failure message's name; output: the folder the lock covers;
     shards: where the units are committed; ray: the Ray settings the Ray backend honours;
     guarded: whether items run under attempt markers (the runner keeps them in `shards/_attempts`);
-    threads: whether several of its workers may run side by side in threads of one process.
+    threads: whether several of its workers may run side by side in threads of one process;
+    marker_rows: commit-marker keys that hold an entry per item (a unit's per-video rows): the runner drops
+    them as it reads the markers, so its memory does not grow with the items (finalize reads them back).
     """
 
     kind: str
@@ -129,6 +131,7 @@ class ShardJob(Protocol[UnitT, ReportT]):
     guarded: bool
     threads: bool
     temporaries: Sequence[str]  # the job's index files whose `.tmp` leftovers the runner deletes
+    marker_rows: Sequence[str]
 
     def check(self) -> None:
         """Before the lock: refuse, in one line, what cannot be run (foreign folder, bad models)."""
@@ -155,6 +158,10 @@ class ShardJob(Protocol[UnitT, ReportT]):
     def cost(self, unit: UnitT) -> float:
         """A unit's expected work, in any unit: the runner hands out the costliest first, so the last unit to
         finish is a small one and no worker idles while another ends a big one alone."""
+
+    def load(self, unit: UnitT) -> Unit:
+        """The unit as its worker takes it, built as it is handed out (a plan may keep its units light: a name
+        and where its items lie), so only the units in flight hold their items in the driver."""
 
     def worker(self, in_process: bool, threads: int = 1) -> WorkerFactory:
         """A factory of the worker that commits units (in this process, where `threads` video threads share the

@@ -11,20 +11,22 @@ import shlex
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import cv2
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from dfprep import __version__
 from dfprep.catalog.base import VideoRecord
+from dfprep.catalog.table import catalog_table, column_values
 from dfprep.config import PipelineConfig
-from dfprep.errors import normalised_reason
+from dfprep.errors import DfprepError, normalised_reason
 from dfprep.io.layout import (ATTEMPTS_DIR, DATASET_JSON, INDEX_FILES, OWNERSHIP_FILE, PLAN_META, PLAN_TABLE,
-                              TEMP_SUFFIX, VIDEOS_TABLE, marker_unit, sample_index_schema, unit_files,
+                              STATS_SUFFIX, TEMP_SUFFIX, VIDEOS_TABLE, marker_unit, sample_index_schema, unit_files,
                               videos_schema)
 from dfprep.io.ownership import check_claimable, check_separate, claim
 from dfprep.io.shards import ShardWriter
@@ -32,7 +34,10 @@ from dfprep.io.storage import Storage
 from dfprep.jobs.contract import (Announce, Bar, ItemGuard, Needs, Outcome, Plan, Stats, WorkerFactory,
                                   local_needs)
 from dfprep.jobs.extract import ExtractionModels, VideoExtractor, VideoResult, base_row
-from dfprep.jobs.plan import WorkUnit, catalog_drift, input_roots, load_or_create_plan, units_from_table
+from dfprep.jobs.plan import (PlannedUnit, PlanRows, WorkUnit, catalog_drift, input_roots, load_or_create_plan,
+                              read_plan_table)
+
+ROWS_PER_GROUP = 1024  # videos.parquet is written this many rows at a time (a row group each)
 
 
 @dataclass
@@ -130,18 +135,24 @@ class ExtractJob:
     guarded = True
     threads = True  # each worker thread builds its own detectors (dlib's are not shared between threads)
     temporaries = (*INDEX_FILES, OWNERSHIP_FILE)
+    marker_rows = ("videos",)
 
-    def __init__(self, storage: Storage, records: list[VideoRecord], config: PipelineConfig, *, overwrite: bool,
-                 extend: bool, runtime_versions: dict[str, str]):
+    def __init__(self, storage: Storage, records: Iterable[VideoRecord] | pa.Table, config: PipelineConfig, *,
+                 overwrite: bool, extend: bool, runtime_versions: dict[str, str]):
         self.output = self.shards = storage
-        self.records, self.config, self.ray = records, config, config.ray
+        self.catalog: pa.Table | None = catalog_table(records)  # freed once planned: the plan holds what runs
+        self.videos = self.catalog.num_rows
+        self.config, self.ray = config, config.ray
         self.overwrite, self.extend, self.runtime_versions = overwrite, extend, runtime_versions
         self.models: ExtractionModels | None = None
         self.hash = config.output_hash()
+        self.rows: PlanRows | None = None
+        self.totals = RunReport("", "", 0, 0)  # counted by finalize from every committed unit, for the report
 
     def check(self) -> None:
         """Input and output apart, the folder ours (or empty), the models resolved and load-checked."""
-        check_separate(self.output, input_roots(self.config), [r.path for r in self.records])
+        assert self.catalog is not None, "check() comes before plan()"
+        check_separate(self.output, input_roots(self.config), column_values(self.catalog, "path"))
         check_claimable(self.output, OWNERSHIP_FILE, adopt=is_earlier_output)
         self.models = ExtractionModels.resolve(self.config)
 
@@ -152,30 +163,40 @@ class ExtractJob:
 
     def expected_items(self) -> int | None:
         """The catalogued videos: a small folder runs in-process when that finishes sooner than Ray starts."""
-        return len(self.records)
+        return self.videos
 
-    def plan(self, workers: int) -> Plan[WorkUnit]:
+    def plan(self, workers: int) -> Plan[PlannedUnit]:
         """The persisted plan (or a new one, units sized for the workers), and where the catalog disagrees."""
-        units, note = load_or_create_plan(self.output, self.records, self.config, overwrite=self.overwrite,
-                                          extend=self.extend, workers=workers)
+        assert self.catalog is not None, "plan() runs once"
+        self.rows, note = load_or_create_plan(self.output, self.catalog, self.config, overwrite=self.overwrite,
+                                              extend=self.extend, workers=workers)
         root = ", ".join(input_roots(self.config)) or "the input"
-        return Plan(units, note, catalog_drift(units, self.records, root))
+        warnings = catalog_drift(self.rows, self.catalog, root)
+        self.catalog = None
+        pa.default_memory_pool().release_unused()  # planning's sorts and copies go back to the system, not kept
+        return Plan(self.rows.units, note, warnings)
 
     def is_committed(self, stats: Stats) -> bool:
         """A marker stamped with this output's config hash (an unstamped one predates stamps and counts)."""
         return stats.get("config_hash", self.hash) == self.hash
 
-    def stale(self, unit: str, stats: Stats, units: dict[str, WorkUnit]) -> str | None:
+    def stale(self, unit: str, stats: Stats, units: dict[str, PlannedUnit]) -> str | None:
         """A face shard depends on nothing but its videos and the config (both in its stamp)."""
         return None
 
-    def size(self, unit: WorkUnit) -> int:
+    def size(self, unit: PlannedUnit) -> int:
         """Videos in the unit."""
-        return len(unit.records)
+        return unit.videos
 
-    def cost(self, unit: WorkUnit) -> float:
+    def cost(self, unit: PlannedUnit) -> float:
         """The unit's bytes of video (decoding dominates and grows with them); a file that is gone costs nothing."""
-        return float(sum(file_bytes(record.path) for record in unit.records))
+        assert self.rows is not None, "plan() comes first"
+        return float(sum(file_bytes(path) for path in self.rows.paths(unit)))
+
+    def load(self, unit: PlannedUnit) -> WorkUnit:
+        """The unit's records, built from the plan's rows as it is handed out."""
+        assert self.rows is not None, "plan() comes first"
+        return self.rows.load(unit)
 
     def worker(self, in_process: bool, threads: int = 1) -> WorkerFactory:
         """In-process each video thread's decoder takes its share of the cores; a Ray actor takes
@@ -195,33 +216,43 @@ class ExtractJob:
         assert self.models is not None, "check() resolves the models first"
         return local_needs(input_roots(self.config), [self.output], self.models.present())
 
-    def finalize(self, units: list[WorkUnit], committed: dict[str, Stats]) -> None:
-        """Rebuild videos.parquet and dataset.json from the committed units."""
-        rows = [row for unit in units if unit.name in committed for row in committed[unit.name]["videos"]]
-        if rows:
-            self.output.write_table(VIDEOS_TABLE, rows_to_table(rows))
+    def finalize(self, units: list[PlannedUnit], committed: dict[str, Stats]) -> None:
+        """Rebuild videos.parquet and dataset.json from the committed units, reading their markers one at a time
+        (twice: the columns and the totals, then the rows), so no run holds every video's row at once."""
+        names = [unit.name for unit in units if unit.name in committed]
+        self.totals, columns = RunReport("", "", 0, 0), set()
+        for stats in self._markers(names):
+            add_unit(self.totals, stats)
+            columns.update(key for row in stats["videos"] for key in row)
+        if self.totals.videos:
+            self.output.write_bytes(VIDEOS_TABLE, videos_parquet(self._markers(names), videos_schema(columns)))
         checksums = self.models.checksums() if self.models is not None else {}
         self.output.write_json(DATASET_JSON, {
             "command": command_line(), "config": self.config.to_dict(), "config_hash": self.hash,
             "versions": {**library_versions(), **self.runtime_versions}, "models": checksums,
             "shards": [u.name for u in units if u.name in committed],
             "complete": all(u.name in committed for u in units),
-            "videos": len(rows), "samples": sum(committed[u]["samples"] for u in committed),
+            "videos": self.totals.videos, "samples": sum(committed[u]["samples"] for u in committed),
         })
 
-    def report(self, outcome: Outcome[WorkUnit]) -> RunReport:
-        """Aggregate the committed units' stats into the summary numbers."""
+    def _markers(self, names: list[str]) -> Iterator[Stats]:
+        """The units' commit markers in full, read one at a time."""
+        for name in names:
+            stats = self.shards.read_marker(f"{name}{STATS_SUFFIX}")
+            if stats is None:
+                raise DfprepError(f"{self.shards.path(name + STATS_SUFFIX)} became unreadable while this run "
+                                  "finalized: rerun the same command")
+            yield stats
+
+    def report(self, outcome: Outcome[PlannedUnit]) -> RunReport:
+        """The summary numbers: finalize's totals over the committed units, and what this run did."""
         plan = outcome.plan
         note = plan.note + "".join(f"; redoing damaged shard {u} ({r})" for u, r in outcome.redone.items())
         if outcome.backend_note and outcome.done:
             note += f"; {outcome.backend_note}"
-        report = RunReport(self.output.display, note, len(plan.units), outcome.skipped, removed=outcome.removed,
-                           warnings=plan.warnings, charged=outcome.charged, nodes_lost=outcome.nodes_lost)
-        for unit in plan.units:
-            stats = outcome.committed.get(unit.name)
-            if stats is not None:
-                add_unit(report, stats)
-        return report
+        return replace(self.totals, output=self.output.display, note=note, units_total=len(plan.units),
+                       units_skipped=outcome.skipped, removed=outcome.removed, warnings=plan.warnings,
+                       charged=outcome.charged, nodes_lost=outcome.nodes_lost)
 
 
 def add_unit(report: RunReport, stats: Stats) -> None:
@@ -252,8 +283,8 @@ def clean_output(storage: Storage) -> list[str]:
 def _persisted_unit_names(storage: Storage) -> set[str]:
     """Unit names of the plan persisted in the folder (none when there is no readable plan)."""
     try:
-        return {unit.name for unit in units_from_table(storage.read_table(PLAN_TABLE))}
-    except (OSError, ValueError, KeyError):
+        return set(read_plan_table(storage).column("unit").unique().to_pylist())
+    except (OSError, ValueError, KeyError, pa.ArrowException):
         return set()
 
 
@@ -271,10 +302,26 @@ def file_bytes(path: str) -> int:
         return 0
 
 
-def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
-    """videos.parquet over the contract's schema (optional columns only when some row has them)."""
-    schema = videos_schema({key for row in rows for key in row})
-    return pa.Table.from_pylist([{key: row.get(key) for key in schema.names} for row in rows], schema=schema)
+def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema | None = None) -> pa.Table:
+    """Video rows over the contract's schema (by default optional columns only when some row has them)."""
+    if schema is None:
+        schema = videos_schema({key for row in rows for key in row})
+    return pa.Table.from_pydict({key: [row.get(key) for row in rows] for key in schema.names}, schema=schema)
+
+
+def videos_parquet(markers: Iterable[Stats], schema: pa.Schema) -> bytes:
+    """videos.parquet from the units' markers, ROWS_PER_GROUP rows at a time (memory flat in the videos)."""
+    buffer = pa.BufferOutputStream()
+    with pq.ParquetWriter(buffer, schema) as writer:
+        pending: list[dict[str, Any]] = []
+        for stats in markers:
+            pending += stats["videos"]
+            if len(pending) >= ROWS_PER_GROUP:
+                writer.write_table(rows_to_table(pending, schema))
+                pending = []
+        if pending:
+            writer.write_table(rows_to_table(pending, schema))
+    return buffer.getvalue().to_pybytes()
 
 
 def library_versions() -> dict[str, str]:

@@ -445,6 +445,7 @@ class MapJob:
     guarded = False
     threads = False  # a map worker may hold a torch model: one per process
     temporaries = (MANIFEST,)
+    marker_rows = ()  # a map marker holds totals only
 
     def __init__(self, faces: Storage, run: MapRun, cam: CamBackend | None):
         self.settings, self.ray, self.overwrite, self.cam = run.settings.resolved(), run.ray, run.overwrite, cam
@@ -499,6 +500,10 @@ class MapJob:
     def cost(self, unit: MapUnit) -> float:
         """Faces in the unit: every map costs about the same."""
         return float(unit.samples)
+
+    def load(self, unit: MapUnit) -> MapUnit:
+        """A map unit names its face shard: its worker reads the faces itself."""
+        return unit
 
     def worker(self, in_process: bool, threads: int = 1) -> WorkerFactory:
         """In-process over the checkpoints read here; a Ray actor re-reads them and checks their sha256."""

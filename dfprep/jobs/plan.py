@@ -1,15 +1,23 @@
-"""The shard plan: videos grouped into numbered work units of one split, persisted before work starts."""
+"""The shard plan: videos grouped into numbered work units of one split, persisted before work starts.
+
+The plan is columnar end to end: the catalog (dfprep.catalog.table) is sorted and cut into units as Arrow
+columns, the driver keeps the plan as one table with its units as row ranges, and a unit's records become
+Python objects only when it is handed to a worker. So the driver's memory does not grow by a Python object
+per video (README, performance: driver memory).
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
-from itertools import groupby
-from typing import Any, Iterable
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from dfprep.catalog.base import VideoRecord
+from dfprep.catalog.table import CATALOG_SCHEMA, catalog_table
 from dfprep.config import PipelineConfig
 from dfprep.errors import DfprepError
 from dfprep.io.layout import PLAN_META, PLAN_SCHEMA, PLAN_TABLE, STATS_SUFFIX
@@ -20,15 +28,69 @@ from dfprep.io.storage import Storage
 # Shards shrink below MAX_VIDEOS_PER_SHARD only when the input is too small to give every worker this many.
 UNITS_PER_WORKER = 4
 MAX_VIDEOS_PER_SHARD = 48  # ~1.5k samples at 32 frames
+# Sort key of a plan: split, family, originals before fakes, id — so families stay together and in order.
+FAMILY_ORDER = [("split", "ascending"), ("family_id", "ascending"), ("label", "ascending"),
+                ("video_id", "ascending")]
+RECORD_NAMES = [f.name for f in fields(VideoRecord)]
 
 
 @dataclass(frozen=True)
 class WorkUnit:
-    """One output shard's worth of videos (a fixed, persisted group of one split)."""
+    """One output shard's worth of videos, as its worker runs it (records built from the plan's rows)."""
 
     name: str  # <split>-NNNNNN
     records: tuple[VideoRecord, ...]
     original_paths: tuple[str | None, ...]  # per record: the path of the original it is paired with
+
+
+@dataclass(frozen=True)
+class PlannedUnit:
+    """A unit as the driver keeps it: its name and where its rows lie in the plan table."""
+
+    name: str
+    start: int  # its first row in PlanRows.table
+    videos: int
+
+
+class PlanRows:
+    """A plan as the driver holds it: one table (a row per video, in unit order) and its units as row ranges."""
+
+    def __init__(self, table: pa.Table):
+        self.table = table if in_unit_order(table) else table.sort_by([("unit", "ascending"),
+                                                                       ("position", "ascending")])
+        self.table = self.table.combine_chunks()
+        starts = unit_starts(self.table.column("unit"))
+        ends = [*starts[1:], self.table.num_rows]
+        names = self.table.column("unit").take(pa.array(starts, pa.int64())).to_pylist()
+        self.units = [PlannedUnit(name, start, end - start) for name, start, end in zip(names, starts, ends)]
+
+    def load(self, unit: PlannedUnit) -> WorkUnit:
+        """The unit's records, built now (right before a worker gets it)."""
+        rows = self.table.slice(unit.start, unit.videos).to_pylist()
+        records = tuple(VideoRecord(**{name: row[name] for name in RECORD_NAMES}) for row in rows)
+        return WorkUnit(unit.name, records, tuple(row["original_path"] for row in rows))
+
+    def paths(self, unit: PlannedUnit) -> list[str]:
+        """The unit's video paths."""
+        return self.table.column("path").slice(unit.start, unit.videos).to_pylist()
+
+
+def in_unit_order(table: pa.Table) -> bool:
+    """Whether the rows already run unit by unit, positions rising (a plan as written: no sorted copy needed)."""
+    if table.num_rows < 2:
+        return True
+    unit, position = table.column("unit"), table.column("position")
+    same = pc.equal(unit[1:], unit[:-1])
+    rising = pc.or_(pc.less(unit[:-1], unit[1:]), pc.and_(same, pc.less(position[:-1], position[1:])))
+    return bool(pc.all(rising).as_py())
+
+
+def unit_starts(names: pa.ChunkedArray | pa.Array) -> list[int]:
+    """The rows where a run of equal names begins (the first row of each unit)."""
+    if len(names) == 0:
+        return []
+    changed = pc.not_equal(names[1:], names[:-1]).to_numpy(zero_copy_only=False)
+    return [0, *(np.flatnonzero(changed) + 1).tolist()]
 
 
 def unit_size(videos: int, workers: int, videos_per_shard: int | None) -> int:
@@ -41,94 +103,90 @@ def unit_size(videos: int, workers: int, videos_per_shard: int | None) -> int:
     return max(1, min(MAX_VIDEOS_PER_SHARD, videos // (UNITS_PER_WORKER * workers)))
 
 
-def _family_order(record: VideoRecord) -> tuple[str, str, int, str]:
-    """Sort key: split, family, originals before fakes, id — so families stay together and in order."""
-    return record.split, record.family_id, record.label, record.video_id
+def unit_ends(split_starts: list[int], family_starts: list[int], rows: int, videos_per_shard: int) -> list[int]:
+    """Where units end, over rows in family order: families packed into units of at most `videos_per_shard`
+    videos (a family larger than that is cut), a unit never spanning two splits."""
+    new_split = set(split_starts)
+    ends: list[int] = []
+    begun = 0  # first row of the unit being filled
+    for start, end in zip(family_starts, [*family_starts[1:], rows]):
+        if start > begun and (start in new_split or end - begun > videos_per_shard):
+            ends.append(start)  # a new split, or the family does not fit: close the unit
+            begun = start
+        while end - begun >= videos_per_shard:
+            begun += videos_per_shard
+            ends.append(begun)
+    if begun < rows:
+        ends.append(rows)
+    return ends
 
 
-def build_units(records: Iterable[VideoRecord], videos_per_shard: int, first_number: dict[str, int] | None = None,
-                originals: dict[str, str] | None = None) -> list[WorkUnit]:
-    """Pack families into units of at most `videos_per_shard` videos, never mixing splits."""
-    ordered = sorted(records, key=_family_order)
-    originals = dict(originals or {})
-    originals.update({r.video_id: r.path for r in ordered if r.video_id == r.family_id})
+def plan_table(catalog: pa.Table, videos_per_shard: int, first_number: dict[str, int] | None = None,
+               originals: pa.Table | None = None) -> pa.Table:
+    """Pack the catalog's families into named units (rows in plan order); each fake gets its original's path,
+    looked up among the catalog's originals, then `originals` (video_id, path) of an earlier plan."""
+    ordered = catalog.sort_by(FAMILY_ORDER).combine_chunks()
+    rows = ordered.num_rows
+    split_starts = unit_starts(ordered.column("split"))
+    family_starts = sorted(set(split_starts) | set(unit_starts(ordered.column("family_id"))))
+    ends = unit_ends(split_starts, family_starts, rows, videos_per_shard)
+    starts = [0, *ends[:-1]] if ends else []
     numbers = dict(first_number or {})
-    units: list[WorkUnit] = []
-    for split, in_split in groupby(ordered, key=lambda r: r.split):
-        current: list[VideoRecord] = []
-        for _, family in groupby(in_split, key=lambda r: r.family_id):
-            members = list(family)
-            if current and len(current) + len(members) > videos_per_shard:
-                units.append(_unit(split, numbers, current, originals))
-                current = []
-            for record in members:
-                current.append(record)
-                if len(current) == videos_per_shard:
-                    units.append(_unit(split, numbers, current, originals))
-                    current = []
-        if current:
-            units.append(_unit(split, numbers, current, originals))
-    return units
+    names = []
+    for split in ordered.column("split").take(pa.array(starts, pa.int64())).to_pylist():
+        names.append(f"{split}-{numbers.get(split, 0):06d}")
+        numbers[split] = numbers.get(split, 0) + 1
+    lengths = np.diff([0, *ends])
+    columns: dict[str, Any] = {
+        "unit": pa.array(names, pa.string()).take(pa.array(np.repeat(np.arange(len(names)), lengths))),
+        "position": pa.array(np.arange(rows) - np.repeat(np.array(starts, dtype=np.int64), lengths), pa.int64()),
+        **{name: ordered.column(name) for name in CATALOG_SCHEMA.names},
+        "original_path": original_paths(ordered, originals),
+    }
+    return pa.table(columns, schema=PLAN_SCHEMA)
 
 
-def _unit(split: str, numbers: dict[str, int], records: list[VideoRecord], originals: dict[str, str]) -> WorkUnit:
-    """Name the next unit of a split and pair each fake with its original's path."""
-    number = numbers.get(split, 0)
-    numbers[split] = number + 1
-    paths = tuple(originals.get(r.family_id) if r.label == 1 else None for r in records)
-    return WorkUnit(f"{split}-{number:06d}", tuple(records), paths)
+def original_paths(ordered: pa.Table, earlier: pa.Table | None) -> pa.ChunkedArray | pa.Array:
+    """Per row: the path of the original a fake derives from (null for originals and for fakes without one)."""
+    is_original = pc.equal(ordered.column("video_id"), ordered.column("family_id"))
+    known = [ordered.filter(is_original).select(["video_id", "path"])]
+    if earlier is not None:
+        known.append(earlier.select(["video_id", "path"]).cast(known[0].schema))
+    originals = pa.concat_tables(known).combine_chunks()  # this catalog's originals win over an earlier plan's
+    found = pc.index_in(ordered.column("family_id"), value_set=originals.column("video_id").combine_chunks())
+    paths = pc.take(originals.column("path").combine_chunks(), found)
+    return pc.if_else(pc.equal(ordered.column("label"), 1), paths, pa.scalar(None, pa.string()))
 
 
-def units_to_table(units: Iterable[WorkUnit]) -> pa.Table:
-    """Flatten units into the persisted plan table (one row per video), column by column: the columns point at
-    the records' own strings, where a dict per row would cost ~1 kB per video at the driver's peak."""
-    columns: dict[str, list[Any]] = {name: [] for name in PLAN_SCHEMA.names}
-    record_fields = [f.name for f in fields(VideoRecord)]
-    for unit in units:
-        for position, (record, original) in enumerate(zip(unit.records, unit.original_paths)):
-            columns["unit"].append(unit.name)
-            columns["position"].append(position)
-            for name in record_fields:
-                columns[name].append(getattr(record, name))
-            columns["original_path"].append(original)
-    return pa.Table.from_pydict(columns, schema=PLAN_SCHEMA)
+def build_units(records: Any, videos_per_shard: int) -> list[WorkUnit]:
+    """The units a new plan makes of these records, each with its records (for tests and small tools)."""
+    plan = PlanRows(plan_table(catalog_table(records), videos_per_shard))
+    return [plan.load(unit) for unit in plan.units]
 
 
-def units_from_table(table: pa.Table) -> list[WorkUnit]:
-    """Rebuild units from the persisted plan, in their original order."""
-    record_fields = [f.name for f in fields(VideoRecord)]
-    units: list[WorkUnit] = []
-    rows = sorted(table.to_pylist(), key=lambda r: (r["unit"], r["position"]))
-    for name, group in groupby(rows, key=lambda r: r["unit"]):
-        members = list(group)
-        records = tuple(VideoRecord(**{k: row[k] for k in record_fields}) for row in members)
-        units.append(WorkUnit(name, records, tuple(row["original_path"] for row in members)))
-    return units
-
-
-def load_or_create_plan(storage: Storage, records: Iterable[VideoRecord], config: PipelineConfig,
-                        overwrite: bool = False, extend: bool = False,
-                        workers: int = 0) -> tuple[list[WorkUnit], str]:
+def load_or_create_plan(storage: Storage, catalog: pa.Table, config: PipelineConfig, overwrite: bool = False,
+                        extend: bool = False, workers: int = 0) -> tuple[PlanRows, str]:
     """Reuse the persisted plan (same config, same inputs), extend it with new videos, or create it.
 
     A new plan's units are sized for `workers` (see `unit_size`); a persisted plan keeps its units whatever
     the workers now, so a resumed run commits exactly the shards the first run planned.
     """
-    records = list(records)
+    catalog = catalog_table(catalog)
     meta = None if overwrite else _read_meta(storage)
     if meta is not None:
         if meta.get("config_hash") != config.output_hash():
             raise DfprepError(
                 f"{storage.root} was made with a different config ({str(meta.get('config_hash'))[:12]}, this run "
                 f"{config.output_hash()[:12]}): use --overwrite to start over, or another output folder")
-        units = _read_units(storage)
-        check_same_inputs(storage, meta, config, units, records)
+        plan = _read_plan(storage)
+        check_same_inputs(storage, meta, config, plan, catalog)
         if extend:
-            return _extend(storage, units, records, config, workers)
-        return units, f"resuming the existing plan ({len(units)} shards)"
-    units = build_units(records, unit_size(len(records), workers, config.output.videos_per_shard))
-    _write_plan(storage, units, config)
-    return units, f"new plan: {len(units)} shards"
+            return _extend(storage, plan, catalog, config, workers)
+        return plan, f"resuming the existing plan ({len(plan.units)} shards)"
+    size = unit_size(catalog.num_rows, workers, config.output.videos_per_shard)
+    plan = PlanRows(plan_table(catalog, size))
+    _write_plan(storage, plan, config)
+    return plan, f"new plan: {len(plan.units)} shards"
 
 
 def input_roots(config: PipelineConfig) -> list[str]:
@@ -137,16 +195,16 @@ def input_roots(config: PipelineConfig) -> list[str]:
     return [os.path.realpath(str(root)) for root in roots if root]
 
 
-def check_same_inputs(storage: Storage, meta: dict[str, Any], config: PipelineConfig, units: list[WorkUnit],
-                      records: list[VideoRecord]) -> None:
+def check_same_inputs(storage: Storage, meta: dict[str, Any], config: PipelineConfig, plan: PlanRows,
+                      catalog: pa.Table) -> None:
     """Refuse to resume a plan made from other inputs (another root or dataset), like a changed config."""
     planned = meta.get("inputs") or {}
     current = {"dataset": config.dataset.name, "roots": input_roots(config)}
     if planned.get("roots") and current["roots"]:
         changed = planned != current
     else:  # roots unknown (library use, or an older plan): another input shares no video file with the plan
-        known = {r.path for unit in units for r in unit.records}
-        changed = bool(known) and bool(records) and not known & {r.path for r in records}
+        shared = pc.is_in(catalog.column("path"), value_set=plan.table.column("path").combine_chunks())
+        changed = plan.table.num_rows > 0 and catalog.num_rows > 0 and not pc.any(shared).as_py()
     if changed:
         was = f"{planned['dataset']} {', '.join(planned['roots'])}" if planned.get("roots") else "other videos"
         now = f"{current['dataset']} {', '.join(current['roots'])}" if current["roots"] else "other videos"
@@ -154,35 +212,41 @@ def check_same_inputs(storage: Storage, meta: dict[str, Any], config: PipelineCo
                           "--overwrite to start over, or another output folder")
 
 
-def catalog_drift(units: list[WorkUnit], records: Iterable[VideoRecord], root: str) -> list[str]:
+def catalog_drift(plan: PlanRows, catalog: pa.Table, root: str) -> list[str]:
     """Warnings when the catalog and the plan disagree: videos found but not planned, planned but gone."""
-    found = {r.video_id: r for r in records}
-    planned = {r.video_id: r for unit in units for r in unit.records}
-    unplanned = [v for v in found if v not in planned]
-    gone = [v for v, r in planned.items() if r.status == "found" and (v not in found or found[v].status != "found")]
+    planned = plan.table
+    found_ids = catalog.column("video_id")
+    unplanned = pc.unique(found_ids.filter(pc.invert(pc.is_in(found_ids, value_set=planned.column("video_id")
+                                                                .combine_chunks()))))
+    found_ok = catalog.filter(pc.equal(catalog.column("status"), "found")).column("video_id").combine_chunks()
+    planned_ok = planned.filter(pc.equal(planned.column("status"), "found")).column("video_id")
+    gone = pc.unique(planned_ok.filter(pc.invert(pc.is_in(planned_ok, value_set=found_ok))))
     warnings = []
-    if unplanned:
+    if len(unplanned):
         warnings.append(f"{len(unplanned)} video(s) found under {root} are not in this output's plan (first: "
-                        f"{unplanned[0]}): rerun with --extend to add them")
-    if gone:
-        warnings.append(f"{len(gone)} planned video(s) are no longer found under {root} (first: {gone[0]}); "
+                        f"{unplanned[0].as_py()}): rerun with --extend to add them")
+    if len(gone):
+        warnings.append(f"{len(gone)} planned video(s) are no longer found under {root} (first: {gone[0].as_py()}); "
                         "their rows are kept")
     return warnings
 
 
-def _extend(storage: Storage, units: list[WorkUnit], records: Iterable[VideoRecord],
-            config: PipelineConfig, workers: int) -> tuple[list[WorkUnit], str]:
+def _extend(storage: Storage, plan: PlanRows, catalog: pa.Table, config: PipelineConfig,
+            workers: int) -> tuple[PlanRows, str]:
     """Append newly found videos as new units, numbered after the existing ones."""
-    known = {r.video_id for unit in units for r in unit.records}
-    fresh = [r for r in records if r.video_id not in known]
+    fresh = catalog.filter(pc.invert(pc.is_in(catalog.column("video_id"),
+                                              value_set=plan.table.column("video_id").combine_chunks())))
     numbers: dict[str, int] = {}
-    for unit in units:
+    for unit in plan.units:
         split, number = unit.name.rsplit("-", 1)
         numbers[split] = max(numbers.get(split, 0), int(number) + 1)
-    originals = {r.video_id: r.path for unit in units for r in unit.records if r.video_id == r.family_id}
-    added = build_units(fresh, unit_size(len(fresh), workers, config.output.videos_per_shard), numbers, originals)
-    _write_plan(storage, units + added, config)
-    return units + added, f"extended the plan: {len(fresh)} new videos in {len(added)} new shards"
+    originals = plan.table.filter(pc.equal(plan.table.column("video_id"), plan.table.column("family_id")))
+    size = unit_size(fresh.num_rows, workers, config.output.videos_per_shard)
+    added = plan_table(fresh, size, numbers, originals)
+    extended = PlanRows(pa.concat_tables([plan.table, added]))
+    _write_plan(storage, extended, config)
+    new_units = len(extended.units) - len(plan.units)
+    return extended, f"extended the plan: {fresh.num_rows} new videos in {new_units} new shards"
 
 
 def _read_meta(storage: Storage) -> dict[str, Any] | None:
@@ -196,19 +260,25 @@ def _read_meta(storage: Storage) -> dict[str, Any] | None:
     return meta
 
 
-def _read_units(storage: Storage) -> list[WorkUnit]:
-    """The persisted plan's units; a damaged plan table is a one-line error."""
+def read_plan_table(storage: Storage) -> pa.Table:
+    """The persisted plan table over the contract's schema (OSError, ValueError, KeyError or ArrowException when
+    it is damaged)."""
+    return storage.read_table(PLAN_TABLE).select(PLAN_SCHEMA.names).cast(PLAN_SCHEMA)
+
+
+def _read_plan(storage: Storage) -> PlanRows:
+    """The persisted plan; a damaged plan table is a one-line error."""
     try:
-        return units_from_table(storage.read_table(PLAN_TABLE))
+        return PlanRows(read_plan_table(storage))
     except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
         raise DfprepError(f"{storage.path(PLAN_TABLE)} is damaged ({exc.__class__.__name__}): use --overwrite to "
                           "start over, or another output folder") from None
 
 
-def _write_plan(storage: Storage, units: list[WorkUnit], config: PipelineConfig) -> None:
+def _write_plan(storage: Storage, plan: PlanRows, config: PipelineConfig) -> None:
     """Persist the plan table, then its metadata (the metadata marks the plan as complete)."""
     storage.makedirs()
-    storage.write_table(PLAN_TABLE, units_to_table(units))
+    storage.write_table(PLAN_TABLE, plan.table)
     storage.write_json(PLAN_META, {"config_hash": config.output_hash(), "config": config.to_dict(),
                                    "inputs": {"dataset": config.dataset.name, "roots": input_roots(config)},
-                                   "units": len(units), "videos": sum(len(u.records) for u in units)})
+                                   "units": len(plan.units), "videos": plan.table.num_rows})

@@ -29,6 +29,11 @@ _NODE_VERDICT_S = 60.0  # an actor gone, its node still looks alive: how long to
 SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
+def as_is(unit: Any) -> Any:
+    """A unit sent as the plan holds it."""
+    return unit
+
+
 def worker_count(config: PipelineConfig) -> int:
     """Workers to use: the configured number, else every CPU of this machine."""
     return config.ray.workers if config.ray.workers is not None else (os.cpu_count() or 1)
@@ -159,12 +164,14 @@ class ActorPool:
                 pass
             remove_stale_staging(grace_s=2.0)
 
-    def run(self, units: list[Any], task_args: tuple[Any, ...], on_message: Callable[[Any], None]) -> dict[str, str]:
-        """Process every unit; returns unit → reason for units that failed even after retries."""
+    def run(self, units: list[Any], task_args: tuple[Any, ...], on_message: Callable[[Any], None],
+            build: Callable[[Any], Any] = as_is) -> dict[str, str]:
+        """Process every unit (`build` makes what an actor is sent, as it is sent); returns unit → reason for units
+        that failed even after retries."""
         todo, pending, failures = deque(units), self.pending, {}
         load = {index: 0 for index in range(len(self.actors))}
         while todo or pending:
-            self._submit(todo, pending, load, task_args)
+            self._submit(todo, pending, load, task_args, build)
             ready, _ = self.ray.wait(list(pending), num_returns=1, timeout=0.2)
             self._drain(on_message)
             for ref in ready:
@@ -183,12 +190,13 @@ class ActorPool:
         return failures
 
     def _submit(self, todo: deque[Any], pending: dict[Any, Any], load: dict[int, int],
-                task_args: tuple[Any, ...]) -> None:
-        """Top up each live actor to `in_flight` units: never the whole plan at once."""
+                task_args: tuple[Any, ...], build: Callable[[Any], Any] = as_is) -> None:
+        """Top up each live actor to `in_flight` units: never the whole plan at once (nor its items: a unit is
+        built as it is sent)."""
         for index, actor in enumerate(self.actors):
             while todo and load[index] < self.in_flight and index not in self.retired:
                 unit = todo.popleft()
-                pending[actor.run_unit.remote(unit, *task_args, self.queue.actor)] = (unit, index)
+                pending[actor.run_unit.remote(build(unit), *task_args, self.queue.actor)] = (unit, index)
                 load[index] += 1
 
     def _node_lost(self, index: int, unit: str, error: Exception) -> bool:

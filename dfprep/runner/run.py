@@ -20,6 +20,7 @@ from dataclasses import replace
 from typing import Any, Iterable, Iterator, TypeVar
 
 import cv2
+import pyarrow as pa
 
 from dfprep import __version__
 from dfprep.catalog.base import VideoRecord
@@ -52,16 +53,16 @@ PROGRESS_INTERVAL_S = 0.25  # a Ray actor reports a unit's progress at most this
 # ---------------------------------------------------------------- the commands
 
 
-def extract_run(records: Iterable[VideoRecord], config: PipelineConfig, output: str, *, overwrite: bool = False,
+def extract_run(records: Iterable[VideoRecord] | pa.Table, config: PipelineConfig, output: str, *, overwrite: bool = False,
                 extend: bool = False, quiet: bool = False, filesystem: Any = None) -> RunReport:
     """The whole `dfprep extract`: the extract job on the runner, then the inline maps (`output.maps`)."""
     started = time.monotonic()
     check_inline_maps(config)  # a bad zoo checkpoint fails now, not after the extraction
     storage = open_output(output, filesystem)
-    job = ExtractJob(storage, list(records), config, overwrite=overwrite, extend=extend,
+    job = ExtractJob(storage, records, config, overwrite=overwrite, extend=extend,
                      runtime_versions={"ray": ray_version()})
     report = run_job(job, quiet)
-    report.maps = inline_maps(config, output, filesystem, quiet, len(job.records))
+    report.maps = inline_maps(config, output, filesystem, quiet, job.videos)
     report.seconds = time.monotonic() - started
     return report
 
@@ -144,7 +145,8 @@ def settle_attempts(shards: Storage, run_id: str) -> list[str]:
 
 def valid_commits(job: ShardJob[Any, Any]) -> dict[str, Stats]:
     """Commit markers that count for this job (another config's or settings' markers are not commits here)."""
-    return {unit: stats for unit, stats in committed_units(job.shards).items() if job.is_committed(stats)}
+    markers = committed_units(job.shards, without=job.marker_rows)
+    return {unit: stats for unit, stats in markers.items() if job.is_committed(stats)}
 
 
 def settle_shards(job: ShardJob[Any, Any], units: list[Unit]) -> tuple[dict[str, Stats], dict[str, str], list[str]]:
@@ -227,7 +229,7 @@ def run_in_process(job: ShardJob[Any, Any], units: list[Unit], run_id: str, prog
         if threads <= 1:
             worker = job.worker(True)()
             for unit in units:
-                commit_unit(worker, unit, job.shards, context, progress)
+                commit_unit(worker, job.load(unit), job.shards, context, progress)
             return
         VideoThreads(job, context, progress).run(units, threads)
 
@@ -276,7 +278,7 @@ class VideoThreads:
                     unit = self.units.get_nowait()
                 except queue.Empty:
                     return
-                commit_unit(worker, unit, self.job.shards, self.context, self.progress)
+                commit_unit(worker, self.job.load(unit), self.job.shards, self.context, self.progress)
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
             self.failures.append(exc)
             self.stop.set()
@@ -353,7 +355,7 @@ def run_on_ray(job: ShardJob[Any, Any], units: list[Unit], run_id: str, progress
     count, resources = job.actors(workers, cluster_gpus())
     with ActorPool(JobActor, (job.worker(False), job.shards), count, config, resources, job.needs()) as pool:
         context = RunContext(run_id, exit_on_hang=True)  # an actor may end itself on a hang
-        failures = pool.run(units, (context,), lambda message: progress(*message))
+        failures = pool.run(units, (context,), lambda message: progress(*message), job.load)
     if failures:
         first = next(iter(failures.items()))
         raise DfprepError(f"{len(failures)} shard(s) of {job.shards.root} could not be processed after retries "
