@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/cli_speed.py default28 [--runs 3] [--dfb DIR --dfb-python PY [--dfb-runs 1]]
     .venv/bin/python benchmarks/cli_speed.py workers   [--runs 3]   # 28 videos: 1 vs 2 threads/Ray workers (1 on 1 core)
     .venv/bin/python benchmarks/cli_speed.py small     [--count 2000] [--runs 1]  # per-video overhead, tiny clips
-    .venv/bin/python benchmarks/cli_speed.py memory    [--counts 2000 20000]     # driver memory vs catalog size
+    .venv/bin/python benchmarks/cli_speed.py memory    [--counts 2000 20000]     # the driver's peak RSS vs videos
 
 Prints ratios; asserts nothing. Every CLI figure is the worst of `--runs` runs (best shown beside it), with the
 CPU-seconds of the command and the processes it waited for (Ray's daemons are not among them) and the 1-min
@@ -16,6 +16,7 @@ DFPREP_PYTHON=<another venv's python> times another dfprep install with the same
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
@@ -259,7 +260,6 @@ def per_video_overhead(count: int, runs: int, work: Path) -> None:
     busy). For Ray with 2 workers and for 2 in-process video threads the same run on count/20 clips gives the
     run's fixed start-up; what grows with the clips beyond it, per clip, is the per-video overhead. The default
     flags run once, at `count` (dfprep picks its backend by the number of videos)."""
-    import json
 
     small = max(2, count // 20)
     print(f"\n== {count} tiny clips x 4 frames (and {small} for the fixed start-up) ==")
@@ -288,31 +288,41 @@ def per_video_overhead(count: int, runs: int, work: Path) -> None:
           f"2 threads: {walls['in-process, 2 threads'] / walls['default flags']:.2f}x (> 1: the default is faster)")
 
 
+# `dfprep …` in this process, then the process's peak resident memory (VmHWM) on stderr when it exits.
+DRIVER_PEAK = (
+    "import atexit, runpy, sys\n"
+    "def peak():\n"
+    "    status = dict(line.split(':', 1) for line in open('/proc/self/status'))\n"
+    "    print('driver-peak-kb', status['VmHWM'].split()[0], file=sys.stderr)\n"
+    "atexit.register(peak)\n"
+    "sys.argv = ['dfprep', *sys.argv[1:]]\n"
+    "runpy.run_module('dfprep', run_name='__main__')\n"
+)
+
+
 def driver_memory(counts: Sequence[int], work: Path) -> None:
-    """Peak RSS of the driver's own share of a run (catalog, plan, progress, index) for growing catalogs."""
-    print("\n== driver memory vs catalog size (catalog scan + plan + prepare + finalize, no extraction) ==")
-    code = (
-        "import resource, sys\n"
-        "from dfprep.catalog import scan\n"
-        "from dfprep.config import load_config\n"
-        "from dfprep.io.ownership import open_output\n"
-        "from dfprep.jobs.extract_shards import ExtractJob\n"
-        "c = load_config(None, {'ray.workers': 2})\n"
-        "records = list(scan('folder', sys.argv[1], c.dataset))\n"
-        "out = open_output(sys.argv[2]); out.makedirs()\n"
-        "job = ExtractJob(out, records, c, overwrite=False, extend=False, runtime_versions={})\n"
-        "job.check(); job.claim(); plan = job.plan(2)\n"
-        "job.finalize(plan.units, {})\n"
-        "print(len(records), len(plan.units), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
-    )
+    """Peak RSS of the `dfprep extract` process itself (the driver: catalog, plan, dispatch, progress, finalize,
+    report; the videos are decoded by the Ray workers) for growing folders of tiny clips, one frame each."""
+    print("\n== driver memory vs catalog size (dfprep extract --workers 2 --frames 1, the driver's own peak RSS) ==")
+    peaks = {}
     for count in counts:
         videos = small_clips(work / "small", count)
         out = work / f"memory{count}"
         shutil.rmtree(out, ignore_errors=True)
-        done = subprocess.run([sys.executable, "-c", code, str(videos), str(out)], capture_output=True, text=True,
-                              check=True)
-        records, units, peak = done.stdout.split()
-        print(f"  {int(records):6d} videos  {int(units):5d} units  driver peak RSS {float(peak):7.1f} MB")
+        started = time.monotonic()
+        done = subprocess.run([DFPREP[0], "-c", DRIVER_PEAK, "extract", "folder", str(videos), "-o", str(out),
+                               "--frames", "1", "--workers", "2", "--quiet", "--json"],
+                              capture_output=True, text=True, check=True)
+        peaks[count] = int(done.stderr.split("driver-peak-kb")[-1].split()[0]) / 1024
+        summary = json.loads(done.stdout)
+        units = len(list(out.glob("*_stats.json")))
+        print(f"  {count:6d} videos  {units:5d} units  {summary['videos']:6d} rows  driver peak RSS {peaks[count]:7.1f} MB"
+              f"  ({time.monotonic() - started:.0f} s)")
+    low, high = min(peaks), max(peaks)
+    if high > low:
+        grown = peaks[high] - peaks[low]
+        print(f"  {low} -> {high} videos: {grown:+.1f} MB ({100 * grown / peaks[low]:+.1f}%), "
+              f"{1024 * grown / (high - low):.2f} kB per video")
 
 
 def main() -> int:
