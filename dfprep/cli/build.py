@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from dfprep.cli.app import _fail_cleanly, cli, without_pandas
+from dfprep.cli.app import _fail_cleanly, cli, system_allocator, without_pandas
 from dfprep.errors import DfprepError
 
 
@@ -169,6 +169,7 @@ def extract(dataset: str | None, root: str | None, output: str, pipeline: str | 
     from dfprep.cli.summary import format_summary, summary_json
     from dfprep.runner.run import extract_run
 
+    system_allocator()
     with without_pandas() if "cam" not in config.output.maps else nullcontext():  # Grad-CAM loads torch
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -171,7 +171,7 @@ class ExtractJob:
         self.rows, note = load_or_create_plan(self.output, self.catalog, self.config, overwrite=self.overwrite,
                                               extend=self.extend, workers=workers)
         root = ", ".join(input_roots(self.config)) or "the input"
-        warnings = catalog_drift(self.rows, self.catalog, root)
+        warnings = [] if self.rows.new else catalog_drift(self.rows, self.catalog, root)
         self.catalog = None
         pa.default_memory_pool().release_unused()  # planning's sorts and copies go back to the system, not kept
         return Plan(self.rows.units, note, warnings)

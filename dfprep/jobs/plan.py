@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -28,9 +28,6 @@ from dfprep.io.storage import Storage
 # Shards shrink below MAX_VIDEOS_PER_SHARD only when the input is too small to give every worker this many.
 UNITS_PER_WORKER = 4
 MAX_VIDEOS_PER_SHARD = 48  # ~1.5k samples at 32 frames
-# Sort key of a plan: split, family, originals before fakes, id — so families stay together and in order.
-FAMILY_ORDER = [("split", "ascending"), ("family_id", "ascending"), ("label", "ascending"),
-                ("video_id", "ascending")]
 RECORD_NAMES = [f.name for f in fields(VideoRecord)]
 
 
@@ -55,7 +52,8 @@ class PlannedUnit:
 class PlanRows:
     """A plan as the driver holds it: one table (a row per video, in unit order) and its units as row ranges."""
 
-    def __init__(self, table: pa.Table):
+    def __init__(self, table: pa.Table, new: bool = False):
+        self.new = new  # made from this run's catalog just now (so the catalog cannot disagree with it)
         self.table = table if in_unit_order(table) else table.sort_by([("unit", "ascending"),
                                                                        ("position", "ascending")])
         self.table = self.table.combine_chunks()
@@ -123,9 +121,10 @@ def unit_ends(split_starts: list[int], family_starts: list[int], rows: int, vide
 
 def plan_table(catalog: pa.Table, videos_per_shard: int, first_number: dict[str, int] | None = None,
                originals: pa.Table | None = None) -> pa.Table:
-    """Pack the catalog's families into named units (rows in plan order); each fake gets its original's path,
-    looked up among the catalog's originals, then `originals` (video_id, path) of an earlier plan."""
-    ordered = catalog.sort_by(FAMILY_ORDER).combine_chunks()
+    """Pack the families of a catalog in family order (catalog_table's) into named units; each fake gets its
+    original's path, looked up among the catalog's originals, then `originals` (video_id, path) of an earlier
+    plan. The plan shares the catalog's columns and adds unit, position and original_path."""
+    ordered = catalog.combine_chunks()
     rows = ordered.num_rows
     split_starts = unit_starts(ordered.column("split"))
     family_starts = sorted(set(split_starts) | set(unit_starts(ordered.column("family_id"))))
@@ -164,14 +163,15 @@ def build_units(records: Any, videos_per_shard: int) -> list[WorkUnit]:
     return [plan.load(unit) for unit in plan.units]
 
 
-def load_or_create_plan(storage: Storage, catalog: pa.Table, config: PipelineConfig, overwrite: bool = False,
+def load_or_create_plan(storage: Storage, catalog: pa.Table | Iterable[VideoRecord], config: PipelineConfig, overwrite: bool = False,
                         extend: bool = False, workers: int = 0) -> tuple[PlanRows, str]:
     """Reuse the persisted plan (same config, same inputs), extend it with new videos, or create it.
 
     A new plan's units are sized for `workers` (see `unit_size`); a persisted plan keeps its units whatever
     the workers now, so a resumed run commits exactly the shards the first run planned.
     """
-    catalog = catalog_table(catalog)
+    if not isinstance(catalog, pa.Table):
+        catalog = catalog_table(catalog)  # records (library use, tests); a run passes its catalog table
     meta = None if overwrite else _read_meta(storage)
     if meta is not None:
         if meta.get("config_hash") != config.output_hash():
@@ -184,7 +184,7 @@ def load_or_create_plan(storage: Storage, catalog: pa.Table, config: PipelineCon
             return _extend(storage, plan, catalog, config, workers)
         return plan, f"resuming the existing plan ({len(plan.units)} shards)"
     size = unit_size(catalog.num_rows, workers, config.output.videos_per_shard)
-    plan = PlanRows(plan_table(catalog, size))
+    plan = PlanRows(plan_table(catalog, size), new=True)
     _write_plan(storage, plan, config)
     return plan, f"new plan: {len(plan.units)} shards"
 
