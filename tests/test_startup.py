@@ -18,7 +18,8 @@ def test_the_extract_command_runs_without_importing_pandas(tmp_path):
     pytest.importorskip("pandas")  # installed here (the test extra): the command must still leave it alone
     root = write_small_dataset(tmp_path / "in", faces=1)
     command = ("import atexit, runpy, sys\n"  # `python -m dfprep`, and which Arrow pool the command left set
-               "atexit.register(lambda: print('arrow pool:', sys.modules['pyarrow'].default_memory_pool().backend_name))\n"
+               "atexit.register(lambda: print('arrow pool:', sys.modules['pyarrow'].default_memory_pool().backend_name,\n"
+               "                              'mimalloc used:', sys.modules['pyarrow'].mimalloc_memory_pool().max_memory()))\n"
                "sys.argv = ['dfprep', *sys.argv[1:]]\n"
                "runpy.run_module('dfprep', run_name='__main__')\n")
     done = subprocess.run([sys.executable, "-X", "importtime", "-c", command, "extract", "folder", str(root),
@@ -27,7 +28,7 @@ def test_the_extract_command_runs_without_importing_pandas(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time")]
     assert "pyarrow" in imported and not any(name.startswith("pandas.") for name in imported)
-    assert "arrow pool: system" in done.stdout  # the driver's bookkeeping on the system allocator, not mimalloc
+    assert "arrow pool: system mimalloc used: 0" in done.stdout  # the driver's bookkeeping never touches mimalloc
     rows = pq.read_table(tmp_path / "out" / "videos.parquet").to_pylist()
     assert sorted(r["status"] for r in rows) == ["no_face", "ok"] and sum(r["faces_written"] for r in rows) == 1
 

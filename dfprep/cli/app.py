@@ -130,14 +130,19 @@ def without_pandas() -> Iterator[None]:
 
 
 def system_allocator() -> None:
-    """In the `dfprep` command's own process, Arrow allocates with the system allocator from here on: the
-    driver's Arrow work is bookkeeping (catalog, plan, indexes), and Arrow's default, mimalloc, keeps much of
-    what it frees (a 20,000-video run's driver peaked 22 MB above a 2,000-video run's with it, 11 MB with the
-    system's). Anybody else's process (the click command called from Python, a test runner) keeps its pool."""
-    if _COMMAND_PROCESS:
-        import pyarrow as pa
-
-        pa.set_memory_pool(pa.system_memory_pool())
+    """In the `dfprep` command's own process, Arrow allocates with the system allocator: the driver's Arrow work is
+    bookkeeping (catalog, plan, indexes), and Arrow's default, mimalloc, keeps much of what it frees (a
+    20,000-video run's driver peaked 22 MB above a 2,000-video run's with it, 11 MB with the system's, and
+    mimalloc's first use alone costs ~10 MB). Arrow reads ARROW_DEFAULT_MEMORY_POOL once, when pyarrow loads,
+    so this runs before anything imports pyarrow; the variable is removed again so Ray's workers (children)
+    keep Arrow's default. Anybody else's process, or a user who set the variable, is left alone."""
+    if not _COMMAND_PROCESS or "pyarrow" in sys.modules or "ARROW_DEFAULT_MEMORY_POOL" in os.environ:
+        return
+    os.environ["ARROW_DEFAULT_MEMORY_POOL"] = "system"
+    try:
+        import pyarrow  # noqa: F401 - loads Arrow, which reads the variable now
+    finally:
+        del os.environ["ARROW_DEFAULT_MEMORY_POOL"]
 
 
 class _PandasAbsent(importlib.abc.MetaPathFinder):

@@ -153,6 +153,7 @@ def extract(dataset: str | None, root: str | None, output: str, pipeline: str | 
             videos_per_shard: int | None, inline_maps: tuple[str, ...], settings: tuple[str, ...],
             overwrite: bool, extend: bool, quiet: bool, as_json: bool, min_yield: float | None) -> None:
     """Extract aligned faces from DATASET at ROOT into WebDataset shards under OUTPUT."""
+    system_allocator()  # first: Arrow picks its allocator when pyarrow loads
     from dfprep.config import load_config
     from dfprep.vision.models import checksum_ahead
 
@@ -169,7 +170,6 @@ def extract(dataset: str | None, root: str | None, output: str, pipeline: str | 
     from dfprep.cli.summary import format_summary, summary_json
     from dfprep.runner.run import extract_run
 
-    system_allocator()
     with without_pandas() if "cam" not in config.output.maps else nullcontext():  # Grad-CAM loads torch
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
