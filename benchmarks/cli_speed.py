@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/cli_speed.py default28 [--runs 3] [--dfb DIR --dfb-python PY [--dfb-runs 1]]
     .venv/bin/python benchmarks/cli_speed.py workers   [--runs 3]   # 28 videos: 1 vs 2 threads/Ray workers (1 on 1 core)
     .venv/bin/python benchmarks/cli_speed.py small     [--count 2000] [--runs 1]  # per-video overhead, tiny clips
-    .venv/bin/python benchmarks/cli_speed.py memory    [--counts 2000 20000] [--runs 3]  # the driver's peak RSS vs videos
+    .venv/bin/python benchmarks/cli_speed.py memory    [--counts 2000 20000] [--runs 3]  # driver peak RSS vs videos
 
 Prints ratios; asserts nothing. Every CLI figure is the worst of `--runs` runs (best shown beside it), with the
 CPU-seconds of the command and the processes it waited for (Ray's daemons are not among them) and the 1-min

@@ -60,3 +60,25 @@ def test_videos_parquet_is_written_a_row_group_at_a_time_and_holds_every_row_in_
     groups = pq.ParquetFile(pa.BufferReader(videos_parquet(iter(markers), schema))).metadata
     sizes = [groups.row_group(i).num_rows for i in range(groups.num_row_groups)]
     assert sum(sizes) == 5000 and len(sizes) > 1 and all(ROWS_PER_GROUP <= n < ROWS_PER_GROUP + 48 for n in sizes[:-1])
+
+
+def test_a_catalog_table_is_taken_as_it_is_and_any_other_table_is_put_in_family_order():
+    import random
+
+    from dfprep.catalog.table import CATALOG_SCHEMA, catalog_table, family_ordered
+
+    def key(record):
+        return record.split, record.family_id, record.label, record.video_id
+
+    rng = random.Random(3)
+    for _ in range(300):
+        records = [VideoRecord(f"v{rng.randint(0, 3)}", "p", "d", "m", "c", rng.choice(["train", "val"]),
+                               rng.randint(0, 1), f"f{rng.randint(0, 2)}") for _ in range(rng.randint(1, 5))]
+        table = pa.Table.from_pylist([r.to_row() for r in records], schema=CATALOG_SCHEMA)
+        assert family_ordered(table) == ([key(r) for r in records] == sorted(key(r) for r in records))
+        ordered = catalog_table(table)
+        assert [key(VideoRecord(**row)) for row in ordered.to_pylist()] == sorted(key(r) for r in records)
+    catalog = catalog_table(VideoRecord(f"d/real/raw/{n}", f"/v/{n}.mp4", "d", "real", "raw", "train", 0,
+                                        f"d/real/raw/{n}") for n in range(50))
+    again = catalog_table(catalog)  # what the command hands the job: its columns are not copied
+    assert again.column("path").chunk(0).buffers()[2].address == catalog.column("path").chunk(0).buffers()[2].address

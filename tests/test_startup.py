@@ -18,8 +18,11 @@ def test_the_extract_command_runs_without_importing_pandas(tmp_path):
     pytest.importorskip("pandas")  # installed here (the test extra): the command must still leave it alone
     root = write_small_dataset(tmp_path / "in", faces=1)
     command = ("import atexit, runpy, sys\n"  # `python -m dfprep`, and which Arrow pool the command left set
-               "atexit.register(lambda: print('arrow pool:', sys.modules['pyarrow'].default_memory_pool().backend_name,\n"
-               "                              'mimalloc used:', sys.modules['pyarrow'].mimalloc_memory_pool().max_memory()))\n"
+               "def pools():\n"
+               "    pa = sys.modules['pyarrow']\n"
+               "    print('arrow pool:', pa.default_memory_pool().backend_name,\n"
+               "          'mimalloc used:', pa.mimalloc_memory_pool().max_memory())\n"
+               "atexit.register(pools)\n"
                "sys.argv = ['dfprep', *sys.argv[1:]]\n"
                "runpy.run_module('dfprep', run_name='__main__')\n")
     done = subprocess.run([sys.executable, "-X", "importtime", "-c", command, "extract", "folder", str(root),

@@ -29,6 +29,8 @@ def catalog_table(records: Iterable[VideoRecord] | pa.Table) -> pa.Table:
     """The records (an adapter's iterator, a list, or a table with the record columns) in family order."""
     if isinstance(records, pa.Table):
         table = records.select(CATALOG_SCHEMA.names).cast(CATALOG_SCHEMA)
+        if table.column(0).num_chunks <= 1 and family_ordered(table):
+            return table  # a catalog already (the command builds it first): not copied again
         return in_family_order({name: table.column(name).combine_chunks() for name in CATALOG_SCHEMA.names})
     pieces: dict[str, list[pa.Array]] = {name: [] for name in CATALOG_SCHEMA.names}
     iterator = iter(records)
@@ -51,6 +53,19 @@ def in_family_order(columns: dict[str, pa.Array]) -> pa.Table:
     for name in list(columns):
         columns[name] = columns[name].take(order)
     return pa.table(columns, schema=CATALOG_SCHEMA)
+
+
+def family_ordered(table: pa.Table) -> bool:
+    """Whether each row comes at or after the one before it in FAMILY_ORDER (compared key by key)."""
+    if table.num_rows < 2:
+        return True
+    before, after = table.slice(0, table.num_rows - 1), table.slice(1)
+    later, tied = pa.scalar(False), pa.scalar(True)
+    for name, _ in FAMILY_ORDER:
+        earlier_key, later_key = before.column(name), after.column(name)
+        later = pc.or_(later, pc.and_(tied, pc.less(earlier_key, later_key)))
+        tied = pc.and_(tied, pc.equal(earlier_key, later_key))
+    return bool(pc.all(pc.or_(later, tied)).as_py())
 
 
 def column_values(table: pa.Table, name: str) -> Iterator[Any]:

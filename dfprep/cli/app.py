@@ -133,9 +133,10 @@ def system_allocator() -> None:
     """In the `dfprep` command's own process, Arrow allocates with the system allocator: the driver's Arrow work is
     bookkeeping (catalog, plan, indexes), and Arrow's default, mimalloc, keeps much of what it frees (a
     20,000-video run's driver peaked 16.5 MB above a 2,000-video run's with it, 11.1 MB with the system's, and
-    mimalloc's first use alone costs ~10 MB: `benchmarks/cli_speed.py memory`). Arrow reads ARROW_DEFAULT_MEMORY_POOL once, when pyarrow loads,
-    so this runs before anything imports pyarrow; the variable is removed again so Ray's workers (children)
-    keep Arrow's default. Anybody else's process, or a user who set the variable, is left alone."""
+    mimalloc's first use alone costs ~10 MB: `benchmarks/cli_speed.py memory`). Arrow reads
+    ARROW_DEFAULT_MEMORY_POOL once, when pyarrow loads, so this runs before anything imports pyarrow; the
+    variable is removed again so Ray's workers (children) keep Arrow's default. Anybody else's process, or a
+    user who set the variable, is left alone."""
     if not _COMMAND_PROCESS or "pyarrow" in sys.modules or "ARROW_DEFAULT_MEMORY_POOL" in os.environ:
         return
     os.environ["ARROW_DEFAULT_MEMORY_POOL"] = "system"

@@ -163,8 +163,8 @@ def build_units(records: Any, videos_per_shard: int) -> list[WorkUnit]:
     return [plan.load(unit) for unit in plan.units]
 
 
-def load_or_create_plan(storage: Storage, catalog: pa.Table | Iterable[VideoRecord], config: PipelineConfig, overwrite: bool = False,
-                        extend: bool = False, workers: int = 0) -> tuple[PlanRows, str]:
+def load_or_create_plan(storage: Storage, catalog: pa.Table | Iterable[VideoRecord], config: PipelineConfig,
+                        overwrite: bool = False, extend: bool = False, workers: int = 0) -> tuple[PlanRows, str]:
     """Reuse the persisted plan (same config, same inputs), extend it with new videos, or create it.
 
     A new plan's units are sized for `workers` (see `unit_size`); a persisted plan keeps its units whatever

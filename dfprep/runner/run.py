@@ -53,8 +53,9 @@ PROGRESS_INTERVAL_S = 0.25  # a Ray actor reports a unit's progress at most this
 # ---------------------------------------------------------------- the commands
 
 
-def extract_run(records: Iterable[VideoRecord] | pa.Table, config: PipelineConfig, output: str, *, overwrite: bool = False,
-                extend: bool = False, quiet: bool = False, filesystem: Any = None) -> RunReport:
+def extract_run(records: Iterable[VideoRecord] | pa.Table, config: PipelineConfig, output: str, *,
+                overwrite: bool = False, extend: bool = False, quiet: bool = False,
+                filesystem: Any = None) -> RunReport:
     """The whole `dfprep extract`: the extract job on the runner, then the inline maps (`output.maps`)."""
     started = time.monotonic()
     check_inline_maps(config)  # a bad zoo checkpoint fails now, not after the extraction
