@@ -56,12 +56,17 @@ def in_family_order(columns: dict[str, pa.Array]) -> pa.Table:
 
 
 def family_ordered(table: pa.Table) -> bool:
-    """Whether each row comes at or after the one before it in FAMILY_ORDER (compared key by key)."""
+    """Whether the rows already run in FAMILY_ORDER."""
+    return rows_ordered(table, [name for name, _ in FAMILY_ORDER])
+
+
+def rows_ordered(table: pa.Table, keys: list[str]) -> bool:
+    """Whether each row comes at or after the one before it by these columns, compared one after another."""
     if table.num_rows < 2:
         return True
     before, after = table.slice(0, table.num_rows - 1), table.slice(1)
     later, tied = pa.scalar(False), pa.scalar(True)
-    for name, _ in FAMILY_ORDER:
+    for name in keys:
         earlier_key, later_key = before.column(name), after.column(name)
         later = pc.or_(later, pc.and_(tied, pc.less(earlier_key, later_key)))
         tied = pc.and_(tied, pc.equal(earlier_key, later_key))

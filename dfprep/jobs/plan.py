@@ -9,7 +9,7 @@ per video (README, performance: driver memory).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dfprep.catalog.base import VideoRecord
-from dfprep.catalog.table import CATALOG_SCHEMA, catalog_table
+from dfprep.catalog.table import CATALOG_SCHEMA, catalog_table, rows_ordered
 from dfprep.config import PipelineConfig
 from dfprep.errors import DfprepError
 from dfprep.io.layout import PLAN_META, PLAN_SCHEMA, PLAN_TABLE, STATS_SUFFIX
@@ -28,7 +28,6 @@ from dfprep.io.storage import Storage
 # Shards shrink below MAX_VIDEOS_PER_SHARD only when the input is too small to give every worker this many.
 UNITS_PER_WORKER = 4
 MAX_VIDEOS_PER_SHARD = 48  # ~1.5k samples at 32 frames
-RECORD_NAMES = [f.name for f in fields(VideoRecord)]
 
 
 @dataclass(frozen=True)
@@ -54,9 +53,9 @@ class PlanRows:
 
     def __init__(self, table: pa.Table, new: bool = False):
         self.new = new  # made from this run's catalog just now (so the catalog cannot disagree with it)
-        self.table = table if in_unit_order(table) else table.sort_by([("unit", "ascending"),
-                                                                       ("position", "ascending")])
-        self.table = self.table.combine_chunks()
+        if not rows_ordered(table, ["unit", "position"]):  # a plan as written is: no sorted copy then
+            table = table.sort_by([("unit", "ascending"), ("position", "ascending")])
+        self.table = table.combine_chunks()
         starts = unit_starts(self.table.column("unit"))
         ends = [*starts[1:], self.table.num_rows]
         names = self.table.column("unit").take(pa.array(starts, pa.int64())).to_pylist()
@@ -65,22 +64,12 @@ class PlanRows:
     def load(self, unit: PlannedUnit) -> WorkUnit:
         """The unit's records, built now (right before a worker gets it)."""
         rows = self.table.slice(unit.start, unit.videos).to_pylist()
-        records = tuple(VideoRecord(**{name: row[name] for name in RECORD_NAMES}) for row in rows)
+        records = tuple(VideoRecord(**{name: row[name] for name in CATALOG_SCHEMA.names}) for row in rows)
         return WorkUnit(unit.name, records, tuple(row["original_path"] for row in rows))
 
     def paths(self, unit: PlannedUnit) -> list[str]:
         """The unit's video paths."""
         return self.table.column("path").slice(unit.start, unit.videos).to_pylist()
-
-
-def in_unit_order(table: pa.Table) -> bool:
-    """Whether the rows already run unit by unit, positions rising (a plan as written: no sorted copy needed)."""
-    if table.num_rows < 2:
-        return True
-    unit, position = table.column("unit"), table.column("position")
-    same = pc.equal(unit[1:], unit[:-1])
-    rising = pc.or_(pc.less(unit[:-1], unit[1:]), pc.and_(same, pc.less(position[:-1], position[1:])))
-    return bool(pc.all(rising).as_py())
 
 
 def unit_starts(names: pa.ChunkedArray | pa.Array) -> list[int]:
