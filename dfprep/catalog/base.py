@@ -54,10 +54,10 @@ def make_video_id(dataset: str, method: str, compression: str, stem: str) -> str
     return f"{dataset}/{method}/{compression}/{stem}"
 
 
-def video_on_disk(dataset: str, path: Path, method: str, compression: str, split: str, label: int, *,
+def video_on_disk(dataset: str, path: Path | str, method: str, compression: str, split: str, label: int, *,
                   stem: str | None = None, family_id: str | None = None, **identities: Any) -> VideoRecord:
     """A record for a file the adapter found: id from dataset/method/compression/stem, own family by default."""
-    video_id = make_video_id(dataset, method, compression, stem if stem is not None else path.stem)
+    video_id = make_video_id(dataset, method, compression, stem if stem is not None else Path(path).stem)
     return VideoRecord(video_id=video_id, path=absolute(path), dataset=dataset, method=method,
                        compression=compression, split=split, label=label, family_id=family_id or video_id,
                        **identities)
@@ -70,7 +70,7 @@ def list_videos(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
 
 
-def absolute(path: Path) -> str:
+def absolute(path: Path | str) -> str:
     """Absolute path string without resolving symlinks (keeps the user's layout visible)."""
     return os.path.abspath(path)
 

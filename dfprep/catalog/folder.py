@@ -7,7 +7,7 @@ import os
 import warnings
 from collections import Counter
 from dataclasses import replace
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Iterable, Iterator
 
 from dfprep.catalog.base import (
@@ -55,11 +55,12 @@ def label_folders(root: Path) -> list[tuple[str | None, Path]]:
     return found
 
 
-def videos_below(folder: Path, skipped: Counter[str] | None = None) -> Iterator[Path]:
-    """Video files anywhere below `folder`, hidden files and folders skipped, sorted by relative path.
+def videos_below(folder: Path, skipped: Counter[str] | None = None) -> list[str]:
+    """Video files anywhere below `folder` as relative path strings, hidden files and folders skipped, sorted by
+    their parts.
 
-    Gathered as relative path strings and yielded as paths one at a time: a folder of 100k videos costs 100k
-    short strings while it is catalogued, not 100k Path objects. Other files are counted in `skipped` by
+    Strings, not Path objects: a folder of 100k videos costs 100k short strings while it is catalogued, and
+    pathlib would intern every file name for the life of the process. Other files are counted in `skipped` by
     extension, so the catalog can say what it left out.
     """
     found: list[str] = []
@@ -69,14 +70,14 @@ def videos_below(folder: Path, skipped: Counter[str] | None = None) -> Iterator[
         for name in files:
             if name.startswith(".") or not os.path.isfile(os.path.join(directory, name)):
                 continue
-            extension = PurePath(name).suffix.lower()
+            dot = name.rfind(".")
+            extension = name[dot:].lower() if 0 < dot < len(name) - 1 else ""  # PurePath's suffix, not interned
             if extension in VIDEO_EXTENSIONS:
                 found.append(name if below == os.curdir else os.path.join(below, name))
             elif skipped is not None:
                 skipped[extension or "(none)"] += 1
     found.sort(key=lambda relative: relative.split(os.sep))
-    for relative in found:
-        yield folder / relative
+    return found
 
 
 def skipped_warning(skipped: Counter[str]) -> str:
@@ -181,11 +182,13 @@ videos: files with a video extension (other files are skipped and counted in a c
         skipped: Counter[str] = Counter()
         for split, label_folder in label_folders(root):
             kind = label_folder.name.lower()
-            for path in videos_below(label_folder, skipped):
-                relative = path.relative_to(label_folder)
-                method = relative.parts[0] if len(relative.parts) > 1 else kind
-                stem = f"{split}__{stem_of(relative)}" if split else stem_of(relative)
-                yield self.record(path, method, stem, split or options.default_split, LABEL_FOLDERS[kind])
+            for relative in videos_below(label_folder, skipped):
+                parts = relative.split(os.sep)
+                method = parts[0] if len(parts) > 1 else kind
+                stem = "__".join([*parts[:-1], os.path.splitext(parts[-1])[0]])  # stem_of, without a Path
+                stem = f"{split}__{stem}" if split else stem
+                yield self.record(os.path.join(label_folder, relative), method, stem, split or options.default_split,
+                                  LABEL_FOLDERS[kind])
         if skipped:
             warnings.warn(skipped_warning(skipped), stacklevel=2)
 
@@ -208,7 +211,7 @@ videos: files with a video extension (other files are skipped and counted in a c
                 record = self.missing(record, f"{where} names {cells['path']}, which does not exist")
             yield record
 
-    def record(self, path: Path, method: str, stem: str, split: str, label: int) -> VideoRecord:
+    def record(self, path: Path | str, method: str, stem: str, split: str, label: int) -> VideoRecord:
         """A found video that is its own family (the folder layout carries no pairing)."""
         return video_on_disk(self.name, path, method, COMPRESSION, split, label, stem=stem)
 
