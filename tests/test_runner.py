@@ -136,7 +136,8 @@ class LetterWorker:
 class LetterJob:
     """A job of the test's own: each unit's letters become one shard; its index lists the shards."""
 
-    kind, guarded, threads, temporaries, marker_rows = "letters", False, False, ("letters.json",), ()
+    kind, guarded, threads, temporaries = "letters", False, False, ("letters.json",)
+    marker_keys = frozenset({"stamp"})
     bar = Bar("letters", "letter", "letters_per_s", faces=False)
 
     def __init__(self, storage: Storage, units: list[Letters]):

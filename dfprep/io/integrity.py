@@ -48,8 +48,37 @@ def file_sizes(storage: Storage, folder: str = "", recursive: bool = False) -> d
     return {info.path[len(base) + 1:]: info.size or 0 for info in infos if info.type == pafs.FileType.File}
 
 
-def read_markers(storage: Storage, sizes: dict[str, int], folder: str = "") -> tuple[dict[str, dict], dict[str, str]]:
-    """Every commit marker of a folder: (unit → stats, unit → why it cannot be read)."""
+MARKER_CHECK_KEYS = frozenset({"tar", "tar_bytes", "parquet_bytes", "samples"})  # what marker_problem reads
+
+
+class KeptMarker(dict):  # type: ignore[type-arg]
+    """A commit marker cut to the keys its reader declared: asking for any other key is a bug, so it raises
+    instead of quietly giving a default."""
+
+    __slots__ = ("kept",)
+
+    def __init__(self, stats: dict[str, Any], kept: frozenset[str]):
+        super().__init__((key, value) for key, value in stats.items() if key in kept)
+        self.kept = kept
+
+    def __getitem__(self, key: str) -> Any:
+        self._declared(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self._declared(key)
+        return super().get(key, default)
+
+    def _declared(self, key: str) -> None:
+        if key not in self.kept:
+            raise KeyError(f"commit-marker key {key!r} was not kept (kept: {', '.join(sorted(self.kept))}): "
+                           "declare it in the job's marker_keys")
+
+
+def read_markers(storage: Storage, sizes: dict[str, int], folder: str = "",
+                 keep: frozenset[str] | None = None) -> tuple[dict[str, dict], dict[str, str]]:
+    """Every commit marker of a folder: (unit → stats, only the keys in `keep` when given; unit → why it cannot be
+    read)."""
     markers: dict[str, dict] = {}
     unreadable: dict[str, str] = {}
     for name in sorted(n for n in sizes if n.endswith(STATS_SUFFIX)):
@@ -60,7 +89,7 @@ def read_markers(storage: Storage, sizes: dict[str, int], folder: str = "") -> t
             unreadable[unit] = f"commit marker unreadable ({one_line(exc, fallback=type(exc).__name__)})"
             continue
         if isinstance(stats, dict):
-            markers[unit] = stats
+            markers[unit] = stats if keep is None else KeptMarker(stats, keep)
         else:
             unreadable[unit] = "commit marker is not a JSON object"
     return markers, unreadable
@@ -151,7 +180,7 @@ def output_problems(out: str | Storage) -> list[Damage]:
     """The cheap check of a whole face output: what keeps it from being complete and intact ([] when whole)."""
     storage = out if isinstance(out, Storage) else Storage(out)
     sizes = file_sizes(storage)
-    markers, unreadable = read_markers(storage, sizes)
+    markers, unreadable = read_markers(storage, sizes, keep=MARKER_CHECK_KEYS)  # not the per-video rows
     problems = [Damage(unit, reason) for unit, reason in unreadable.items()]
     problems += [Damage(unit, reason) for unit, reason in damaged_units(storage, markers).items()]
     missing = [u for u in planned_units(storage) if u not in markers and u not in unreadable]

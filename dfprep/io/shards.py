@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dfprep.errors import DfprepError, one_line
+from dfprep.io.integrity import KeptMarker
 from dfprep.io.layout import STATS_SUFFIX, TEMP_SUFFIX, check_columns, unit_files
 from dfprep.io.payloads import CRC_FIELD, DEFAULT_LIMITS, PayloadError, ReadLimits, crc_mismatch, load_json, with_crcs
 from dfprep.io.storage import Storage
@@ -373,17 +374,17 @@ def _check_end(tar_name: str, handle: IO[bytes], end: int, members: list[tarfile
                          "re-run the command that wrote it")
 
 
-def committed_units(storage: Storage, prefix: str = "", without: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+def committed_units(storage: Storage, prefix: str = "", keep: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
     """Shard name → its stats for every unit whose commit marker exists (an unreadable marker counts as absent);
-    the keys `without` are dropped as each marker is read (per-item rows a caller does not need)."""
-    done = {}
+    with `keep`, only those keys of each marker, cut as it is read (a run holds a few numbers per unit, not its
+    per-video rows, timings and checksums)."""
+    kept = None if keep is None else frozenset(keep)
+    done: dict[str, dict[str, Any]] = {}
     for name in storage.listdir(prefix):
         if name.endswith(STATS_SUFFIX):
             stats = storage.read_marker(f"{prefix}/{name}" if prefix else name)
             if stats is not None:
-                for key in without:
-                    stats.pop(key, None)
-                done[name[: -len(STATS_SUFFIX)]] = stats
+                done[name[: -len(STATS_SUFFIX)]] = stats if kept is None else KeptMarker(stats, kept)
     return done
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -66,18 +67,25 @@ class Storage:
             return stream.read()
 
     def write_bytes(self, name: str, data: bytes) -> None:
-        """Write a small file under a temporary name, then rename it: a reader never sees it half-written.
+        """Write a small file whole: a reader never sees it half-written (see `writing`)."""
+        with self.writing(name) as stream:
+            stream.write(data)
+
+    @contextmanager
+    def writing(self, name: str) -> Iterator[pa.NativeFile]:
+        """A stream to write a file through, under a temporary name renamed when the block ends (removed if it
+        fails): a reader never sees it half-written, and a large index is never held whole in memory.
 
         On S3 and GCS an object appears whole or not at all, so it is written in place (one request, not three).
         """
         if self.fs.type_name in _WHOLE_OBJECT_STORES:
             with self.fs.open_output_stream(self.path(name)) as stream:
-                stream.write(data)
+                yield stream
             return
         temporary = f"{name}{TEMP_SUFFIX}"
         try:
             with self.fs.open_output_stream(self.path(temporary)) as stream:
-                stream.write(data)
+                yield stream
             self.rename(temporary, name)
         except BaseException:
             self._forget(temporary)
@@ -129,10 +137,9 @@ class Storage:
         return payload if isinstance(payload, dict) else None
 
     def write_table(self, name: str, table: pa.Table) -> None:
-        """Write a parquet file (through a temporary name, like every index)."""
-        buffer = pa.BufferOutputStream()
-        pq.write_table(table, buffer)
-        self.write_bytes(name, buffer.getvalue().to_pybytes())
+        """Write a parquet file (through a temporary name, like every index), streamed: no second copy in memory."""
+        with self.writing(name) as stream:
+            pq.write_table(table, stream)
 
     def read_table(self, name: str) -> pa.Table:
         """Read a parquet file."""

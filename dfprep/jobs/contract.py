@@ -119,8 +119,9 @@ class ShardJob(Protocol[UnitT, ReportT]):
     shards: where the units are committed; ray: the Ray settings the Ray backend honours;
     guarded: whether items run under attempt markers (the runner keeps them in `shards/_attempts`);
     threads: whether several of its workers may run side by side in threads of one process;
-    marker_rows: commit-marker keys that hold an entry per item (a unit's per-video rows): the runner drops
-    them as it reads the markers, so its memory does not grow with the items (finalize reads them back).
+    marker_keys: the commit-marker keys the job reads from the runner's committed markers: the runner keeps
+    those (and integrity's) as it reads each marker, so a run holds a few numbers per unit, not its per-item
+    rows (finalize reads a marker file again for those); reading an undeclared key raises.
     """
 
     kind: str
@@ -131,7 +132,7 @@ class ShardJob(Protocol[UnitT, ReportT]):
     guarded: bool
     threads: bool
     temporaries: Sequence[str]  # the job's index files whose `.tmp` leftovers the runner deletes
-    marker_rows: Sequence[str]
+    marker_keys: frozenset[str]
 
     def check(self) -> None:
         """Before the lock: refuse, in one line, what cannot be run (foreign folder, bad models)."""

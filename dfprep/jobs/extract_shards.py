@@ -34,8 +34,7 @@ from dfprep.io.storage import Storage
 from dfprep.jobs.contract import (Announce, Bar, ItemGuard, Needs, Outcome, Plan, Stats, WorkerFactory,
                                   local_needs)
 from dfprep.jobs.extract import ExtractionModels, VideoExtractor, VideoResult, base_row
-from dfprep.jobs.plan import (PlannedUnit, PlanRows, WorkUnit, catalog_drift, input_roots, load_or_create_plan,
-                              read_plan_table)
+from dfprep.jobs.plan import PlannedUnit, PlanRows, WorkUnit, input_roots, load_or_create_plan, read_plan_table
 
 ROWS_PER_GROUP = 1024  # videos.parquet is written this many rows at a time (a row group each)
 
@@ -135,7 +134,7 @@ class ExtractJob:
     guarded = True
     threads = True  # each worker thread builds its own detectors (dlib's are not shared between threads)
     temporaries = (*INDEX_FILES, OWNERSHIP_FILE)
-    marker_rows = ("videos",)
+    marker_keys = frozenset({"config_hash", "samples"})
 
     def __init__(self, storage: Storage, records: Iterable[VideoRecord] | pa.Table, config: PipelineConfig, *,
                  overwrite: bool, extend: bool, runtime_versions: dict[str, str]):
@@ -170,11 +169,9 @@ class ExtractJob:
         assert self.catalog is not None, "plan() runs once"
         self.rows, note = load_or_create_plan(self.output, self.catalog, self.config, overwrite=self.overwrite,
                                               extend=self.extend, workers=workers)
-        root = ", ".join(input_roots(self.config)) or "the input"
-        warnings = [] if self.rows.new else catalog_drift(self.rows, self.catalog, root)
         self.catalog = None
         pa.default_memory_pool().release_unused()  # planning's sorts and copies go back to the system, not kept
-        return Plan(self.rows.units, note, warnings)
+        return Plan(self.rows.units, note, self.rows.warnings)
 
     def is_committed(self, stats: Stats) -> bool:
         """A marker stamped with this output's config hash (an unstamped one predates stamps and counts)."""
@@ -225,7 +222,8 @@ class ExtractJob:
             add_unit(self.totals, stats)
             columns.update(key for row in stats["videos"] for key in row)
         if self.totals.videos:
-            self.output.write_bytes(VIDEOS_TABLE, videos_parquet(self._markers(names), videos_schema(columns)))
+            with self.output.writing(VIDEOS_TABLE) as sink:
+                videos_parquet(sink, self._markers(names), videos_schema(columns))
         checksums = self.models.checksums() if self.models is not None else {}
         self.output.write_json(DATASET_JSON, {
             "command": command_line(), "config": self.config.to_dict(), "config_hash": self.hash,
@@ -309,10 +307,10 @@ def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema | None = None) -
     return pa.Table.from_pydict({key: [row.get(key) for row in rows] for key in schema.names}, schema=schema)
 
 
-def videos_parquet(markers: Iterable[Stats], schema: pa.Schema) -> bytes:
-    """videos.parquet from the units' markers, ROWS_PER_GROUP rows at a time (memory flat in the videos)."""
-    buffer = pa.BufferOutputStream()
-    with pq.ParquetWriter(buffer, schema) as writer:
+def videos_parquet(sink: pa.NativeFile, markers: Iterable[Stats], schema: pa.Schema) -> None:
+    """videos.parquet from the units' markers into `sink`, ROWS_PER_GROUP rows at a time (memory flat in the
+    videos: neither the rows nor the file are ever held whole)."""
+    with pq.ParquetWriter(sink, schema) as writer:
         pending: list[dict[str, Any]] = []
         for stats in markers:
             pending += stats["videos"]
@@ -321,7 +319,6 @@ def videos_parquet(markers: Iterable[Stats], schema: pa.Schema) -> bytes:
                 pending = []
         if pending:
             writer.write_table(rows_to_table(pending, schema))
-    return buffer.getvalue().to_pybytes()
 
 
 def library_versions() -> dict[str, str]:

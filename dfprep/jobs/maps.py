@@ -22,7 +22,7 @@ import numpy as np
 from dfprep import __version__
 from dfprep.config.schema import FUSIONS, MAP_METHODS, TARGETS, CamRecipe, RayConfig
 from dfprep.errors import DfprepError
-from dfprep.io.integrity import damaged_units
+from dfprep.io.integrity import MARKER_CHECK_KEYS, damaged_units
 from dfprep.io.layout import (DATASET_JSON, LANDMARKS_MEMBER, MANIFEST, MAP_INDEX_SCHEMA, MAP_MEMBER,
                               MAP_SET_NAME, MAPS_FOLDER, PLAN_META, READ_IMAGE_TYPES, STATS_SUFFIX, TEMP_SUFFIX,
                               unit_files)
@@ -367,7 +367,7 @@ def map_row(region_map: np.ndarray) -> dict[str, float]:
 
 def face_units(faces: Storage) -> list[MapUnit]:
     """The committed face shards of OUT, in name order (uncommitted ones are not mapped)."""
-    committed = committed_units(faces)
+    committed = committed_units(faces, keep=MARKER_CHECK_KEYS)  # samples, and what the damage check reads
     if not committed:
         raise DfprepError(f"no committed face shards in {faces.root}: run `dfprep extract … -o {faces.root}` first")
     damaged = damaged_units(faces, committed)
@@ -445,7 +445,7 @@ class MapJob:
     guarded = False
     threads = False  # a map worker may hold a torch model: one per process
     temporaries = (MANIFEST,)
-    marker_rows = ()  # a map marker holds totals only
+    marker_keys = frozenset({"settings_hash", "samples", "size"})
 
     def __init__(self, faces: Storage, run: MapRun, cam: CamBackend | None):
         self.settings, self.ray, self.overwrite, self.cam = run.settings.resolved(), run.ray, run.overwrite, cam

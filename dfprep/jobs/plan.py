@@ -9,8 +9,10 @@ per video (README, performance: driver memory).
 from __future__ import annotations
 
 import os
+import tempfile
+import threading
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -49,27 +51,47 @@ class PlannedUnit:
 
 
 class PlanRows:
-    """A plan as the driver holds it: one table (a row per video, in unit order) and its units as row ranges."""
+    """A plan as the driver holds it: its units (name, first row, videos) in memory and their rows in an unnamed
+    file, read back one unit at a time, so a run holds no row per video while it goes on."""
 
-    def __init__(self, table: pa.Table, new: bool = False):
-        self.new = new  # made from this run's catalog just now (so the catalog cannot disagree with it)
+    def __init__(self, table: pa.Table, warnings: Sequence[str] = (), folder: str | None = None):
+        self.warnings = list(warnings)  # where the catalog and a resumed plan disagree (catalog_drift)
         if not rows_ordered(table, ["unit", "position"]):  # a plan as written is: no sorted copy then
             table = table.sort_by([("unit", "ascending"), ("position", "ascending")])
-        self.table = table.combine_chunks()
-        starts = unit_starts(self.table.column("unit"))
-        ends = [*starts[1:], self.table.num_rows]
-        names = self.table.column("unit").take(pa.array(starts, pa.int64())).to_pylist()
+        starts = unit_starts(table.column("unit"))
+        ends = [*starts[1:], table.num_rows]
+        names = table.column("unit").take(pa.array(starts, pa.int64())).to_pylist()
         self.units = [PlannedUnit(name, start, end - start) for name, start, end in zip(names, starts, ends)]
+        self.videos = table.num_rows
+        self._batch = {unit.name: number for number, unit in enumerate(self.units)}
+        self._lock = threading.Lock()  # video threads load units concurrently; one reader, one file position
+        # an unnamed file in `folder` (a local output: its disk, not /tmp's), else the system's temporary folder;
+        # it has no name to leave behind, even when the process is killed. One record batch per unit.
+        self._spill = tempfile.TemporaryFile(prefix="dfprep-plan-", dir=folder)
+        with pa.ipc.new_file(self._spill, PLAN_SCHEMA) as writer:
+            for unit in self.units:
+                writer.write_batch(table.slice(unit.start, unit.videos).combine_chunks().to_batches()[0])
+        self._reader = pa.ipc.open_file(self._spill)
+
+    def rows(self, unit: PlannedUnit) -> pa.RecordBatch:
+        """The unit's rows, read back from the plan's file."""
+        with self._lock:
+            return self._reader.get_batch(self._batch[unit.name])
 
     def load(self, unit: PlannedUnit) -> WorkUnit:
         """The unit's records, built now (right before a worker gets it)."""
-        rows = self.table.slice(unit.start, unit.videos).to_pylist()
+        rows = self.rows(unit).to_pylist()
         records = tuple(VideoRecord(**{name: row[name] for name in CATALOG_SCHEMA.names}) for row in rows)
         return WorkUnit(unit.name, records, tuple(row["original_path"] for row in rows))
 
     def paths(self, unit: PlannedUnit) -> list[str]:
         """The unit's video paths."""
-        return self.table.column("path").slice(unit.start, unit.videos).to_pylist()
+        return self.rows(unit).column("path").to_pylist()
+
+    def table(self) -> pa.Table:
+        """The whole plan read back (for tools and tests; a run never needs it)."""
+        with self._lock:
+            return self._reader.read_all()
 
 
 def unit_starts(names: pa.ChunkedArray | pa.Array) -> list[int]:
@@ -162,20 +184,31 @@ def load_or_create_plan(storage: Storage, catalog: pa.Table | Iterable[VideoReco
     if not isinstance(catalog, pa.Table):
         catalog = catalog_table(catalog)  # records (library use, tests); a run passes its catalog table
     meta = None if overwrite else _read_meta(storage)
-    if meta is not None:
-        if meta.get("config_hash") != config.output_hash():
-            raise DfprepError(
-                f"{storage.root} was made with a different config ({str(meta.get('config_hash'))[:12]}, this run "
-                f"{config.output_hash()[:12]}): use --overwrite to start over, or another output folder")
-        plan = _read_plan(storage)
-        check_same_inputs(storage, meta, config, plan, catalog)
-        if extend:
-            return _extend(storage, plan, catalog, config, workers)
-        return plan, f"resuming the existing plan ({len(plan.units)} shards)"
-    size = unit_size(catalog.num_rows, workers, config.output.videos_per_shard)
-    plan = PlanRows(plan_table(catalog, size), new=True)
-    _write_plan(storage, plan, config)
-    return plan, f"new plan: {len(plan.units)} shards"
+    if meta is None:
+        size = unit_size(catalog.num_rows, workers, config.output.videos_per_shard)
+        planned = plan_table(catalog, size)
+        _write_plan(storage, planned, config)
+        plan = PlanRows(planned, folder=spill_folder(storage))  # the catalog's own plan: nothing to disagree about
+        return plan, f"new plan: {len(plan.units)} shards"
+    if meta.get("config_hash") != config.output_hash():
+        raise DfprepError(
+            f"{storage.root} was made with a different config ({str(meta.get('config_hash'))[:12]}, this run "
+            f"{config.output_hash()[:12]}): use --overwrite to start over, or another output folder")
+    planned = _read_plan(storage)
+    check_same_inputs(storage, meta, config, planned, catalog)
+    if extend:
+        before = len(unit_starts(planned.column("unit")))
+        planned, fresh = _extend(planned, catalog, config, workers)
+        _write_plan(storage, planned, config)
+        plan = PlanRows(planned, catalog_drift(planned, catalog, config), spill_folder(storage))
+        return plan, f"extended the plan: {fresh} new videos in {len(plan.units) - before} new shards"
+    plan = PlanRows(planned, catalog_drift(planned, catalog, config), spill_folder(storage))
+    return plan, f"resuming the existing plan ({len(plan.units)} shards)"
+
+
+def spill_folder(storage: Storage) -> str | None:
+    """Where a plan's rows wait while it runs: a local output's own folder, else the system's temporary folder."""
+    return storage.root if storage.is_local else None
 
 
 def input_roots(config: PipelineConfig) -> list[str]:
@@ -184,26 +217,26 @@ def input_roots(config: PipelineConfig) -> list[str]:
     return [os.path.realpath(str(root)) for root in roots if root]
 
 
-def check_same_inputs(storage: Storage, meta: dict[str, Any], config: PipelineConfig, plan: PlanRows,
+def check_same_inputs(storage: Storage, meta: dict[str, Any], config: PipelineConfig, planned: pa.Table,
                       catalog: pa.Table) -> None:
     """Refuse to resume a plan made from other inputs (another root or dataset), like a changed config."""
-    planned = meta.get("inputs") or {}
+    stamped = meta.get("inputs") or {}
     current = {"dataset": config.dataset.name, "roots": input_roots(config)}
-    if planned.get("roots") and current["roots"]:
-        changed = planned != current
+    if stamped.get("roots") and current["roots"]:
+        changed = stamped != current
     else:  # roots unknown (library use, or an older plan): another input shares no video file with the plan
-        shared = pc.is_in(catalog.column("path"), value_set=plan.table.column("path").combine_chunks())
-        changed = plan.table.num_rows > 0 and catalog.num_rows > 0 and not pc.any(shared).as_py()
+        shared = pc.is_in(catalog.column("path"), value_set=planned.column("path").combine_chunks())
+        changed = planned.num_rows > 0 and catalog.num_rows > 0 and not pc.any(shared).as_py()
     if changed:
-        was = f"{planned['dataset']} {', '.join(planned['roots'])}" if planned.get("roots") else "other videos"
+        was = f"{stamped['dataset']} {', '.join(stamped['roots'])}" if stamped.get("roots") else "other videos"
         now = f"{current['dataset']} {', '.join(current['roots'])}" if current["roots"] else "other videos"
         raise DfprepError(f"{storage.root} was planned from {was}; this run reads {now}: use the same input, "
                           "--overwrite to start over, or another output folder")
 
 
-def catalog_drift(plan: PlanRows, catalog: pa.Table, root: str) -> list[str]:
-    """Warnings when the catalog and the plan disagree: videos found but not planned, planned but gone."""
-    planned = plan.table
+def catalog_drift(planned: pa.Table, catalog: pa.Table, config: PipelineConfig) -> list[str]:
+    """Warnings when the catalog and a persisted plan disagree: videos found but not planned, planned but gone."""
+    root = ", ".join(input_roots(config)) or "the input"
     found_ids = catalog.column("video_id")
     unplanned = pc.unique(found_ids.filter(pc.invert(pc.is_in(found_ids, value_set=planned.column("video_id")
                                                                 .combine_chunks()))))
@@ -220,22 +253,18 @@ def catalog_drift(plan: PlanRows, catalog: pa.Table, root: str) -> list[str]:
     return warnings
 
 
-def _extend(storage: Storage, plan: PlanRows, catalog: pa.Table, config: PipelineConfig,
-            workers: int) -> tuple[PlanRows, str]:
-    """Append newly found videos as new units, numbered after the existing ones."""
+def _extend(planned: pa.Table, catalog: pa.Table, config: PipelineConfig, workers: int) -> tuple[pa.Table, int]:
+    """The plan with newly found videos appended as new units, numbered after the existing ones; and how many."""
     fresh = catalog.filter(pc.invert(pc.is_in(catalog.column("video_id"),
-                                              value_set=plan.table.column("video_id").combine_chunks())))
+                                              value_set=planned.column("video_id").combine_chunks())))
     numbers: dict[str, int] = {}
-    for unit in plan.units:
-        split, number = unit.name.rsplit("-", 1)
+    for unit in pc.unique(planned.column("unit")).to_pylist():
+        split, number = unit.rsplit("-", 1)
         numbers[split] = max(numbers.get(split, 0), int(number) + 1)
-    originals = plan.table.filter(pc.equal(plan.table.column("video_id"), plan.table.column("family_id")))
+    originals = planned.filter(pc.equal(planned.column("video_id"), planned.column("family_id")))
     size = unit_size(fresh.num_rows, workers, config.output.videos_per_shard)
-    added = plan_table(fresh, size, numbers, originals)
-    extended = PlanRows(pa.concat_tables([plan.table, added]))
-    _write_plan(storage, extended, config)
-    new_units = len(extended.units) - len(plan.units)
-    return extended, f"extended the plan: {fresh.num_rows} new videos in {new_units} new shards"
+    extended = pa.concat_tables([planned, plan_table(fresh, size, numbers, originals)])
+    return extended.sort_by([("unit", "ascending"), ("position", "ascending")]), fresh.num_rows
 
 
 def _read_meta(storage: Storage) -> dict[str, Any] | None:
@@ -255,19 +284,19 @@ def read_plan_table(storage: Storage) -> pa.Table:
     return storage.read_table(PLAN_TABLE).select(PLAN_SCHEMA.names).cast(PLAN_SCHEMA)
 
 
-def _read_plan(storage: Storage) -> PlanRows:
-    """The persisted plan; a damaged plan table is a one-line error."""
+def _read_plan(storage: Storage) -> pa.Table:
+    """The persisted plan table; a damaged one is a one-line error."""
     try:
-        return PlanRows(read_plan_table(storage))
+        return read_plan_table(storage)
     except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
         raise DfprepError(f"{storage.path(PLAN_TABLE)} is damaged ({exc.__class__.__name__}): use --overwrite to "
                           "start over, or another output folder") from None
 
 
-def _write_plan(storage: Storage, plan: PlanRows, config: PipelineConfig) -> None:
+def _write_plan(storage: Storage, planned: pa.Table, config: PipelineConfig) -> None:
     """Persist the plan table, then its metadata (the metadata marks the plan as complete)."""
     storage.makedirs()
-    storage.write_table(PLAN_TABLE, plan.table)
+    storage.write_table(PLAN_TABLE, planned)
     storage.write_json(PLAN_META, {"config_hash": config.output_hash(), "config": config.to_dict(),
                                    "inputs": {"dataset": config.dataset.name, "roots": input_roots(config)},
-                                   "units": len(plan.units), "videos": plan.table.num_rows})
+                                   "units": len(unit_starts(planned.column("unit"))), "videos": planned.num_rows})

@@ -26,7 +26,7 @@ from dfprep import __version__
 from dfprep.catalog.base import VideoRecord
 from dfprep.config import PipelineConfig
 from dfprep.errors import DfprepError
-from dfprep.io.integrity import damaged_units, uncommit
+from dfprep.io.integrity import MARKER_CHECK_KEYS, damaged_units, uncommit
 from dfprep.io.layout import ATTEMPTS_DIR, TEMP_SUFFIX
 from dfprep.io.lock import OutputLock
 from dfprep.io.ownership import open_output, output_errors
@@ -146,7 +146,7 @@ def settle_attempts(shards: Storage, run_id: str) -> list[str]:
 
 def valid_commits(job: ShardJob[Any, Any]) -> dict[str, Stats]:
     """Commit markers that count for this job (another config's or settings' markers are not commits here)."""
-    markers = committed_units(job.shards, without=job.marker_rows)
+    markers = committed_units(job.shards, keep=MARKER_CHECK_KEYS | job.marker_keys)
     return {unit: stats for unit, stats in markers.items() if job.is_committed(stats)}
 
 
