@@ -184,3 +184,40 @@ def test_cli_json_parses_and_text_prints(extracted):
     assert text.exit_code == 0 and "Failure reasons (top 20)" in text.output
     missing = runner.invoke(cli, ["stats", str(extracted / "nope")])
     assert missing.exit_code == 2 and "no such output folder" in missing.output
+
+
+def test_a_large_output_is_counted_a_row_group_at_a_time(tmp_path):
+    """60,000 videos: every count equals Arrow's own group-by over videos.parquet, and the report never holds the
+    rows (tracemalloc peak under 4 MB; one dict per video, as before, took ~60 MB)."""
+    import tracemalloc
+
+    videos = 60_000
+    methods = ["real", "Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"]
+    table = pa.table({
+        "video_id": [f"ffpp/{methods[n % 5]}/c23/{n:06d}" for n in range(videos)],
+        "dataset": ["ffpp"] * videos, "method": [methods[n % 5] for n in range(videos)],
+        "split": [("train", "val", "test")[n % 3] for n in range(videos)], "label": [int(n % 5 > 0) for n in range(videos)],
+        "status": ["ok" if n % 11 else "no_face" for n in range(videos)],
+        "error": ["" if n % 11 else f"no face found in any of {n % 7 + 1} planned frames" for n in range(videos)],
+        "frames_planned": [8] * videos, "faces_written": [0 if n % 11 == 0 else n % 9 for n in range(videos)],
+        "shard": [f"train-{n // 48:06d}" for n in range(videos)]})
+    pq.write_table(table, tmp_path / "videos.parquet", row_group_size=1024)
+    compute_stats(str(tmp_path))  # modules and caches warmed: not the report's own memory
+    tracemalloc.start()
+    try:
+        stats = compute_stats(str(tmp_path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    print(f"peak {peak / 1e6:.1f} MB")
+    assert peak < 4_000_000, f"peak {peak / 1e6:.1f} MB"
+    groups = table.group_by(["method", "split", "label"]).aggregate(
+        [("video_id", "count"), ("frames_planned", "sum"), ("faces_written", "sum")]).to_pylist()
+    assert {(g["method"], g["split"], g["label"]): (g["videos"], g["planned"], g["faces"]) for g in stats["videos"]} == {
+        (g["method"], g["split"], "fake" if g["label"] else "real"):
+        (g["video_id_count"], g["frames_planned_sum"], g["faces_written_sum"]) for g in groups}
+    assert stats["totals"]["videos"] == videos and stats["statuses"] == {"ok": 54_545, "no_face": 5_455}
+    assert stats["reasons"] == [{"status": "no_face", "reason": "no face found in any of N planned frames",
+                                 "videos": 5_455}]
+    histogram = Counter(table.column("faces_written").to_pylist())
+    assert {b["faces"]: b["videos"] for b in stats["frames_per_video"]} == dict(histogram)

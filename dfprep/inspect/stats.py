@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
 
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from dfprep.errors import DfprepError, normalised_reason, one_line
 from dfprep.io.integrity import file_sizes, output_problems
 from dfprep.io.layout import DATASET_JSON, MAPS_FOLDER, PLAN_META, STATS_SUFFIX, TEMP_SUFFIX, VIDEOS_TABLE, shard_split
-from dfprep.io.shards import committed_units
 from dfprep.io.storage import Storage
 
 TOP_REASONS = 20
+BATCH_ROWS = 1024  # videos.parquet rows turned into Python objects at a time
 VIDEO_COLUMNS = ("video_id", "dataset", "method", "split", "label", "status", "error", "frames_planned",
                  "faces_written", "shard")
 LABEL_NAMES = {0: "real", 1: "fake"}
@@ -29,20 +31,70 @@ def as_storage(out: str | Storage) -> Storage:
     return out if isinstance(out, Storage) else Storage(out)
 
 
+def video_rows(storage: Storage) -> Iterator[dict[str, Any]]:
+    """videos.parquet rows (only the columns reports need), a row group at a time; from the commit markers, one
+    at a time, while no index exists yet. Never the whole table at once: a 100k-video output costs its batch."""
+    if not storage.exists(VIDEOS_TABLE):
+        for name in storage.listdir():
+            stats = storage.read_marker(name) if name.endswith(STATS_SUFFIX) else None
+            for row in (stats or {}).get("videos", []):
+                yield {c: row.get(c) for c in VIDEO_COLUMNS}
+        return
+    try:
+        with storage.fs.open_input_file(storage.path(VIDEOS_TABLE)) as handle:
+            index = pq.ParquetFile(handle)
+            present = [c for c in VIDEO_COLUMNS if c in index.schema_arrow.names]
+            for batch in index.iter_batches(batch_size=BATCH_ROWS, columns=present, use_threads=False):
+                for row in batch.to_pylist():
+                    yield {c: row.get(c) for c in VIDEO_COLUMNS}
+    except (OSError, ValueError) as exc:  # pyarrow's errors derive from these
+        raise DfprepError(f"{storage.path(VIDEOS_TABLE)} is unreadable ({one_line(exc, limit=80)}); "
+                          "rerun the extract command to rebuild it") from None
+
+
 def load_video_rows(storage: Storage) -> list[dict[str, Any]]:
-    """videos.parquet rows (only the columns reports need); from commit markers while no index exists yet."""
-    if storage.exists(VIDEOS_TABLE):
-        try:
-            table = storage.read_table(VIDEOS_TABLE)
-        except (OSError, ValueError) as exc:  # pyarrow's errors derive from these
-            raise DfprepError(f"{storage.path(VIDEOS_TABLE)} is unreadable ({one_line(exc, limit=80)}); "
-                              "rerun the extract command to rebuild it") from None
-        rows = table.select([c for c in VIDEO_COLUMNS if c in table.column_names]).to_pylist()
-    else:
-        rows = [row for stats in committed_units(storage).values() for row in stats.get("videos", [])]
+    """Every video's row (`video_rows`) as one list, for the tools that pick among them (preview)."""
+    rows = list(video_rows(storage))
     if not rows and not storage.exists(DATASET_JSON):
-        raise DfprepError(f"{storage.root} is not a dfprep output (no {VIDEOS_TABLE}, {DATASET_JSON} or shards)")
-    return [{c: row.get(c) for c in VIDEO_COLUMNS} for row in rows]
+        raise DfprepError(not_an_output(storage))
+    return rows
+
+
+def not_an_output(storage: Storage) -> str:
+    """The one-line refusal for a folder with no index, no dataset.json and no committed shard."""
+    return f"{storage.root} is not a dfprep output (no {VIDEOS_TABLE}, {DATASET_JSON} or shards)"
+
+
+@dataclass
+class VideoTally:
+    """What the report counts, added one video row at a time: memory grows with the groups, not the videos."""
+
+    groups: dict[tuple[str, str, str, Any], Counter[str]] = field(default_factory=dict)  # → videos/planned/faces
+    statuses: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[tuple[str, str]] = field(default_factory=Counter)  # (status, normalised error)
+    faces: Counter[int] = field(default_factory=Counter)  # faces written → videos
+
+    def add(self, row: dict[str, Any]) -> None:
+        """Count one video."""
+        key = (row["dataset"] or "", row["method"] or "", row["split"] or "", row["label"])
+        faces = row["faces_written"] or 0
+        self.groups.setdefault(key, Counter()).update(videos=1, planned=row["frames_planned"] or 0, faces=faces)
+        self.statuses[row["status"]] += 1
+        if row["error"]:
+            self.reasons[(row["status"], normalised_reason(row["error"]))] += 1
+        self.faces[faces] += 1
+
+    def total(self, name: str) -> int:
+        """A count summed over every group (videos, planned, faces)."""
+        return sum(counter[name] for counter in self.groups.values())
+
+
+def tally(rows: Iterable[dict[str, Any]]) -> VideoTally:
+    """The rows counted."""
+    counted = VideoTally()
+    for row in rows:
+        counted.add(row)
+    return counted
 
 
 def _read_json_or_empty(storage: Storage, name: str) -> dict[str, Any]:
@@ -55,33 +107,27 @@ def _yield(planned: int, written: int) -> float | None:
     return round(written / planned, 4) if planned else None
 
 
-def video_groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def video_groups(counted: VideoTally) -> list[dict[str, Any]]:
     """Videos, planned frames and faces per (dataset, method, split, label)."""
-    totals: dict[tuple, Counter[str]] = {}
-    for row in rows:
-        key = (row["dataset"] or "", row["method"] or "", row["split"] or "", row["label"])
-        counter = totals.setdefault(key, Counter())
-        counter.update(videos=1, planned=row["frames_planned"] or 0, faces=row["faces_written"] or 0)
     return [{"dataset": d, "method": m, "split": s, "label": LABEL_NAMES.get(lab, str(lab)), **dict(c)}
-            for (d, m, s, lab), c in sorted(totals.items(), key=lambda kv: tuple(map(str, kv[0])))]
+            for (d, m, s, lab), c in sorted(counted.groups.items(), key=lambda kv: tuple(map(str, kv[0])))]
 
 
-def yield_by_method(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def yield_by_method(counted: VideoTally) -> list[dict[str, Any]]:
     """Face yield per (dataset, method): which manipulation loses faces."""
     totals: dict[tuple[str, str], Counter[str]] = {}
-    for row in rows:
-        counter = totals.setdefault((row["dataset"] or "", row["method"] or ""), Counter())
-        counter.update(videos=1, planned=row["frames_planned"] or 0, faces=row["faces_written"] or 0)
+    for (dataset, method, _, _), counter in counted.groups.items():
+        totals.setdefault((dataset, method), Counter()).update(counter)
     return [{"dataset": d, "method": m, "videos": c["videos"], "planned": c["planned"], "faces": c["faces"],
              "yield": _yield(c["planned"], c["faces"])} for (d, m), c in sorted(totals.items())]
 
 
-def split_summary(rows: list[dict[str, Any]], sizes: dict[str, int]) -> list[dict[str, Any]]:
+def split_summary(counted: VideoTally, sizes: dict[str, int]) -> list[dict[str, Any]]:
     """Per split: videos (real/fake), faces, shards and disk (sum of its tar sizes)."""
     summary: dict[str, Counter[str]] = {}
-    for row in rows:
-        counter = summary.setdefault(row["split"] or "", Counter())
-        counter.update(videos=1, faces=row["faces_written"] or 0, **{LABEL_NAMES.get(row["label"], "other"): 1})
+    for (_, _, split, label), counter in counted.groups.items():
+        summary.setdefault(split, Counter()).update(videos=counter["videos"], faces=counter["faces"],
+                                                    **{LABEL_NAMES.get(label, "other"): counter["videos"]})
     for name, size in sizes.items():
         split = shard_split(name[:-4]) if name.endswith(".tar") else None
         if split is not None:
@@ -90,17 +136,15 @@ def split_summary(rows: list[dict[str, Any]], sizes: dict[str, int]) -> list[dic
     return [{"split": split, **{c: counter[c] for c in columns}} for split, counter in sorted(summary.items())]
 
 
-def failure_reasons(rows: list[dict[str, Any]], top: int = TOP_REASONS) -> list[dict[str, Any]]:
+def failure_reasons(counted: VideoTally, top: int = TOP_REASONS) -> list[dict[str, Any]]:
     """The most common (status, normalised error) pairs: what to fix first."""
-    reasons = Counter((row["status"], normalised_reason(row["error"])) for row in rows if row["error"])
     return [{"status": status, "reason": reason, "videos": count}
-            for (status, reason), count in reasons.most_common(top)]
+            for (status, reason), count in counted.reasons.most_common(top)]
 
 
-def frames_per_video(rows: list[dict[str, Any]]) -> list[dict[str, int]]:
+def frames_per_video(counted: VideoTally) -> list[dict[str, int]]:
     """How many videos ended with each number of faces (0 = a video that gave nothing)."""
-    counts = Counter(row["faces_written"] or 0 for row in rows)
-    return [{"faces": faces, "videos": videos} for faces, videos in sorted(counts.items())]
+    return [{"faces": faces, "videos": videos} for faces, videos in sorted(counted.faces.items())]
 
 
 def shard_state(storage: Storage, sizes: dict[str, int], dataset: dict[str, Any]) -> dict[str, Any]:
@@ -134,19 +178,21 @@ def compute_stats(out: str | Storage) -> dict[str, Any]:
     storage = as_storage(out)
     if storage.fs.get_file_info(storage.root).type != pafs.FileType.Directory:
         raise DfprepError(f"{storage.root}: no such output folder")
-    rows = load_video_rows(storage)
+    counted = tally(video_rows(storage))
+    if not counted.groups and not storage.exists(DATASET_JSON):
+        raise DfprepError(not_an_output(storage))
     dataset = _read_json_or_empty(storage, DATASET_JSON)
     sizes = file_sizes(storage)
-    planned = sum(r["frames_planned"] or 0 for r in rows)
-    faces = sum(r["faces_written"] or 0 for r in rows)
+    planned, faces = counted.total("planned"), counted.total("faces")
     return {
         "output": storage.display, "config_hash": dataset.get("config_hash"), "versions": dataset.get("versions", {}),
         "models": dataset.get("models", {}), "shards": shard_state(storage, sizes, dataset),
-        "totals": {"videos": len(rows), "planned": planned, "faces": faces, "yield": _yield(planned, faces),
-                   "disk_bytes": sum(s for n, s in sizes.items() if n.endswith(".tar"))},
-        "splits": split_summary(rows, sizes), "videos": video_groups(rows), "yield_by_method": yield_by_method(rows),
-        "statuses": dict(Counter(r["status"] for r in rows).most_common()), "reasons": failure_reasons(rows),
-        "frames_per_video": frames_per_video(rows), "maps": map_summary(storage),
+        "totals": {"videos": counted.total("videos"), "planned": planned, "faces": faces,
+                   "yield": _yield(planned, faces), "disk_bytes": sum(s for n, s in sizes.items() if n.endswith(".tar"))},
+        "splits": split_summary(counted, sizes), "videos": video_groups(counted),
+        "yield_by_method": yield_by_method(counted), "statuses": dict(counted.statuses.most_common()),
+        "reasons": failure_reasons(counted), "frames_per_video": frames_per_video(counted),
+        "maps": map_summary(storage),
     }
 
 
