@@ -1,9 +1,9 @@
 """The shard plan: videos grouped into numbered work units of one split, persisted before work starts.
 
 The plan is columnar end to end: the catalog (dfprep.catalog.table) is sorted and cut into units as Arrow
-columns, the driver keeps the plan as one table with its units as row ranges, and a unit's records become
-Python objects only when it is handed to a worker. So the driver's memory does not grow by a Python object
-per video (README, performance: driver memory).
+columns; once written, the driver keeps only the units (name, first row, videos) and their rows wait in an
+unnamed file, read back as each unit is handed to a worker (PlanRows). So the driver holds no row, record or
+string per video while the run goes on (README, performance: driver memory).
 """
 
 from __future__ import annotations
