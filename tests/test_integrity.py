@@ -258,3 +258,23 @@ def test_a_damaged_videos_index_is_reported_in_one_line_and_rebuilt_by_a_rerun(c
     assert "videos.parquet is unreadable" in stats.output and "Traceback" not in stats.output
     _rerun(folder_dataset, copy)
     assert verify_output(str(copy)).clean
+
+
+@pytest.mark.parametrize("map_letters", ["abc", "abd", "ab"])
+def test_verify_compares_a_map_shard_with_its_face_shard_by_keys(tmp_path, map_letters):
+    """verify keeps one digest of keys per face shard (not every sample key): a map shard holding other keys
+    than its face shard is still found, and one holding the same keys passes."""
+    from dfprep.io.shards import Sample, ShardWriter
+
+    def shard(storage: Storage, letters: str) -> None:
+        writer = ShardWriter(storage, "train-000000")
+        for letter in letters:
+            writer.add(Sample(f"train-000000-{letter}", {"txt": letter.encode(), "json": b"{}"}, {"letter": letter}))
+        writer.commit({})
+
+    (tmp_path / "maps" / "prle").mkdir(parents=True)
+    shard(Storage(str(tmp_path)), "abc")
+    shard(Storage(str(tmp_path / "maps" / "prle")), map_letters)
+    problems = [d.line() for d in verify_output(str(tmp_path)).problems if d.shard == "maps/prle/train-000000"]
+    assert problems == ([] if map_letters == "abc" else
+                        ["maps/prle/train-000000: holds other keys (or another order) than its face shard"])

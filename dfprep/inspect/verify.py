@@ -18,13 +18,15 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from dfprep.errors import DfprepError, one_line
-from dfprep.io.integrity import Damage, damaged_units, file_sizes, output_problems, parquet_table, read_markers
+from dfprep.io.integrity import (MARKER_CHECK_KEYS, Damage, damaged_units, file_sizes, output_problems, parquet_table,
+                                 read_markers)
 from dfprep.io.layout import DATASET_JSON, MAPS_FOLDER, STATS_SUFFIX
 from dfprep.io.shards import ShardReadError, sample_problem
 from dfprep.io.shards import read_tar as read_shard_tar
 from dfprep.io.storage import Storage
 
 _CHUNK = 1 << 20
+VERIFY_KEYS = MARKER_CHECK_KEYS | {"format", "tar_sha256", "parquet_sha256"}  # what shard_problem reads of a marker
 
 
 @dataclass
@@ -122,9 +124,15 @@ def _index_disagreement(index: dict[str, list], keys: list[str], fields: list[tu
     return None
 
 
+def keys_digest(keys: list[str]) -> str:
+    """A shard's keys in tar order as one sha256: what a map shard is compared with, instead of every key kept."""
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()
+
+
 def shard_problem(storage: Storage, unit: str, stats: dict[str, Any], deep: bool,
-                  expected_keys: list[str] | None = None) -> tuple[str | None, list[str]]:
-    """Read one committed shard whole: (why it is damaged or None, its keys in tar order)."""
+                  expected_keys: str | None = None) -> tuple[str | None, list[str]]:
+    """Read one committed shard whole: (why it is damaged or None, its keys in tar order); `expected_keys` is the
+    face shard's keys_digest, which a map shard's keys must match."""
     if not stats.get("tar"):
         return None, []
     version = stats.get("format", 1) if isinstance(stats.get("format", 1), int) else 1
@@ -137,7 +145,7 @@ def shard_problem(storage: Storage, unit: str, stats: dict[str, Any], deep: bool
     if index is None:
         return f"{unit}.parquet is unreadable", keys
     problem = _index_disagreement(index, keys, fields)
-    if problem is None and expected_keys is not None and keys != expected_keys:
+    if problem is None and expected_keys is not None and keys_digest(keys) != expected_keys:
         problem = "holds other keys (or another order) than its face shard"
     if problem is None and deep and stats.get("tar_sha256") and tar_sha != stats["tar_sha256"]:
         problem = f"{stats['tar']} sha256 differs from its commit marker (damaged bytes)"
@@ -146,23 +154,25 @@ def shard_problem(storage: Storage, unit: str, stats: dict[str, Any], deep: bool
     return problem, keys
 
 
-def _verify_folder(storage: Storage, folder: str, report: VerifyReport, face_keys: dict[str, list[str]] | None,
-                   step: Callable[[], None]) -> dict[str, list[str]]:
-    """Check every committed shard of one folder (the face output, or one map set); returns unit → keys."""
+def _verify_folder(storage: Storage, folder: str, report: VerifyReport, face_keys: dict[str, str] | None,
+                   step: Callable[[], None]) -> dict[str, str]:
+    """Check every committed shard of one folder (the face output, or one map set); returns unit → keys_digest.
+    Memory grows with the shards, not the videos or samples: markers are cut to the keys the checks read."""
     sizes = file_sizes(storage, folder)
-    markers, unreadable = read_markers(storage, sizes, folder)
+    markers, unreadable = read_markers(storage, sizes, folder, keep=VERIFY_KEYS)
     prefix = f"{folder}/" if folder else ""
     report.problems += [Damage(prefix + unit, reason) for unit, reason in unreadable.items()]
     cheap = damaged_units(storage, markers, folder)
-    keys_by_unit: dict[str, list[str]] = {}
+    keys_by_unit: dict[str, str] = {}
     for unit, stats in sorted(markers.items()):
         report.shards += 1
         problem = cheap.get(unit)
         if problem is None:
             inner = Storage(storage.path(folder), storage.fs) if folder else storage
             expected = face_keys.get(unit) if face_keys is not None else None
-            problem, keys_by_unit[unit] = shard_problem(inner, unit, stats, report.deep, expected)
-            report.samples += len(keys_by_unit[unit])
+            problem, keys = shard_problem(inner, unit, stats, report.deep, expected)
+            keys_by_unit[unit] = keys_digest(keys)
+            report.samples += len(keys)
         if problem is not None:
             report.problems.append(Damage(prefix + unit, problem))
         step()
