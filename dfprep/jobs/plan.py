@@ -62,7 +62,6 @@ class PlanRows:
         ends = [*starts[1:], table.num_rows]
         names = table.column("unit").take(pa.array(starts, pa.int64())).to_pylist()
         self.units = [PlannedUnit(name, start, end - start) for name, start, end in zip(names, starts, ends)]
-        self.videos = table.num_rows
         self._batch = {unit.name: number for number, unit in enumerate(self.units)}
         self._lock = threading.Lock()  # video threads load units concurrently; one reader, one file position
         # an unnamed file in `folder` (a local output: its disk, not /tmp's), else the system's temporary folder;
@@ -87,11 +86,6 @@ class PlanRows:
     def paths(self, unit: PlannedUnit) -> list[str]:
         """The unit's video paths."""
         return self.rows(unit).column("path").to_pylist()
-
-    def table(self) -> pa.Table:
-        """The whole plan read back (for tools and tests; a run never needs it)."""
-        with self._lock:
-            return self._reader.read_all()
 
 
 def unit_starts(names: pa.ChunkedArray | pa.Array) -> list[int]:
