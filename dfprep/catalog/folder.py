@@ -8,7 +8,7 @@ import warnings
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 from dfprep.catalog.base import (
     FAKE,
@@ -70,8 +70,7 @@ def videos_below(folder: Path, skipped: Counter[str] | None = None) -> list[str]
         for name in files:
             if name.startswith(".") or not os.path.isfile(os.path.join(directory, name)):
                 continue
-            dot = name.rfind(".")
-            extension = name[dot:].lower() if 0 < dot < len(name) - 1 else ""  # PurePath's suffix, not interned
+            extension = name[suffix_start(name):].lower()
             if extension in VIDEO_EXTENSIONS:
                 found.append(name if below == os.curdir else os.path.join(below, name))
             elif skipped is not None:
@@ -88,18 +87,26 @@ def skipped_warning(skipped: Counter[str]) -> str:
             "`dfprep datasets folder` lists the video extensions")
 
 
-def stem_of(relative: Path) -> str:
-    """A relative video path as an id stem: extension dropped, folders joined by `__`."""
-    return "__".join(relative.with_suffix("").parts)
+def suffix_start(name: str) -> int:
+    """Where a file name's extension begins (its length when it has none): pathlib's rule for a suffix, on a
+    plain string (pathlib interns every name it parses, for the life of the process)."""
+    dot = name.rfind(".")
+    return dot if 0 < dot < len(name) - 1 else len(name)
+
+
+def stem_of(parts: Sequence[str]) -> str:
+    """A relative video path's parts as an id stem: extension dropped, folders joined by `__`."""
+    *folders, name = parts  # no parts (the CSV's own folder) is a ValueError, like Path.with_suffix's
+    return "__".join([*folders, name[:suffix_start(name)]])
 
 
 def stem_outside(path: Path, base: Path) -> str:
     """Stem of a CSV path: relative to the CSV's folder, else the absolute path without its anchor."""
     normal = Path(os.path.normpath(path))
     try:
-        return stem_of(normal.relative_to(os.path.normpath(base)))
+        return stem_of(normal.relative_to(os.path.normpath(base)).parts)
     except ValueError:
-        return stem_of(normal.relative_to(normal.anchor))
+        return stem_of(normal.relative_to(normal.anchor).parts)
 
 
 def unique(records: Iterable[VideoRecord]) -> Iterator[VideoRecord]:
@@ -185,8 +192,7 @@ videos: files with a video extension (other files are skipped and counted in a c
             for relative in videos_below(label_folder, skipped):
                 parts = relative.split(os.sep)
                 method = parts[0] if len(parts) > 1 else kind
-                stem = "__".join([*parts[:-1], os.path.splitext(parts[-1])[0]])  # stem_of, without a Path
-                stem = f"{split}__{stem}" if split else stem
+                stem = f"{split}__{stem_of(parts)}" if split else stem_of(parts)
                 yield self.record(os.path.join(label_folder, relative), method, stem, split or options.default_split,
                                   LABEL_FOLDERS[kind])
         if skipped:
