@@ -221,3 +221,15 @@ def test_a_large_output_is_counted_a_row_group_at_a_time(tmp_path):
                                  "videos": 5_455}]
     histogram = Counter(table.column("faces_written").to_pylist())
     assert {b["faces"]: b["videos"] for b in stats["frames_per_video"]} == dict(histogram)
+
+
+def test_without_videos_parquet_the_rows_come_from_the_commit_markers(extracted, tmp_path):
+    """An interrupted first run has no videos.parquet yet: stats counts the markers' rows, one marker at a time,
+    and gives the same numbers."""
+    copy = tmp_path / "out"
+    shutil.copytree(extracted, copy)
+    (copy / "videos.parquet").unlink()
+    original, from_markers = compute_stats(str(extracted)), compute_stats(str(copy))
+    for section in ("totals", "videos", "yield_by_method", "statuses", "reasons", "frames_per_video", "splits"):
+        assert from_markers[section] == original[section], section
+    assert from_markers["totals"]["videos"] == len(_videos(extracted)) > 0

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from dfprep.errors import DfprepError, normalised_reason, one_line
 from dfprep.io.integrity import file_sizes, output_problems
 from dfprep.io.layout import DATASET_JSON, MAPS_FOLDER, PLAN_META, STATS_SUFFIX, TEMP_SUFFIX, VIDEOS_TABLE, shard_split
+from dfprep.io.shards import commit_markers
 from dfprep.io.storage import Storage
 
 TOP_REASONS = 20
@@ -35,9 +36,8 @@ def video_rows(storage: Storage) -> Iterator[dict[str, Any]]:
     """videos.parquet rows (only the columns reports need), a row group at a time; from the commit markers, one
     at a time, while no index exists yet. Never the whole table at once: a 100k-video output costs its batch."""
     if not storage.exists(VIDEOS_TABLE):
-        for name in storage.listdir():
-            stats = storage.read_marker(name) if name.endswith(STATS_SUFFIX) else None
-            for row in (stats or {}).get("videos", []):
+        for _, stats in commit_markers(storage):
+            for row in stats.get("videos", []):
                 yield {c: row.get(c) for c in VIDEO_COLUMNS}
         return
     try:

@@ -374,18 +374,22 @@ def _check_end(tar_name: str, handle: IO[bytes], end: int, members: list[tarfile
                          "re-run the command that wrote it")
 
 
-def committed_units(storage: Storage, prefix: str = "", keep: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
-    """Shard name → its stats for every unit whose commit marker exists (an unreadable marker counts as absent);
-    with `keep`, only those keys of each marker, cut as it is read (a run holds a few numbers per unit, not its
-    per-video rows, timings and checksums)."""
-    kept = None if keep is None else frozenset(keep)
-    done: dict[str, dict[str, Any]] = {}
+def commit_markers(storage: Storage, prefix: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """(shard name, stats) for every unit whose commit marker exists, read one at a time (an unreadable marker
+    counts as absent)."""
     for name in storage.listdir(prefix):
         if name.endswith(STATS_SUFFIX):
             stats = storage.read_marker(f"{prefix}/{name}" if prefix else name)
             if stats is not None:
-                done[name[: -len(STATS_SUFFIX)]] = stats if kept is None else KeptMarker(stats, kept)
-    return done
+                yield name[: -len(STATS_SUFFIX)], stats
+
+
+def committed_units(storage: Storage, prefix: str = "", keep: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Shard name → its stats for every committed unit (`commit_markers`); with `keep`, only those keys of each
+    marker, cut as it is read (a run holds a few numbers per unit, not its per-video rows, timings and
+    checksums)."""
+    kept = None if keep is None else frozenset(keep)
+    return {unit: stats if kept is None else KeptMarker(stats, kept) for unit, stats in commit_markers(storage, prefix)}
 
 
 def remove_uncommitted(storage: Storage, unit_names: Iterable[str], committed: set[str], prefix: str = "") -> list[str]:
