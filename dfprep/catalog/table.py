@@ -7,7 +7,6 @@ sorted one at a time, so the catalog's peak is its own size plus one column, not
 
 from __future__ import annotations
 
-from dataclasses import fields
 from itertools import islice
 from typing import Any, Iterable, Iterator
 
