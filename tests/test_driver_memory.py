@@ -51,6 +51,35 @@ def test_the_driver_keeps_no_python_object_per_video(tmp_path):
 
 
 
+def test_the_command_lets_go_of_its_catalog_once_the_plan_is_made(tmp_path, monkeypatch):
+    """`dfprep extract` builds the catalog, hands it to the job and keeps no reference: when the units are handed
+    out, no Arrow buffer of the catalog is left (the command's own variable held ~170 B per video for the whole
+    run: 3.4 MB at 20,000 videos)."""
+    from click.testing import CliRunner
+
+    from dfprep.cli import cli
+    from dfprep.runner import run
+
+    root = tmp_path / "videos"
+    for n in range(5_000):
+        folder = root / ("real" if n % 2 else "fake") / f"{n % 50:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"clip_{n:05d}_with_a_long_name.mp4").touch()
+    seen: dict[str, int] = {}
+
+    def dispatch(job, units, *args, **kwargs):
+        seen["arrow"], seen["units"] = pa.total_allocated_bytes(), len(units)
+        raise KeyboardInterrupt  # stop here: the units are planned and about to go out
+
+    before = pa.total_allocated_bytes()
+    monkeypatch.setattr(run, "run_in_process", dispatch)
+    result = CliRunner().invoke(cli, ["extract", "folder", str(root), "-o", str(tmp_path / "out"), "--workers", "0",
+                                      "--quiet"])
+    assert seen["units"] == 105, result.output  # 5,000 videos in units of at most 48
+    held = seen["arrow"] - before
+    assert held < 5_000 * 5, f"{held / 5_000:.0f} B per video of Arrow buffers held while the units run"
+
+
 def test_videos_parquet_is_written_a_row_group_at_a_time_and_holds_every_row_in_plan_order():
     from dfprep.jobs.extract_shards import ROWS_PER_GROUP, rows_to_table, videos_parquet
     from dfprep.io.layout import videos_schema

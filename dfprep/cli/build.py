@@ -168,13 +168,15 @@ def extract(dataset: str | None, root: str | None, output: str, pipeline: str | 
     from dfprep.catalog import scan
     from dfprep.catalog.table import catalog_table
     from dfprep.cli.summary import format_summary, summary_json
-    from dfprep.runner.run import extract_run
+    from dfprep.runner.run import extract_job, run_extract
 
     with without_pandas() if "cam" not in config.output.maps else nullcontext():  # Grad-CAM loads torch
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             catalog = catalog_table(scan(config.dataset.name, config.dataset.root, config.dataset))  # as columns
-        report = extract_run(catalog, config, output, overwrite=overwrite, extend=extend, quiet=quiet)
+        job = extract_job(catalog, config, output, overwrite=overwrite, extend=extend)
+        del catalog  # the job's now: freed once planned, not held here for the whole run
+        report = run_extract(job, output, quiet)
     if as_json:
         click.echo(json.dumps({**summary_json(report), "catalog_warnings": [str(w.message) for w in caught]},
                               indent=1))
