@@ -303,24 +303,25 @@ DRIVER_PEAK = (
 def driver_memory(counts: Sequence[int], runs: int, work: Path) -> None:
     """Peak RSS of the `dfprep extract` process itself (the driver: catalog, plan, dispatch, progress, finalize,
     report; the videos are decoded by the Ray workers) for growing folders of tiny clips, one frame each; the
-    worst of `runs` fresh runs per folder (allocators make single runs vary by several MB)."""
+    worst of `runs` fresh runs per folder (allocators make single runs vary by several MB). The folders take
+    turns, run after run, so a drift of the machine over the minutes (page cache, other load) reaches all alike."""
     print("\n== driver memory vs catalog size (dfprep extract --workers 2 --frames 1, the driver's own peak RSS) ==")
-    worst = {}
-    for count in counts:
-        videos = small_clips(work / "small", count)
-        peaks = []
-        for _ in range(runs):
+    folders = {count: small_clips(work / "small", count) for count in counts}
+    peaks: dict[int, list[float]] = {count: [] for count in counts}
+    for _ in range(runs):
+        for count, videos in folders.items():
             out = work / f"memory{count}"
             shutil.rmtree(out, ignore_errors=True)
             done = subprocess.run([DFPREP[0], "-c", DRIVER_PEAK, "extract", "folder", str(videos), "-o", str(out),
                                    "--frames", "1", "--workers", "2", "--quiet", "--json"],
                                   capture_output=True, text=True, check=True)
-            peaks.append(int(done.stderr.split("driver-peak-kb")[-1].split()[0]) / 1024)
+            peaks[count].append(int(done.stderr.split("driver-peak-kb")[-1].split()[0]) / 1024)
             assert json.loads(done.stdout)["videos"] == count, "every video has its row"
-        worst[count] = max(peaks)
-        units = len(list(out.glob("*_stats.json")))
+    worst = {count: max(values) for count, values in peaks.items()}
+    for count in counts:
+        units = len(list((work / f"memory{count}").glob("*_stats.json")))
         print(f"  {count:6d} videos  {units:5d} units  driver peak RSS worst of {runs} {worst[count]:7.1f} MB "
-              f"(runs: {', '.join(f'{peak:.1f}' for peak in peaks)})")
+              f"(runs: {', '.join(f'{peak:.1f}' for peak in peaks[count])})")
     low, high = min(worst), max(worst)
     if high > low:
         grown = worst[high] - worst[low]
