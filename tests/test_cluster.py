@@ -340,6 +340,27 @@ def test_extract_across_the_nodes_with_shipped_code_equals_in_process(cluster, d
     assert "was lost" not in done.stdout
 
 
+def test_a_default_run_on_a_cluster_plans_for_the_cluster_s_cpus_not_the_driver_s(cluster, tmp_path):
+    # the driver has os.cpu_count() CPUs (2 here), the cluster 3 worker CPUs: units for 3 workers, one actor each
+    from dfprep.catalog import scan
+    from dfprep.jobs.plan import build_units, unit_size
+
+    root = write_small_dataset(tmp_path / "many", faces=23)  # 24 videos
+    videos = len(list(scan("folder", root)))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "dfprep", "extract", "folder", str(root), "-o", str(out), "--frames", "1",
+               "--address", cluster.address, "--ship-code", "--quiet", "--json"]  # --workers and shard size unset
+    done = run(command, cluster.env, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    cpus = len(cluster.working())
+    planned = len(build_units(scan("folder", root), unit_size(videos, cpus, None)))
+    assert planned != len(build_units(scan("folder", root), unit_size(videos, 2, None)))  # the test can tell
+    assert json.loads(done.stdout)["shards"] == planned >= 4 * cpus
+    by_node = nodes_of_commits(out)
+    assert set(by_node) == cluster.working() and sum(map(len, by_node.values())) == planned, by_node
+    assert len(pq.read_table(out / "videos.parquet")) == videos
+
+
 def test_a_run_without_address_starts_its_own_ray_beside_a_running_cluster(cluster, dataset, reference, tmp_path):
     address_file = cluster.tmp / "ray" / "ray_current_cluster"
     assert address_file.read_text().strip() == cluster.address  # what a plain ray.init() would join

@@ -24,6 +24,7 @@ from dfprep import __version__
 from dfprep.catalog.base import VideoRecord
 from dfprep.catalog.table import catalog_table, column_values
 from dfprep.config import PipelineConfig
+from dfprep.config.machine import usable_cpus
 from dfprep.errors import DfprepError, normalised_reason
 from dfprep.io.layout import (ATTEMPTS_DIR, DATASET_JSON, INDEX_FILES, OWNERSHIP_FILE, PLAN_META, PLAN_TABLE,
                               STATS_SUFFIX, TEMP_SUFFIX, VIDEOS_TABLE, marker_unit, sample_index_schema, unit_files,
@@ -68,7 +69,7 @@ def decoder_threads(video_threads: int, cpus: int | None = None) -> int:
     (7 videos: 1.23–1.28x the decode floor to 1.15–1.18x)."""
     if video_threads <= 1:
         return 0
-    return max(1, (cpus or os.cpu_count() or 1) // video_threads)
+    return max(1, (cpus or usable_cpus()) // video_threads)
 
 
 class ExtractUnitWorker:

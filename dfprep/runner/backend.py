@@ -12,11 +12,12 @@ The constants are measured by benchmarks/cli_speed.py on FF++ c23 videos with 32
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dfprep.config import PipelineConfig
+from dfprep.config.machine import usable_cpus
 from dfprep.config.schema import RayConfig
-from dfprep.runner.pool import worker_count
+from dfprep.runner.pool import cluster_workers, joins_cluster, worker_count
 
 IN_PROCESS_THREADS = 4  # beyond this the Python share of each video (under the GIL) stops the gain
 THREAD_CORES = 0.9  # cores one video thread keeps busy (decode threads included), measured on 2 cores
@@ -43,11 +44,20 @@ def choose_backend(ray: RayConfig, videos: int | None, cpus: int | None = None) 
     if videos is None or ray.workers is not None or ray.address or os.environ.get("RAY_ADDRESS"):
         workers = worker_count(config)  # the user (or the cluster, or the job) decided
         return Backend(workers, (ray.threads or 1) if workers == 0 else 1)
-    cpus = cpus or os.cpu_count() or 1
+    cpus = cpus or usable_cpus()
     threads = ray.threads or max(1, min(cpus, IN_PROCESS_THREADS))
     saved = videos * VIDEO_CPU_S * (1 / max(1.0, threads * THREAD_CORES) - 1 / cpus)
     if cpus > 1 and saved > RAY_START_S:
         return Backend(cpus)
-    return Backend(0, threads, f"in-process: {videos} videos on {cpus} CPUs ({threads} video thread"
-                               f"{'s' if threads > 1 else ''}) finish sooner than a Ray pool could start "
+    return Backend(0, threads, f"in-process: {videos} videos on {cpus} CPU{'s' if cpus > 1 else ''} ({threads} video "
+                               f"thread{'s' if threads > 1 else ''}) finish sooner than a Ray pool could start "
                                "(--workers N to use Ray)")
+
+
+def on_the_cluster(backend: Backend, ray: RayConfig) -> Backend:
+    """A run that joins a cluster with `--workers` unset: one worker per CPU of the cluster's nodes (connects),
+    so its units are planned for the cluster and not for the driver's own CPUs."""
+    config = PipelineConfig(ray=ray)
+    if backend.workers and ray.workers is None and joins_cluster(config):
+        return replace(backend, workers=cluster_workers(config))
+    return backend

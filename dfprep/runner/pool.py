@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from dfprep import __version__
 from dfprep.config import PipelineConfig
+from dfprep.config.machine import usable_cpus
 from dfprep.errors import DfprepError, one_line
 from dfprep.io.shards import remove_stale_staging
 from dfprep.runner import faults
@@ -35,8 +36,17 @@ def as_is(unit: Any) -> Any:
 
 
 def worker_count(config: PipelineConfig) -> int:
-    """Workers to use: the configured number, else every CPU of this machine."""
-    return config.ray.workers if config.ray.workers is not None else (os.cpu_count() or 1)
+    """Workers to use: the configured number, else every CPU this process may use (its affinity and cgroup
+    quota, not the host's count). A run that joins a cluster asks `cluster_workers` instead."""
+    return config.ray.workers if config.ray.workers is not None else usable_cpus()
+
+
+def cluster_workers(config: PipelineConfig) -> int:
+    """One worker per CPU of the cluster's live nodes (connects): a run joining a cluster plans its units for
+    the cluster's CPUs, not the driver's (a 4-core head would size a 64-CPU cluster's units for 4)."""
+    connect(config, 0)
+    _, slots = node_room({"num_cpus": 1})
+    return max(1, sum(slots.values()))
 
 
 def ray_version() -> str:

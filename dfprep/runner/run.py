@@ -36,11 +36,11 @@ from dfprep.jobs.contract import Announce, Outcome, ShardJob, Skip, Stats, Unit,
 from dfprep.jobs.extract_shards import ExtractJob, RunReport
 from dfprep.jobs.maps import MapReport, MapRun, cam_next_steps, inline_settings
 from dfprep.runner import faults
-from dfprep.runner.backend import choose_backend
+from dfprep.runner.backend import choose_backend, on_the_cluster
 from dfprep.runner.guard import (ISOLATION, AttemptLog, RunContext, Watchdog, hard_limit, recording_crashes,
                                  settle_interrupted)
 from dfprep.runner.maps import check_inline_maps, map_job
-from dfprep.runner.pool import ActorPool, cluster_gpus, connect, node_identity, ray_version, worker_count
+from dfprep.runner.pool import ActorPool, cluster_gpus, connect, node_identity, ray_version
 from dfprep.runner.progress import Progress
 
 __all__ = ["RunReport", "extract_job", "extract_run", "maps_run", "run_extract", "run_job"]
@@ -122,7 +122,7 @@ def _run_locked(job: ShardJob[Any, ReportT], run_id: str, quiet: bool) -> Report
     remove_stale_staging()
     removed = job.claim()
     charged = settle_attempts(job.shards, run_id) if job.guarded else []
-    backend = choose_backend(job.ray, job.expected_items())
+    backend = on_the_cluster(choose_backend(job.ray, job.expected_items()), job.ray)
     threads = backend.threads if job.threads else 1
     plan = job.plan(backend.workers or threads)
     committed, redone, cleaned = settle_shards(job, plan.units)
@@ -133,7 +133,7 @@ def _run_locked(job: ShardJob[Any, ReportT], run_id: str, quiet: bool) -> Report
         if todo and backend.workers == 0:
             run_in_process(job, todo, run_id, progress, threads)
         elif todo:
-            nodes_lost = run_on_ray(job, todo, run_id, progress)
+            nodes_lost = run_on_ray(job, todo, run_id, progress, backend.workers)
     finally:
         progress.close()
     committed = valid_commits(job)
@@ -361,11 +361,11 @@ class Throttled:
             self.latest, self.sent_at = None, time.monotonic()
 
 
-def run_on_ray(job: ShardJob[Any, Any], units: list[Unit], run_id: str, progress: Announce) -> list[str]:
-    """Units over a pool of stateful actors under the job's Ray settings: bounded in flight, retried, restarted;
-    every node checked first. Returns the nodes lost mid-run (their units were redone on the others)."""
+def run_on_ray(job: ShardJob[Any, Any], units: list[Unit], run_id: str, progress: Announce,
+               workers: int) -> list[str]:
+    """Units over a pool of `workers` stateful actors under the job's Ray settings: bounded in flight, retried,
+    restarted; every node checked first. Returns the nodes lost mid-run (their units were redone on the others)."""
     config = PipelineConfig(ray=job.ray)  # the pool reads only the ray section
-    workers = worker_count(config)
     connect(config, workers)
     count, resources = job.actors(workers, cluster_gpus())
     with ActorPool(JobActor, (job.worker(False), job.shards), count, config, resources, job.needs()) as pool:
