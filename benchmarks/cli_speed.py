@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/cli_speed.py workers   [--runs 3]   # 28 videos: 1 vs 2 threads/Ray workers (1 on 1 core)
     .venv/bin/python benchmarks/cli_speed.py small     [--count 2000] [--runs 1]  # per-video overhead, tiny clips
     .venv/bin/python benchmarks/cli_speed.py memory    [--counts 2000 20000] [--runs 3]  # driver peak RSS vs videos
+    .venv/bin/python benchmarks/cli_speed.py pinned    [--count 2000] [--runs 3]  # default flags on 1 of the CPUs
 
 Prints ratios; asserts nothing. Every CLI figure is the worst of `--runs` runs (best shown beside it), with the
 CPU-seconds of the command and the processes it waited for (Ray's daemons are not among them) and the 1-min
@@ -288,6 +289,33 @@ def per_video_overhead(count: int, runs: int, work: Path) -> None:
           f"2 threads: {walls['in-process, 2 threads'] / walls['default flags']:.2f}x (> 1: the default is faster)")
 
 
+def pinned_default(root: Path, count: int, runs: int, work: Path) -> None:
+    """The default flags with the command pinned to CPU 0 (taskset, as Slurm or a cpuset pins a job) on tiny clips
+    and on the 28 videos, against the choice the host's CPU count made before dfprep counted the CPUs it may use
+    (a Ray pool of os.cpu_count() workers for the clips, os.cpu_count() video threads for the 28). Interleaved."""
+    if shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
+        print("  needs taskset and 2 CPUs")
+        return
+    host = str(os.cpu_count())
+    inputs = {"tiny": (small_clips(work / "small", count), ["--frames", "4"], ["--workers", host]),
+              "28": (build_inputs(root, work / "inputs")[0], [], ["--workers", "0", "--threads", host])}
+    results: dict[tuple[str, str], list[dict[str, float]]] = {}
+    for _ in range(runs):
+        for name, (videos, flags, by_host) in inputs.items():
+            for label, extra in (("default flags", []), (f"the host's count ({' '.join(by_host)})", by_host)):
+                run = repeat_cli(f"{name}: {label}", ["extract", "folder", str(videos), *flags, *extra], 1,
+                                 work / f"pinned-{name}-{bool(extra)}", prefix=["taskset", "-c", "0"])
+                results.setdefault((name, label), []).append(run)
+    print(f"\n== pinned to 1 of {host} CPUs: {count} tiny clips x 4 frames, and 28 videos x 32 frames ==")
+    for (name, label), runs_of in results.items():
+        worst = max(runs_of, key=lambda r: r["wall"])
+        print(f"  {name:4s} {label:44s} {worst['wall']:7.2f} s wall (worst of {len(runs_of)}, best "
+              f"{min(r['wall'] for r in runs_of):.2f} s), {worst['cpu']:6.2f} s cpu; {worst['note']}")
+    for name in inputs:
+        default, old = (max(r["wall"] for r in runs_of) for (n, _), runs_of in results.items() if n == name)
+        print(f"  {name}: default flags vs the host's count: {old / default:.2f}x (worst vs worst; > 1: faster now)")
+
+
 # `dfprep …` in this process, then the process's peak resident memory (VmHWM) on stderr when it exits.
 DRIVER_PEAK = (
     "import atexit, runpy, sys\n"
@@ -332,7 +360,7 @@ def driver_memory(counts: Sequence[int], runs: int, work: Path) -> None:
 def main() -> int:
     """Parse arguments and run one benchmark."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["floor", "default28", "workers", "small", "memory"])
+    parser.add_argument("what", choices=["floor", "default28", "workers", "small", "memory", "pinned"])
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT.resolve())
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--count", type=int, default=2000)
@@ -353,6 +381,8 @@ def main() -> int:
             workers_scaling(args.root, args.runs, work)
         elif args.what == "small":
             per_video_overhead(args.count, args.runs, work)
+        elif args.what == "pinned":
+            pinned_default(args.root, args.count, args.runs, work)
         else:
             driver_memory(args.counts, args.runs, work)
     finally:
