@@ -77,5 +77,5 @@ def test_a_default_run_pinned_to_one_cpu_plans_for_one(folder_dataset, tmp_path)
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)
-    assert "8 videos on 1 CPU (1 video thread)" in report["plan"], report["plan"]
+    assert report["plan"].startswith("new plan: 1 shard; in-process: 8 videos on 1 CPU (1 video thread) "), report
     assert report["shards"] == 1  # one worker: full-size units, not 4 per CPU the host has

@@ -96,6 +96,11 @@ def unit_starts(names: pa.ChunkedArray | pa.Array) -> list[int]:
     return [0, *(np.flatnonzero(changed) + 1).tolist()]
 
 
+def shards(count: int, adjective: str = "") -> str:
+    """"1 shard", "8 shards": the plan's note reads as a sentence."""
+    return f"{count} {adjective}shard{'' if count == 1 else 's'}"
+
+
 def unit_size(videos: int, workers: int, videos_per_shard: int | None) -> int:
     """Videos per unit: exactly what the user set, else at most MAX_VIDEOS_PER_SHARD and small enough for
     UNITS_PER_WORKER units per worker."""
@@ -183,7 +188,7 @@ def load_or_create_plan(storage: Storage, catalog: pa.Table | Iterable[VideoReco
         planned = plan_table(catalog, size)
         _write_plan(storage, planned, config)
         plan = PlanRows(planned, folder=spill_folder(storage))  # the catalog's own plan: nothing to disagree about
-        return plan, f"new plan: {len(plan.units)} shards"
+        return plan, f"new plan: {shards(len(plan.units))}"
     if meta.get("config_hash") != config.output_hash():
         raise DfprepError(
             f"{storage.root} was made with a different config ({str(meta.get('config_hash'))[:12]}, this run "
@@ -195,9 +200,9 @@ def load_or_create_plan(storage: Storage, catalog: pa.Table | Iterable[VideoReco
         planned, fresh = _extend(planned, catalog, config, workers)
         _write_plan(storage, planned, config)
         plan = PlanRows(planned, catalog_drift(planned, catalog, config), spill_folder(storage))
-        return plan, f"extended the plan: {fresh} new videos in {len(plan.units) - before} new shards"
+        return plan, f"extended the plan: {fresh} new videos in {shards(len(plan.units) - before, 'new ')}"
     plan = PlanRows(planned, catalog_drift(planned, catalog, config), spill_folder(storage))
-    return plan, f"resuming the existing plan ({len(plan.units)} shards)"
+    return plan, f"resuming the existing plan ({shards(len(plan.units))})"
 
 
 def spill_folder(storage: Storage) -> str | None:
