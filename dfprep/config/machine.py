@@ -64,13 +64,8 @@ def cpu_cgroup_folders(memberships: str, mounts: str, root: Path) -> list[Path]:
         path, base = PurePosixPath(paths[kind]), PurePosixPath(mount_root)
         inside = path.relative_to(base) if path == base or base in path.parents else PurePosixPath(".")
         top = root / mount_point.lstrip("/")
-        folders += [top / part for part in _ancestors(inside)]
+        folders += [top / part for part in (inside, *inside.parents)]  # the cgroup, then each parent up to "."
     return folders
-
-
-def _ancestors(inside: PurePosixPath) -> list[PurePosixPath]:
-    """`a/b/c` → `a/b/c`, `a/b`, `a`, `.`: a cgroup and each of its parents up to the mount's root."""
-    return [inside, *inside.parents] if str(inside) != "." else [inside]
 
 
 def folder_quota(folder: Path) -> float | None:
