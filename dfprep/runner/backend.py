@@ -11,7 +11,6 @@ The constants are measured by benchmarks/cli_speed.py on FF++ c23 videos with 32
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 
 from dfprep.config import PipelineConfig
@@ -41,7 +40,7 @@ def choose_backend(ray: RayConfig, videos: int | None, cpus: int | None = None) 
     `videos` None: the job leaves the choice to the ray settings (every CPU unless --workers says otherwise).
     """
     config = PipelineConfig(ray=ray)
-    if videos is None or ray.workers is not None or ray.address or os.environ.get("RAY_ADDRESS"):
+    if videos is None or ray.workers is not None or joins_cluster(config):
         workers = worker_count(config)  # the user (or the cluster, or the job) decided
         return Backend(workers, (ray.threads or 1) if workers == 0 else 1)
     cpus = cpus or usable_cpus()
